@@ -1,0 +1,126 @@
+"""CoLLM configuration: a vision tower, a language model and the options that join them.
+
+Like `LlavaConfig`, a `CoLLMConfig` holds two sub-configs, each given as a dict (with `model_type`) or a
+config object:
+
+- `vision_config`: any vision tower that yields an image embedding (CLIP, SigLIP, BLIP vision towers);
+  its *family* (see `vision_families.py`) decides which embedding is the gallery embedding.
+- `text_config`: any decoder LLM (Llama, Qwen2, Mistral, ...) or a text encoder (BERT).
+
+The defaults of both sub-configs are deliberately tiny (a 2-layer CLIP vision tower and a 2-layer Llama):
+a default full-size LLM config would silently allocate billions of parameters. Real models are built with
+`CoLLMModel.from_backbones(...)` or from explicit sub-configs.
+"""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.models.auto.configuration_auto import AutoConfig
+
+from .vision_families import resolve_vision_family, vision_embedding_size
+
+# The paper's prompt (CoLLM §7.2). `{image}` and `{text}` mark where the two query parts go; a missing
+# modality's part is dropped (text-only and image-only queries).
+DEFAULT_INSTRUCTION = "Find the image that matches the query."
+
+
+@strict
+class CoLLMConfig(PreTrainedConfig):
+    r"""Configuration of a [`CoLLMModel`].
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`): the vision tower `f`.
+        text_config (`dict` or `PreTrainedConfig`): the language model `Φ`.
+        vision_family (`str`, *optional*): "clip", "siglip" or "blip"; inferred from `vision_config`.
+        vision_projection_dim (`int`, *optional*): size of the tower's own projection (CLIP `projection_dim`,
+            BLIP `image_text_hidden_size`); inferred from the family. SigLIP has none.
+        num_visual_tokens (`int`, defaults to 1): tokens the image occupies in the LLM input.
+        adapter_type (`str`, defaults to "mlp"): the image adapter `g`.
+        pooling (`str`, defaults to "last"): how the LLM's hidden states become one vector.
+        instruction (`str`): the instruction of the prompt.
+        projection_dim (`int`, *optional*): size of the retrieval space; defaults to the image embedding size.
+        logit_scale_init_value (`float`): initial log of the inverse temperature.
+        learnable_logit_scale (`bool`): whether the temperature is trained.
+        freeze_vision_tower (`bool`): whether the vision tower is frozen.
+        image_token_id (`int`): the placeholder id of image tokens in `input_ids`.
+
+    Example:
+
+    ```python
+    >>> from collm_hf import CoLLMConfig
+    >>> config = CoLLMConfig(
+    ...     vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 37,
+    ...                    "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8,
+    ...                    "projection_dim": 16},
+    ...     text_config={"model_type": "llama", "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+    ...                  "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100},
+    ... )
+    >>> config.vision_family, config.projection_dim
+    ('clip', 16)
+    ```
+    """
+
+    model_type = "collm"
+
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="clip_vision_model",
+            init_kwargs={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "projection_dim": 32},
+        ),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="llama",
+            init_kwargs={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024,
+                         "max_position_embeddings": 512},
+        ),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    # Which embedding of the tower is the gallery embedding (contracts.md); inferred from the tower's type.
+    vision_family: str | None = None
+    # Output size of the tower's own projection layer (CLIP projection_dim, BLIP image_text_hidden_size).
+    vision_projection_dim: int | None = None
+    # The paper feeds a single visual token (§3.1); >1 maps the image embedding to several tokens (an extension).
+    num_visual_tokens: int = 1
+    # The paper does not give the adapter; a 2-layer MLP (as LLaVA-1.5) is the default, "linear" the cheap one.
+    adapter_type: Literal["linear", "mlp"] = "mlp"
+    # SFR-Embedding / E5-Mistral pool the appended end-of-sequence token ("last"); "mean" for encoders.
+    pooling: Literal["last", "mean"] = "last"
+    # The paper's instruction (§7.2): "Instruct: {instruction}\nQuery: Image: [IMAGE] Text: [TEXT]".
+    instruction: str = DEFAULT_INSTRUCTION
+    # Targets live in the vision embedding space, so the query projection `p` maps there (None = that size).
+    projection_dim: int | None = None
+    # log(1 / 0.07), the CLIP and HN-NCE-for-CIR temperature.
+    logit_scale_init_value: float = 2.6592
+    # CLIP learns its temperature; set False to keep it fixed at the initial value.
+    learnable_logit_scale: bool = True
+    # Pretrained towers are frozen in the paper; a tower trained from scratch (the quickstart) must not be.
+    freeze_vision_tower: bool = True
+    # Placeholder id for image tokens in `input_ids`; negative, as in the original LLaVA code (-200), so it
+    # can never collide with text and the LLM vocabulary is not resized.
+    image_token_id: int = -200
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.vision_family is None:
+            self.vision_family = resolve_vision_family(self.vision_config)
+        if self.vision_projection_dim is None:
+            self.vision_projection_dim = vision_embedding_size(self.vision_family, self.vision_config, projected=True)
+        if self.projection_dim is None:
+            self.projection_dim = self.image_embedding_size
+        if self.num_visual_tokens < 1:
+            raise ValueError(f"num_visual_tokens must be >= 1, got {self.num_visual_tokens}")
+
+    @property
+    def image_embedding_size(self) -> int:
+        """Size of the gallery embedding `f(v)` (the tower's projection, or its hidden size)."""
+        return self.vision_projection_dim or self.vision_config.hidden_size
+
+
+__all__ = ["CoLLMConfig", "DEFAULT_INSTRUCTION"]

@@ -1,0 +1,329 @@
+"""CoLLM: a vision tower `f`, an image adapter `g`, an LLM `Φ` and a projection `p` (CoLLM §3.1).
+
+    query  c = p(Φ([g(f(v_ref)); prompt + modification text]))      (get_query_embeds)
+    target z = f(v_target)                                          (get_image_embeds)
+
+Both are L2-normalised; retrieval ranks the gallery by cosine similarity. The towers are built from the
+sub-configs (`AutoModel.from_config`), never copied, so any CLIP/SigLIP/BLIP tower and any decoder LLM plug in.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_collm import CoLLMConfig
+from .losses import info_nce_loss
+from .vision_families import build_vision_projection, build_vision_tower, load_pretrained_vision, pool_vision_output
+
+
+@dataclass
+class CoLLMOutput(ModelOutput):
+    """Output of [`CoLLMModel.forward`].
+
+    Args:
+        loss: scalar contrastive loss, when `return_loss=True`.
+        query_embeds: (batch, dim) L2-normalised query embeddings.
+        target_embeds: (batch, dim) L2-normalised target embeddings, when targets are given.
+        logits_per_query: (batch, batch) scaled query-target similarities, when targets are given.
+    """
+
+    loss: torch.FloatTensor | None = None
+    query_embeds: torch.FloatTensor | None = None
+    target_embeds: torch.FloatTensor | None = None
+    logits_per_query: torch.FloatTensor | None = None
+
+
+class CoLLMImageAdapter(nn.Module):
+    """The adapter `g`: one image embedding -> `num_visual_tokens` LLM input embeddings."""
+
+    def __init__(self, config: CoLLMConfig):
+        super().__init__()
+        in_dim, hidden = config.image_embedding_size, config.text_config.hidden_size
+        self.num_visual_tokens = config.num_visual_tokens
+        out_dim = hidden * config.num_visual_tokens
+        if config.adapter_type == "linear":
+            self.layers = nn.Sequential(nn.Linear(in_dim, out_dim))
+        else:  # 2-layer MLP with GELU, as LLaVA-1.5's projector
+            self.layers = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        out = self.layers(image_embeds)  # (batch, tokens * hidden)
+        return out.view(image_embeds.shape[0], self.num_visual_tokens, -1)  # (batch, tokens, hidden)
+
+
+class CoLLMPreTrainedModel(PreTrainedModel):
+    config: CoLLMConfig
+    config_class = CoLLMConfig
+    base_model_prefix = "collm"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, CoLLMModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class CoLLMModel(CoLLMPreTrainedModel):
+    r"""The CoLLM retrieval model.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from collm_hf import CoLLMConfig, CoLLMModel
+    >>> config = CoLLMConfig()  # tiny defaults, random weights
+    >>> model = CoLLMModel(config).eval()
+    >>> gallery = model.get_image_embeds(torch.randn(2, 3, 32, 32))
+    >>> gallery.shape
+    torch.Size([2, 32])
+    ```
+    """
+
+    def __init__(self, config: CoLLMConfig):
+        super().__init__(config)
+        self.vision_tower = build_vision_tower(config.vision_config)
+        self.vision_projection = build_vision_projection(
+            config.vision_family, config.vision_config.hidden_size, config.vision_projection_dim
+        )
+        self.language_model = AutoModel.from_config(config.text_config)
+        self._build_new_modules()
+        self.post_init()
+        self.apply_vision_freezing()
+
+    def _build_new_modules(self):
+        """The modules CoLLM adds to the two pretrained towers: adapter `g`, projection `p`, logit scale."""
+        config = self.config
+        self.adapter = CoLLMImageAdapter(config)
+        self.projection = nn.Linear(config.text_config.hidden_size, config.projection_dim)
+        self.logit_scale = nn.Parameter(
+            torch.tensor(config.logit_scale_init_value), requires_grad=config.learnable_logit_scale
+        )
+
+    def apply_vision_freezing(self):
+        """Freeze (or unfreeze) the vision tower and its projection as `config.freeze_vision_tower` says."""
+        trainable = not self.config.freeze_vision_tower
+        for module in (self.vision_tower, self.vision_projection):
+            if module is not None:
+                module.requires_grad_(trainable)
+        self.logit_scale.requires_grad_(self.config.learnable_logit_scale)
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Gallery side: f(v)
+    # ----------------------------------------------------------------------------------------------------------
+    def get_image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Gallery / target embeddings `f(v)`, as the vision family defines them (contracts.md).
+
+        Args:
+            pixel_values: (batch, channels, height, width) from the processor.
+
+        Returns:
+            (batch, dim) L2-normalised image embeddings.
+        """
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            raise ValueError(
+                "pixel_values must be a 4-D tensor (batch, channels, height, width), got "
+                f"{getattr(pixel_values, 'shape', type(pixel_values).__name__)}"
+            )
+        tower_params = list(self.vision_tower.parameters())
+        track_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tower_params)
+        with torch.set_grad_enabled(track_grad):
+            pixel_values = pixel_values.to(device=tower_params[0].device, dtype=tower_params[0].dtype)
+            outputs = self.vision_tower(pixel_values=pixel_values)
+            pooled = pool_vision_output(self.config.vision_family, outputs)  # (batch, hidden)
+            if self.vision_projection is not None:
+                pooled = self.vision_projection(pooled)  # (batch, dim)
+        return F.normalize(pooled, dim=-1)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Query side: p(Φ([g(h); w]))
+    # ----------------------------------------------------------------------------------------------------------
+    def embed_query_tokens(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """LLM input embeddings of a query batch, with `g(h)` spliced in at the image placeholders.
+
+        Rows that contain `num_visual_tokens` placeholders (`config.image_token_id`) take one row of
+        `image_embeds` each, in order; rows without placeholders are text-only queries.
+
+        Returns:
+            (batch, seq, hidden) input embeddings.
+        """
+        image_mask = input_ids == self.config.image_token_id  # (batch, seq)
+        tokens_per_row = image_mask.sum(-1)
+        rows_with_image = int((tokens_per_row > 0).sum())
+        n = self.config.num_visual_tokens
+        if bool(((tokens_per_row != 0) & (tokens_per_row != n)).any()):
+            raise ValueError(f"Each query must hold 0 or {n} image placeholder tokens; got {tokens_per_row.tolist()}.")
+        n_images = 0 if image_embeds is None else image_embeds.shape[0]
+        if n_images != rows_with_image:
+            raise ValueError(
+                f"{rows_with_image} queries have an image placeholder but {n_images} images were given "
+                "(pixel_values / image_embeds must have one row per query with an image)."
+            )
+        embedding = self.get_input_embeddings()
+        inputs_embeds = embedding(input_ids.masked_fill(image_mask, 0))  # (batch, seq, hidden)
+        if rows_with_image:
+            visual = self.adapter(image_embeds.to(self.adapter.layers[0].weight.dtype))  # (images, n, hidden)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), visual.to(inputs_embeds.dtype))
+        return inputs_embeds
+
+    def pool_hidden_states(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pool (batch, seq, hidden) -> (batch, hidden): the last attended token, or the masked mean."""
+        if self.config.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+            return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (attention_mask.long() * positions).argmax(-1)  # index of the last real token, any padding side
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+
+    def get_query_embeds(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Query embeddings `c = p(Φ([g(h); w]))`.
+
+        Args:
+            input_ids: (batch, seq) from the processor, image placeholders included.
+            attention_mask: (batch, seq), 1 for real tokens; left or right padding give the same result.
+            pixel_values: (images, 3, H, W) reference images, one per query with a placeholder; or
+            image_embeds: (images, dim) precomputed L2-normalised image embeddings instead of pixels.
+
+        Returns:
+            (batch, projection_dim) L2-normalised query embeddings.
+        """
+        if input_ids is None or attention_mask is None:
+            raise ValueError("get_query_embeds needs input_ids and attention_mask (use CoLLMProcessor).")
+        if input_ids.shape != attention_mask.shape:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ.")
+        if image_embeds is None and pixel_values is not None:
+            image_embeds = self.get_image_embeds(pixel_values)
+        elif image_embeds is not None:
+            if image_embeds.dim() != 2 or image_embeds.shape[-1] != self.config.image_embedding_size:
+                raise ValueError(
+                    f"image_embeds must be (images, {self.config.image_embedding_size}); got {tuple(image_embeds.shape)}."
+                )
+            if not torch.isfinite(image_embeds).all():
+                raise ValueError("image_embeds contain NaN or infinite values.")
+        device = self.get_input_embeddings().weight.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        if image_embeds is not None:
+            image_embeds = image_embeds.to(device)
+        inputs_embeds = self.embed_query_tokens(input_ids, image_embeds)
+        # Positions follow the attention mask, so left and right padding give the same embedding.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
+        hidden = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state  # (batch, seq, hidden)
+        pooled = self.pool_hidden_states(hidden, attention_mask)  # (batch, hidden)
+        return F.normalize(self.projection(pooled.to(self.projection.weight.dtype)), dim=-1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        target_pixel_values: torch.Tensor | None = None,
+        target_image_embeds: torch.Tensor | None = None,
+        return_loss: bool = False,
+        **kwargs,
+    ) -> CoLLMOutput:
+        """Embed queries (and targets), and with `return_loss=True` the contrastive loss over the batch.
+
+        Args:
+            input_ids, attention_mask, pixel_values, image_embeds: the query, as in `get_query_embeds`.
+            target_pixel_values: (batch, 3, H, W) target images; or
+            target_image_embeds: (batch, dim) precomputed target embeddings.
+            return_loss: compute the in-batch InfoNCE loss (needs targets).
+
+        Returns:
+            [`CoLLMOutput`].
+        """
+        query_embeds = self.get_query_embeds(input_ids, attention_mask, pixel_values, image_embeds)
+        target_embeds = target_image_embeds
+        if target_embeds is None and target_pixel_values is not None:
+            target_embeds = self.get_image_embeds(target_pixel_values)
+        logits = loss = None
+        if target_embeds is not None:
+            target_embeds = target_embeds.to(query_embeds.device, query_embeds.dtype)
+            logits = self.logit_scale.exp() * query_embeds @ target_embeds.t()  # (batch, batch)
+            if return_loss:
+                loss = info_nce_loss(query_embeds, target_embeds, self.logit_scale)
+        elif return_loss:
+            raise ValueError("return_loss=True needs target_pixel_values or target_image_embeds.")
+        return CoLLMOutput(loss=loss, query_embeds=query_embeds, target_embeds=target_embeds, logits_per_query=logits)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Composition from two pretrained checkpoints
+    # ----------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_backbones(
+        cls,
+        vision_name_or_path: str,
+        llm_name_or_path: str,
+        *,
+        dtype: torch.dtype | None = None,
+        vision_kwargs: dict | None = None,
+        llm_kwargs: dict | None = None,
+        **options,
+    ) -> "CoLLMModel":
+        """Compose a CoLLM from a pretrained vision checkpoint and a pretrained LLM checkpoint.
+
+        The tower keeps its own projection, so gallery embeddings equal the source model's image features
+        (e.g. `CLIPModel.get_image_features`). A `*ForCausalLM` checkpoint loads into the base LLM (its LM
+        head is dropped). Only the adapter, the projection and the logit scale are newly initialised.
+
+        Args:
+            vision_name_or_path: a full CLIP/SigLIP/BLIP checkpoint (or a vision-only one with projection).
+            llm_name_or_path: a decoder LLM (or text encoder) checkpoint.
+            dtype: dtype for both towers and the new modules.
+            vision_kwargs / llm_kwargs: extra `from_pretrained` keyword arguments per tower.
+            **options: `CoLLMConfig` options (adapter_type, pooling, num_visual_tokens, ...).
+
+        Example:
+            `CoLLMModel.from_backbones("openai/clip-vit-large-patch14", "Salesforce/SFR-Embedding-2_R")`
+        """
+        dtype_kwargs = {"dtype": dtype} if dtype is not None else {"dtype": torch.float32}
+        tower, vision_projection, family, projection_dim = load_pretrained_vision(
+            vision_name_or_path, **dtype_kwargs, **(vision_kwargs or {})
+        )
+        language_model = AutoModel.from_pretrained(llm_name_or_path, **dtype_kwargs, **(llm_kwargs or {}))
+        config = CoLLMConfig(
+            vision_config=tower.config,
+            text_config=language_model.config,
+            vision_family=family,
+            vision_projection_dim=projection_dim,
+            **options,
+        )
+        with torch.device("meta"):  # no wasted random init of the two towers
+            model = cls(config)
+        model.vision_tower, model.vision_projection, model.language_model = tower, vision_projection, language_model
+        tower.config, language_model.config = config.vision_config, config.text_config
+        model._build_new_modules()
+        for module in (model.adapter, model.projection):
+            module.apply(model._init_weights)
+        model.to(language_model.dtype)
+        model.apply_vision_freezing()
+        model.config.dtype = language_model.dtype
+        return model
+
+
+__all__ = ["CoLLMModel", "CoLLMOutput", "CoLLMPreTrainedModel", "CoLLMImageAdapter"]

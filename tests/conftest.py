@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random models (hidden 32, 2 layers), built once per session and deep-copied per test."""
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def _tiny_clip_llama():
+    from collm_hf._testing import tiny_model_and_processor
+
+    return tiny_model_and_processor("clip", "llama")
+
+
+@pytest.fixture
+def tiny_model_and_processor(_tiny_clip_llama):
+    """(model, processor): a tiny CLIP + Llama CoLLM in eval mode and its processor (fresh copies per test)."""
+    model, processor = _tiny_clip_llama
+    return copy.deepcopy(model), copy.deepcopy(processor)
+
+
+@pytest.fixture
+def rgb_images():
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40 + 3 * i, 48, 3), dtype=np.uint8)) for i in range(4)]
