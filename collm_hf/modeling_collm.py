@@ -118,6 +118,13 @@ class CoLLMModel(CoLLMPreTrainedModel):
                 module.requires_grad_(trainable)
         self.logit_scale.requires_grad_(self.config.learnable_logit_scale)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading re-creates parameters (requires_grad=True); re-apply the config's freezing afterwards.
+        model = super().from_pretrained(*args, **kwargs)
+        model.apply_vision_freezing()
+        return model
+
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
 
