@@ -84,6 +84,14 @@ def test_composed_model_saves_and_reloads(tmp_path, llm_checkpoints, rgb_images)
         assert (reloaded.get_query_embeds(**inputs) - model.get_query_embeds(**inputs)).abs().max() <= 1e-5
 
 
+def test_processor_from_backbones(tmp_path, llm_checkpoints):
+    tiny_image_processor().save_pretrained(tmp_path / "vision")
+    tiny_tokenizer().save_pretrained(tmp_path / "llm")
+    processor = CoLLMProcessor.from_backbones(str(tmp_path / "vision"), str(tmp_path / "llm"), max_text_tokens=9)
+    assert processor.max_text_tokens == 9 and processor.tokenizer.eos_token == "</s>"
+    assert processor(text=["make it red"])["input_ids"].shape[0] == 1
+
+
 def test_unsupported_vision_checkpoint_is_clear(tmp_path, llm_checkpoints):
     with pytest.raises(ValueError, match="supported vision checkpoints"):
         CoLLMModel.from_backbones(str(llm_checkpoints / "llama"), str(llm_checkpoints / "llama"))

@@ -155,3 +155,26 @@ def test_mismatched_images_and_placeholders_clear_error(tiny_model_and_processor
         model.get_query_embeds(inputs["input_ids"], inputs["attention_mask"], image_embeds=torch.zeros(3, 5))
     with pytest.raises(ValueError, match="pixel_values must be a 4-D tensor"):
         model.get_image_embeds(torch.zeros(3, 32, 32))
+
+
+@pytest.mark.parametrize("options", [{"num_visual_tokens": 3}, {"pooling": "mean"}, {"adapter_type": "linear"}])
+def test_options_change_the_query_path(options, rgb_images):
+    model, processor = make_tiny(**options)
+    inputs = processor(images=rgb_images[:2], text=TEXTS[:2])
+    assert (inputs["input_ids"] == -200).sum(-1).tolist() == [model.config.num_visual_tokens] * 2
+    with torch.no_grad():
+        right = model.get_query_embeds(**inputs)
+        processor.padding_side = "left"
+        left = model.get_query_embeds(**processor(images=rgb_images[:2], text=TEXTS[:2]))
+    assert (right - left).abs().max() <= 1e-5
+
+
+def test_device_map_and_per_tower_attention(tmp_path, tiny_model_and_processor):
+    model, _ = tiny_model_and_processor
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(
+        tmp_path, device_map="cpu", attn_implementation={"vision_config": "eager", "text_config": "sdpa"}
+    )
+    assert loaded.vision_tower.config._attn_implementation == "eager"
+    assert loaded.language_model.config._attn_implementation == "sdpa"
+    assert loaded.projection.weight.device.type == "cpu"
