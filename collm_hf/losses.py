@@ -1,23 +1,283 @@
-"""Contrastive losses as pure functions of L2-normalised embeddings.
+"""Contrastive losses as pure functions of L2-normalised embeddings, and their multi-process gathering.
 
 Called from `CoLLMModel.forward` when `return_loss=True`, so the stock `Trainer` trains the model.
+
+- `info_nce_loss`: InfoNCE with in-batch negatives (CLIP, van den Oord et al. 2018), one- or two-way.
+- `hn_nce_loss`: hard-negative InfoNCE of Radenovic et al. 2023 ("Filtering, Distillation, and Hard
+  Negatives for Vision-Language Pre-Training", eq. 3), the loss CoLLM cites (§3.2); reference code:
+  https://github.com/lucas-ventura/CoVR/blob/main/src/model/loss.py (`HardNegativeNCE`).
+- `contrastive_loss`: the entry point; gathers queries, targets and ids from every process (with gradients,
+  `torch.distributed.nn.functional.all_gather`), so every process computes the loss of the *global* batch and
+  the loss and the gradients do not depend on the number of processes (see `gather_rows`).
+
+False negatives: rows whose targets share an image id (a duplicate image in the batch) are not counted as each
+other's negatives. The temperature is `1 / exp(logit_scale)`: learnable or fixed as `config.learnable_logit_scale`
+says, or fixed by `ContrastiveLossConfig.temperature`.
+
+This module imports only torch and the standard library (it travels with checkpoints for trust_remote_code).
 """
 
+import math
+from dataclasses import asdict, dataclass, fields
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+# CLIP clamps the learnt inverse temperature at 100 to keep training stable.
+MAX_LOGIT_SCALE = math.log(100.0)
 
-def info_nce_loss(query_embeds: torch.Tensor, target_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """One-way InfoNCE with in-batch negatives: query i must pick target i.
+
+@dataclass
+class ContrastiveLossConfig:
+    """Options of the contrastive loss; stored in `CoLLMConfig.contrastive_loss` as a dict.
+
+    Example:
+        >>> model.config.contrastive_loss = ContrastiveLossConfig(loss_type="hn_nce", two_way=True).to_dict()  # doctest: +SKIP
+    """
+
+    # "info_nce" (the foundation default) or "hn_nce" (the loss the paper cites).
+    loss_type: str = "info_nce"
+    # Also the target -> query direction (averaged with query -> target), as CLIP and CoVR do.
+    two_way: bool = False
+    # HN-NCE alpha: weight of the positive in the denominator (1 = InfoNCE-like; CoVR uses 1).
+    hn_alpha: float = 1.0
+    # HN-NCE beta: hardness of the negative re-weighting (0 = InfoNCE; CoVR uses 0.5).
+    hn_beta: float = 0.5
+    # A fixed temperature; None uses the model's logit_scale (learnable if config.learnable_logit_scale).
+    temperature: float | None = None
+    # Gather negatives from every process under torch.distributed (keep True: the loss then ignores world size).
+    gather: bool = True
+
+    def __post_init__(self):
+        if self.loss_type not in ("info_nce", "hn_nce"):
+            raise ValueError(f"loss_type must be 'info_nce' or 'hn_nce', got {self.loss_type!r}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    @classmethod
+    def from_dict(cls, options: dict | None) -> "ContrastiveLossConfig":
+        options = dict(options or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"Unknown contrastive loss option(s) {unknown}; known: {sorted(known)}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gathering across processes
+# ----------------------------------------------------------------------------------------------------------
+def world_size() -> int:
+    """Number of processes of the default group (1 without torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def gather_rows(tensor: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int]:
+    """Concatenate `tensor` from every process along dim 0 (rank order); sizes may differ between ranks.
+
+    With gradients (`torch.distributed.nn.functional.all_gather`), the backward pass sums the gradient every
+    process computes for this rank's rows. When every process computes the same global loss L, each rank's rows
+    receive `world * dL/drow`, and DDP's gradient averaging divides by `world`: the parameter gradients equal
+    those of one process on the concatenated batch.
+
+    Args:
+        tensor: (rows, ...) this process's rows.
+        with_grad: keep the autograd graph (needed for embeddings; not for ids).
+
+    Returns:
+        (global_rows, ...) tensor and the offset of this process's rows in it.
+    """
+    world = world_size()
+    if world == 1:
+        return tensor, 0
+    size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+    padded = tensor
+    if tensor.shape[0] < longest:
+        filler = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+        padded = torch.cat([tensor, filler])
+    if with_grad and padded.requires_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        parts = all_gather(padded.contiguous())
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+    out = torch.cat([part[:n] for part, n in zip(parts, sizes)])
+    return out, sum(sizes[: dist.get_rank()])
+
+
+def gather_padded(tensor: torch.Tensor, pad_value: int) -> tuple[torch.Tensor, int]:
+    """`gather_rows` for (rows, length) id tensors whose length differs between processes (no gradient)."""
+    world = world_size()
+    if world == 1:
+        return tensor, 0
+    length = torch.tensor([tensor.shape[1]], device=tensor.device, dtype=torch.long)
+    lengths = [torch.zeros_like(length) for _ in range(world)]
+    dist.all_gather(lengths, length)
+    longest = max(int(n) for n in lengths)
+    if tensor.shape[1] < longest:
+        tensor = F.pad(tensor, (0, longest - tensor.shape[1]), value=pad_value)
+    return gather_rows(tensor, with_grad=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------------------
+def false_negative_mask(target_ids: torch.Tensor | None, size: int, device=None) -> torch.Tensor:
+    """(size, size) bool: True where rows i != j share a target image id (not each other's negatives)."""
+    if target_ids is None:
+        return torch.zeros((size, size), dtype=torch.bool, device=device)
+    ids = target_ids.to(device)
+    same = ids[:, None] == ids[None, :]
+    return same & ~torch.eye(size, dtype=torch.bool, device=device)
+
+
+def _scaled_logits(query_embeds, target_embeds, logit_scale) -> torch.Tensor:
+    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
+    return scale * query_embeds.float() @ target_embeds.float().t()  # (queries, targets)
+
+
+def _info_nce_rows(logits: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    logits = logits.masked_fill(masked, float("-inf"))
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+def _hn_nce_rows(logits: torch.Tensor, masked: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Mean over rows of -log(e^{s_ii} / (alpha e^{s_ii} + sum_{j in neg(i)} w_ij e^{s_ij})),
+    w_ij = |neg(i)| e^{beta s_ij} / sum_{k in neg(i)} e^{beta s_ik}, in log space (Radenovic et al. 2023, eq. 3)."""
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    negative = ~(eye | masked)  # (n, n)
+    positive = logits.diagonal()  # (n,)
+    count = negative.sum(-1).clamp(min=1).to(logits.dtype)  # (n,)
+    beta_logits = (beta * logits).masked_fill(~negative, float("-inf"))
+    log_weights = count.log()[:, None] + beta_logits - torch.logsumexp(beta_logits, -1, keepdim=True)  # (n, n)
+    weighted_negatives = (logits + log_weights).masked_fill(~negative, float("-inf"))
+    log_alpha = math.log(alpha) if alpha > 0 else float("-inf")
+    terms = torch.cat([(positive + log_alpha)[:, None], weighted_negatives], dim=1)  # (n, 1 + n)
+    return (torch.logsumexp(terms, -1) - positive).mean()
+
+
+def info_nce_loss(
+    query_embeds: torch.Tensor,
+    target_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    target_ids: torch.Tensor | None = None,
+    two_way: bool = False,
+) -> torch.Tensor:
+    """InfoNCE with in-batch negatives: query i must pick target i (no gathering; see `contrastive_loss`).
 
     Args:
         query_embeds: (batch, dim), L2-normalised.
         target_embeds: (batch, dim), L2-normalised.
         logit_scale: scalar, log of the inverse temperature.
+        target_ids: (batch,) integer image ids of the targets; rows sharing an id are not negatives of each other.
+        two_way: average with the target -> query direction.
+
+    Returns:
+        scalar loss.
+
+    Example:
+        >>> q = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> info_nce_loss(q, q, torch.tensor(2.0)).shape
+        torch.Size([])
+    """
+    logits = _scaled_logits(query_embeds, target_embeds, logit_scale)  # (batch, batch)
+    masked = false_negative_mask(target_ids, logits.shape[0], logits.device)
+    loss = _info_nce_rows(logits, masked)
+    if two_way:
+        loss = (loss + _info_nce_rows(logits.t(), masked.t())) / 2
+    return loss
+
+
+def hn_nce_loss(
+    query_embeds: torch.Tensor,
+    target_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+    target_ids: torch.Tensor | None = None,
+    two_way: bool = True,
+) -> torch.Tensor:
+    """Hard-negative InfoNCE (HN-NCE, Radenovic et al. 2023): negatives re-weighted by exp(beta * logit).
+
+    alpha = 1, beta = 0 gives InfoNCE exactly. Two-way averages the two directions (CoVR sums them; averaging
+    keeps the one- and two-way losses on one scale).
+
+    Args:
+        query_embeds, target_embeds: (batch, dim), L2-normalised.
+        logit_scale: scalar, log of the inverse temperature.
+        alpha: weight of the positive in the denominator.
+        beta: hardness of the negative weighting.
+        target_ids: (batch,) integer image ids; rows sharing an id are not negatives of each other.
+        two_way: average with the target -> query direction.
 
     Returns:
         scalar loss.
     """
-    logits = logit_scale.exp() * query_embeds @ target_embeds.t()  # (batch, batch)
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return F.cross_entropy(logits, labels)
+    logits = _scaled_logits(query_embeds, target_embeds, logit_scale)  # (batch, batch)
+    masked = false_negative_mask(target_ids, logits.shape[0], logits.device)
+    loss = _hn_nce_rows(logits, masked, alpha, beta)
+    if two_way:
+        loss = (loss + _hn_nce_rows(logits.t(), masked.t(), alpha, beta)) / 2
+    return loss
+
+
+def contrastive_loss(
+    query_embeds: torch.Tensor,
+    target_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    target_ids: torch.Tensor | None = None,
+    config: ContrastiveLossConfig | None = None,
+) -> torch.Tensor:
+    """The configured loss over the global batch (negatives from every process).
+
+    Every process returns the same value: the loss of one process on the concatenated batch.
+
+    Args:
+        query_embeds: (batch, dim) this process's queries, L2-normalised.
+        target_embeds: (batch, dim) their targets, L2-normalised.
+        logit_scale: scalar log inverse temperature (ignored when `config.temperature` is set).
+        target_ids: (batch,) integer target image ids for false-negative masking, or None.
+        config: `ContrastiveLossConfig` (default: one-way InfoNCE).
+
+    Returns:
+        scalar loss.
+    """
+    config = config or ContrastiveLossConfig()
+    if query_embeds.shape != target_embeds.shape:
+        raise ValueError(f"query_embeds {tuple(query_embeds.shape)} and target_embeds {tuple(target_embeds.shape)} differ")
+    if config.temperature is not None:
+        logit_scale = math.log(1.0 / config.temperature)
+    if config.gather:
+        query_embeds, _ = gather_rows(query_embeds)
+        target_embeds, _ = gather_rows(target_embeds)
+        if target_ids is not None:
+            target_ids, _ = gather_rows(target_ids.to(query_embeds.device), with_grad=False)
+    if config.loss_type == "hn_nce":
+        return hn_nce_loss(query_embeds, target_embeds, logit_scale, config.hn_alpha, config.hn_beta, target_ids, config.two_way)
+    return info_nce_loss(query_embeds, target_embeds, logit_scale, target_ids, config.two_way)
+
+
+__all__ = [
+    "ContrastiveLossConfig",
+    "MAX_LOGIT_SCALE",
+    "contrastive_loss",
+    "false_negative_mask",
+    "gather_padded",
+    "gather_rows",
+    "hn_nce_loss",
+    "info_nce_loss",
+    "world_size",
+]

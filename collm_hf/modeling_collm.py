@@ -17,7 +17,8 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_collm import CoLLMConfig
-from .losses import info_nce_loss
+from .losses import ContrastiveLossConfig, contrastive_loss
+from .synthesis import DEFAULT_SLERP_ALPHA, concat_padded_queries, synthesize_composed_queries
 from .vision_families import build_vision_projection, build_vision_tower, load_pretrained_vision, pool_vision_output
 
 
@@ -36,6 +37,25 @@ class CoLLMOutput(ModelOutput):
     query_embeds: torch.FloatTensor | None = None
     target_embeds: torch.FloatTensor | None = None
     logits_per_query: torch.FloatTensor | None = None
+
+
+@dataclass
+class CoLLMContrastiveInputs:
+    """The LLM inputs of a training step and its targets ([`CoLLMModel.prepare_contrastive_inputs`]).
+
+    Args:
+        input_ids, attention_mask: (groups * batch, seq) the query groups stacked (pairs: 3 groups).
+        image_embeds: (images, dim) one row per query with an image placeholder, in order.
+        num_groups: query groups sharing the targets (1 for triplets, 3 for pairs).
+        target_embeds: (batch, dim) or None; target_image_ids: (batch,) or None.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    image_embeds: torch.Tensor | None
+    num_groups: int
+    target_embeds: torch.Tensor | None
+    target_image_ids: torch.Tensor | None
 
 
 class CoLLMImageAdapter(nn.Module):
@@ -67,6 +87,8 @@ class CoLLMPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The loss is a contrastive mean over the batch: Trainer must not pass or rescale by num_items_in_batch.
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -242,6 +264,68 @@ class CoLLMModel(CoLLMPreTrainedModel):
         pooled = self.pool_hidden_states(hidden, attention_mask)  # (batch, hidden)
         return F.normalize(self.projection(pooled.to(self.projection.weight.dtype)), dim=-1)
 
+    def prepare_contrastive_inputs(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        target_pixel_values: torch.Tensor | None = None,
+        target_image_embeds: torch.Tensor | None = None,
+        target_image_ids: torch.Tensor | None = None,
+        text_input_ids: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+        caption_ids: torch.Tensor | None = None,
+        modification_template_ids: torch.Tensor | None = None,
+        query_frame_ids: torch.Tensor | None = None,
+    ) -> CoLLMContrastiveInputs:
+        """Everything before the LLM pass: image embeddings, and for pairs the on-the-fly triplet synthesis.
+
+        Triplets: one query group, the given queries. Pairs (`caption_ids` given, see `CoLLMPairCollator`):
+        `pixel_values` are the augmented targets t(v); their embeddings h' give the synthesised references h*
+        (`synthesis.synthesize_composed_queries`), and three query groups are stacked: image-only from h*
+        (`input_ids`), text-only from the target caption (`text_input_ids`), composed from h* and w* (CoLLM §3.2).
+        """
+        if image_embeds is None and pixel_values is not None:
+            image_embeds = self.get_image_embeds(pixel_values)  # (images, dim)
+        if target_image_embeds is None and target_pixel_values is not None:
+            target_image_embeds = self.get_image_embeds(target_pixel_values)  # (batch, dim)
+        num_groups = 1
+        if caption_ids is not None:
+            if image_embeds is None or text_input_ids is None or modification_template_ids is None or query_frame_ids is None:
+                raise ValueError(
+                    "Pair pre-training needs pixel_values (augmented targets) or image_embeds, text_input_ids, "
+                    "caption_ids, modification_template_ids and query_frame_ids (use CoLLMPairCollator)."
+                )
+            synthesized = synthesize_composed_queries(
+                image_embeds, caption_ids, modification_template_ids, query_frame_ids, target_image_ids,
+                alpha=getattr(self.config, "slerp_alpha", DEFAULT_SLERP_ALPHA),
+            )
+            input_ids, attention_mask = concat_padded_queries(
+                [(input_ids, attention_mask), (text_input_ids, text_attention_mask),
+                 (synthesized.input_ids, synthesized.attention_mask)]
+            )  # (3 * batch, seq): image-only, text-only, composed
+            image_embeds = torch.cat([synthesized.reference_embeds, synthesized.reference_embeds])  # (2 * batch, dim)
+            num_groups = 3
+        return CoLLMContrastiveInputs(input_ids, attention_mask, image_embeds, num_groups, target_image_embeds, target_image_ids)
+
+    def contrastive_output(
+        self, query_embeds: torch.Tensor, inputs: CoLLMContrastiveInputs, return_loss: bool = True
+    ) -> CoLLMOutput:
+        """Loss (mean over query groups of `losses.contrastive_loss`, options from `config.contrastive_loss`)."""
+        groups = query_embeds.chunk(inputs.num_groups)  # each (batch, dim); the last is the composed query
+        target_embeds, logits, loss = inputs.target_embeds, None, None
+        if target_embeds is not None:
+            target_embeds = target_embeds.to(query_embeds.device, query_embeds.dtype)
+            logits = self.logit_scale.exp() * groups[-1] @ target_embeds.t()  # (batch, batch)
+            if return_loss:
+                config = ContrastiveLossConfig.from_dict(getattr(self.config, "contrastive_loss", None))
+                losses = [contrastive_loss(q, target_embeds, self.logit_scale, inputs.target_image_ids, config) for q in groups]
+                loss = torch.stack(losses).mean()
+        elif return_loss:
+            raise ValueError("return_loss=True needs target_pixel_values or target_image_embeds.")
+        return CoLLMOutput(loss=loss, query_embeds=groups[-1], target_embeds=target_embeds, logits_per_query=logits)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -250,6 +334,12 @@ class CoLLMModel(CoLLMPreTrainedModel):
         image_embeds: torch.Tensor | None = None,
         target_pixel_values: torch.Tensor | None = None,
         target_image_embeds: torch.Tensor | None = None,
+        target_image_ids: torch.Tensor | None = None,
+        text_input_ids: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+        caption_ids: torch.Tensor | None = None,
+        modification_template_ids: torch.Tensor | None = None,
+        query_frame_ids: torch.Tensor | None = None,
         return_loss: bool = False,
         **kwargs,
     ) -> CoLLMOutput:
@@ -259,24 +349,23 @@ class CoLLMModel(CoLLMPreTrainedModel):
             input_ids, attention_mask, pixel_values, image_embeds: the query, as in `get_query_embeds`.
             target_pixel_values: (batch, 3, H, W) target images; or
             target_image_embeds: (batch, dim) precomputed target embeddings.
-            return_loss: compute the in-batch InfoNCE loss (needs targets).
+            target_image_ids: (batch,) integer target image ids (`synthesis.hash_ids`): rows sharing one are not
+                each other's negatives, nor (pairs) each other's synthesis neighbours.
+            text_input_ids, text_attention_mask, caption_ids, modification_template_ids, query_frame_ids: pair
+                pre-training with on-the-fly triplet synthesis (`CoLLMPairCollator`); see
+                `prepare_contrastive_inputs`.
+            return_loss: compute the contrastive loss (needs targets); under torch.distributed its negatives
+                come from every process.
 
         Returns:
-            [`CoLLMOutput`].
+            [`CoLLMOutput`]; for pairs `query_embeds` and `logits_per_query` are the composed queries'.
         """
-        query_embeds = self.get_query_embeds(input_ids, attention_mask, pixel_values, image_embeds)
-        target_embeds = target_image_embeds
-        if target_embeds is None and target_pixel_values is not None:
-            target_embeds = self.get_image_embeds(target_pixel_values)
-        logits = loss = None
-        if target_embeds is not None:
-            target_embeds = target_embeds.to(query_embeds.device, query_embeds.dtype)
-            logits = self.logit_scale.exp() * query_embeds @ target_embeds.t()  # (batch, batch)
-            if return_loss:
-                loss = info_nce_loss(query_embeds, target_embeds, self.logit_scale)
-        elif return_loss:
-            raise ValueError("return_loss=True needs target_pixel_values or target_image_embeds.")
-        return CoLLMOutput(loss=loss, query_embeds=query_embeds, target_embeds=target_embeds, logits_per_query=logits)
+        inputs = self.prepare_contrastive_inputs(
+            input_ids, attention_mask, pixel_values, image_embeds, target_pixel_values, target_image_embeds,
+            target_image_ids, text_input_ids, text_attention_mask, caption_ids, modification_template_ids, query_frame_ids,
+        )
+        query_embeds = self.get_query_embeds(inputs.input_ids, inputs.attention_mask, image_embeds=inputs.image_embeds)
+        return self.contrastive_output(query_embeds, inputs, return_loss)
 
     # ----------------------------------------------------------------------------------------------------------
     # Composition from two pretrained checkpoints
@@ -333,4 +422,4 @@ class CoLLMModel(CoLLMPreTrainedModel):
         return model
 
 
-__all__ = ["CoLLMModel", "CoLLMOutput", "CoLLMPreTrainedModel", "CoLLMImageAdapter"]
+__all__ = ["CoLLMModel", "CoLLMOutput", "CoLLMPreTrainedModel", "CoLLMImageAdapter", "CoLLMContrastiveInputs"]
