@@ -10,6 +10,8 @@ import sys
 
 SUBCOMMANDS = {
     # name: (module, one-line help)
+    "search": ("collm_hf.search_cli", "Search a gallery with a reference image and/or a modification text."),
+    "index": ("collm_hf.index_cli", "Embed a gallery dataset into a saved index for `collm-hf search`."),
 }
 
 

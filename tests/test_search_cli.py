@@ -1,0 +1,138 @@
+"""`collm-hf index` / `collm-hf search` and the `collm_hf.search` glue, on a tiny saved model and gallery."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from collm_hf.cli import main as cli_main
+
+
+def _image(seed: int, size: int = 40) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A saved tiny model, a 12-image gallery as Parquet, a reference image file and a non-image file."""
+    import datasets
+
+    from collm_hf._testing import tiny_model_and_processor
+
+    root = tmp_path_factory.mktemp("search")
+    model, processor = tiny_model_and_processor()
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    gallery = datasets.Dataset.from_dict(
+        {"image_id": [f"img-{i}" for i in range(12)], "image": [_image(i) for i in range(12)]},
+        features=datasets.Features({"image_id": datasets.Value("string"), "image": datasets.Image()}),
+    )
+    gallery.to_parquet(str(root / "gallery.parquet"))
+    _image(100).save(root / "ref.png")
+    (root / "notes.png").write_text("this is not an image")
+    return {"root": root, "model": str(root / "model"), "gallery": str(root / "gallery.parquet"),
+            "ref": str(root / "ref.png"), "bad": str(root / "notes.png"), "tiny": (model, processor)}
+
+
+@pytest.fixture(scope="module")
+def index_dir(assets):
+    out = assets["root"] / "index"
+    assert cli_main(["index", "--model", assets["model"], "--dataset", assets["gallery"], "--output", str(out),
+                     "--device", "cpu", "--batch-size", "5"]) == 0
+    return str(out)
+
+
+def _search_json(capsys, *argv) -> dict:
+    assert cli_main(["search", "--device", "cpu", "--json", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_index_writes_gallery_files_and_source(index_dir, assets):
+    from collm_hf.retrieval import GalleryIndex
+
+    index = GalleryIndex.load(index_dir)
+    assert index.ids == [f"img-{i}" for i in range(12)]
+    source = json.loads(open(f"{index_dir}/gallery_source.json").read())
+    assert source["dataset"] == assets["gallery"] and source["num_images"] == 12
+
+
+def test_composed_search_matches_direct_model_ranking(index_dir, assets, capsys):
+    """The CLI's top-k equals ranking the gallery by `get_query_embeds @ get_image_embeds.T` by hand."""
+    out = _search_json(capsys, "--model", assets["model"], "--index", index_dir, "--image", assets["ref"],
+                       "--text", "make it green", "-k", "5")
+    model, processor = assets["tiny"]
+    with torch.no_grad():
+        query = model.get_query_embeds(**processor(images=[Image.open(assets["ref"])], text=["make it green"]))
+        gallery = model.get_image_embeds(processor(images=[_image(i) for i in range(12)])["pixel_values"])
+    scores = (query @ gallery.T)[0]  # (12,)
+    expected = [f"img-{i}" for i in scores.argsort(descending=True)[:5].tolist()]
+    assert out["query"]["mode"] == "image+text"
+    assert [r["image_id"] for r in out["results"]] == expected
+    assert [r["rank"] for r in out["results"]] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([r["score"] for r in out["results"]], scores.sort(descending=True).values[:5], atol=1e-4)
+
+
+def test_text_only_image_only_and_exclusions(index_dir, assets, capsys):
+    text_only = _search_json(capsys, "--model", assets["model"], "--index", index_dir, "--text", "a red circle", "-k", "3")
+    assert text_only["query"]["mode"] == "text" and len(text_only["results"]) == 3
+    image_only = _search_json(capsys, "--model", assets["model"], "--index", index_dir, "--image", assets["ref"])
+    assert image_only["query"]["mode"] == "image" and len(image_only["results"]) == 10
+    best = image_only["results"][0]["image_id"]
+    excluded = _search_json(capsys, "--model", assets["model"], "--index", index_dir, "--image", assets["ref"],
+                            "--exclude", best)
+    assert best not in [r["image_id"] for r in excluded["results"]]
+
+
+def test_search_over_a_dataset_directly_and_table_output(index_dir, assets, capsys):
+    from_index = _search_json(capsys, "--model", assets["model"], "--index", index_dir, "--text", "add a star", "-k", "4")
+    assert cli_main(["search", "--device", "cpu", "--model", assets["model"], "--index", assets["gallery"],
+                     "--text", "add a star", "-k", "4"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("text query over 12 gallery images")
+    assert [line.split()[-1] for line in table[2:]] == [r["image_id"] for r in from_index["results"]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--image", "{bad}", "--text", "x"], "cannot read image"),
+    (["--image", "{root}/missing.png"], "no such file"),
+    (["--text", "   "], "nothing to search for"),
+    ([], "needs a reference image, a modification text, or both"),
+    (["--text", "x", "-k", "0"], "positive integer"),
+])
+def test_bad_queries_give_one_clear_error(index_dir, assets, capsys, argv, message):
+    argv = [a.format(bad=assets["bad"], root=assets["root"]) for a in argv]
+    assert cli_main(["search", "--device", "cpu", "--model", assets["model"], "--index", index_dir, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if "{bad}" in argv:
+        assert "notes.png" in err
+
+
+def test_missing_model_and_mismatched_index(index_dir, assets, tmp_path, capsys):
+    assert cli_main(["search", "--model", str(tmp_path / "nope"), "--index", index_dir, "--text", "x"]) == 2
+    assert "No CoLLM model" in capsys.readouterr().err
+    from collm_hf.retrieval import GalleryIndex
+
+    GalleryIndex(torch.nn.functional.normalize(torch.randn(3, 7), dim=-1), ["a", "b", "c"]).save(str(tmp_path / "i7"))
+    assert cli_main(["search", "--device", "cpu", "--model", assets["model"], "--index", str(tmp_path / "i7"),
+                     "--text", "x"]) == 2
+    assert "built with another model" in capsys.readouterr().err
+
+
+def test_load_gallery_formats(assets, tmp_path):
+    import datasets
+
+    from collm_hf.search import SearchInputError, load_gallery
+
+    parquet = load_gallery(assets["gallery"])
+    parquet.save_to_disk(str(tmp_path / "disk"))
+    assert load_gallery(str(tmp_path / "disk"))["image_id"] == parquet["image_id"]
+    both = datasets.DatasetDict({"train": parquet.select(range(2)), "test": parquet})
+    assert len(load_gallery(both)) == 12 and len(load_gallery(both, split="train")) == 2
+    with pytest.raises(SearchInputError, match="no \\['image_id'\\] column"):
+        load_gallery(parquet.rename_column("image_id", "id"))
+    with pytest.raises(FileNotFoundError, match="No gallery"):
+        load_gallery(str(tmp_path / "missing" / "gallery"))
