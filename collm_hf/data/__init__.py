@@ -13,10 +13,11 @@ from .schema import (
     queries_refined_features,
     triplet_features,
 )
+from ._build import BuildOptions, DatasetBuildError, MissingImagesError
 from .writer import DatasetWriteError, push_folder_to_hub, write_dataset
 
 __all__ = [
-    "GALLERY_FEATURES", "IMAGES_FEATURES", "PAIRS_FEATURES", "TRIPLETS_FEATURES", "DatasetWriteError",
+    "BuildOptions", "DatasetBuildError", "MissingImagesError", "GALLERY_FEATURES", "IMAGES_FEATURES", "PAIRS_FEATURES", "TRIPLETS_FEATURES", "DatasetWriteError",
     "benchmark_features", "gallery_features", "push_folder_to_hub", "queries_features",
     "queries_refined_features", "triplet_features", "write_dataset",
 ]

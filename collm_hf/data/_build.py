@@ -1,0 +1,212 @@
+"""What every builder shares: options, strict JSON reading, image validation, error collection, image values.
+
+A build is: read the official annotation files -> check them (ids unique, targets in the gallery, every
+referenced image present and decodable) -> with `allow_missing`, drop the rows whose images are bad and
+record them -> stream rows through `write_dataset`. Nothing is written before the checks pass.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..image_io import ImageReadError, open_image
+
+# Image checks run in threads: PIL releases the GIL while decoding.
+DEFAULT_CHECK_WORKERS = min(8, os.cpu_count() or 1)
+# How many problems an error message spells out (all of them for images, as the issue asks).
+MAX_LISTED_PROBLEMS = 50
+
+
+class DatasetBuildError(ValueError):
+    """The raw files cannot be built into a dataset; the message names every offending item."""
+
+
+class MissingImagesError(DatasetBuildError):
+    """Referenced images are missing or cannot be decoded. `problems` maps each file to its reason."""
+
+    def __init__(self, problems: Mapping[str, str]):
+        self.problems = dict(problems)
+        lines = [f"  {path}: {reason}" for path, reason in sorted(self.problems.items())]
+        super().__init__(f"{len(self.problems)} referenced image(s) are missing or unreadable "
+                         "(nothing was written; pass --allow-missing to drop their rows):\n" + "\n".join(lines))
+
+
+@dataclass
+class BuildOptions:
+    """How to build, shared by every builder (the CLI flags of `dataset_scripts/build_*.py`).
+
+    Args:
+        output_dir: the finished dataset folder (written atomically).
+        images_dir: the image files, laid out as the annotations reference them. Required unless
+            `no_images`; with `no_images` it is optional and, if given, still used to check the images.
+        push_to_hub: a dataset repo id to upload the finished folder to.
+        no_images: publish annotations only: image columns keep the relative path, no bytes
+            (`local_images.attach_images` resolves them against a local folder at load time).
+        allow_missing: drop rows whose images are missing or broken (recorded in the card) instead of failing.
+        rows_per_shard: rows per Parquet file.
+        check_workers: threads decoding images during validation.
+        decode_check: fully decode every image during validation (not only check it exists).
+    """
+
+    output_dir: str | os.PathLike
+    images_dir: str | os.PathLike | None = None
+    push_to_hub: str | None = None
+    no_images: bool = False
+    allow_missing: bool = False
+    rows_per_shard: int = 1000
+    check_workers: int = DEFAULT_CHECK_WORKERS
+    decode_check: bool = True
+    splits: list[str] | None = None  # build only these splits (default: every split found)
+    extra_card: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.images_dir is None and not self.no_images:
+            raise DatasetBuildError("an images folder is required (--images-dir), unless --no-images")
+        if self.images_dir is not None:
+            self.images_dir = Path(self.images_dir)
+            if not self.images_dir.is_dir():
+                raise DatasetBuildError(f"images folder not found: {self.images_dir}")
+
+    @property
+    def check_images(self) -> bool:
+        return self.images_dir is not None
+
+    def image_value(self, relative: str):
+        """The value of an image column for a file referenced as `relative` (posix, under `images_dir`)."""
+        if self.no_images:
+            return {"bytes": None, "path": relative}
+        return str(Path(self.images_dir) / relative)
+
+
+def read_json(path: str | os.PathLike, what: str):
+    """Load a JSON file; a missing file, bad JSON or a duplicated object key raises `DatasetBuildError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetBuildError(f"{what} not found: {path}")
+
+    def no_duplicates(pairs):
+        keys = [key for key, _ in pairs]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1}) if len(set(keys)) != len(keys) else []
+        if duplicates:
+            raise DatasetBuildError(f"{path}: duplicated key(s) {duplicates[:MAX_LISTED_PROBLEMS]}")
+        return dict(pairs)
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as error:
+        raise DatasetBuildError(f"{what} {path} is not valid JSON ({error})") from error
+
+
+def expect_list_of_dicts(data, path, required: Iterable[str]) -> list[dict]:
+    """Check `data` is a list of dicts each holding `required` keys; raise one error naming every bad entry."""
+    if not isinstance(data, list):
+        raise DatasetBuildError(f"{path}: expected a JSON list, got {type(data).__name__}")
+    required = list(required)
+    problems = []
+    for index, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            problems.append(f"[{index}] is {type(entry).__name__}, not an object")
+            continue
+        missing = [key for key in required if key not in entry]
+        if missing:
+            problems.append(f"[{index}] lacks {missing}")
+    raise_problems(problems, f"{path}: malformed entries")
+    return data
+
+
+def raise_problems(problems: list[str], title: str) -> None:
+    """Raise one `DatasetBuildError` listing `problems` (up to MAX_LISTED_PROBLEMS, then a count), if any."""
+    if not problems:
+        return
+    listed = "\n".join(f"  {problem}" for problem in problems[:MAX_LISTED_PROBLEMS])
+    more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+    raise DatasetBuildError(f"{title} ({len(problems)}):\n{listed}{more}")
+
+
+def duplicates(values: Iterable[str]) -> list[str]:
+    """Values that occur more than once, in first-seen order."""
+    seen, repeated = set(), {}
+    for value in values:
+        if value in seen:
+            repeated[value] = None
+        seen.add(value)
+    return list(repeated)
+
+
+def check_image_files(relative_paths: Iterable[str], options: BuildOptions) -> dict[str, str]:
+    """Check that each image exists and decodes; return {relative path: reason} for the bad ones.
+
+    Every file is checked (not only up to the first failure), in `options.check_workers` threads.
+    Returns {} when there is no images folder to check (annotation-only builds without `images_dir`).
+    """
+    if not options.check_images:
+        return {}
+    root = Path(options.images_dir)
+    paths = list(dict.fromkeys(relative_paths))
+
+    def check(relative: str) -> str | None:
+        path = root / relative
+        if not path.is_file():
+            return f"missing ({path})"
+        if not options.decode_check:
+            return None
+        try:
+            open_image(path).close()
+        except ImageReadError as error:
+            return f"cannot decode ({path}: {str(error).split(': ', 1)[-1]})"
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, options.check_workers)) as pool:
+        results = pool.map(check, paths, chunksize=64)
+        return {relative: reason for relative, reason in zip(paths, results) if reason is not None}
+
+
+def settle_missing(problems: dict[str, str], options: BuildOptions) -> set[str]:
+    """Fail on bad images unless `allow_missing`; return the set of bad relative paths (rows to drop)."""
+    if problems and not options.allow_missing:
+        raise MissingImagesError(problems)
+    return set(problems)
+
+
+def choose_image_root(options: BuildOptions, relative_paths: list[str], sample: int = 20) -> BuildOptions:
+    """Return `options` with `images_dir` moved to whichever of `images_dir`, `images_dir/images`,
+    `images_dir/..` holds the most of the first `sample` referenced files (LLaVA-Pretrain image paths are
+    written both with and without the leading `images/`)."""
+    if options.images_dir is None or not relative_paths:
+        return options
+    root = Path(options.images_dir)
+    probe = relative_paths[:sample]
+    candidates = [root, root / "images", root.parent]
+    hits = [sum((candidate / path).is_file() for path in probe) for candidate in candidates]
+    best = max(range(len(candidates)), key=lambda index: (hits[index], -index))
+    if best == 0 or hits[best] == hits[0]:
+        return options
+    return dataclasses.replace(options, images_dir=candidates[best])
+
+
+def normalise_relative(path: str) -> str:
+    """'./dev/x.png' or 'dev\\x.png' -> 'dev/x.png' (posix, no leading './')."""
+    path = str(path).replace("\\", "/")
+    while path.startswith("./"):
+        path = path[2:]
+    return path.lstrip("/")
+
+
+def base_card(options: BuildOptions, **fields) -> dict:
+    """Card fields shared by every builder, plus an annotation-only note when `no_images`."""
+    card = dict(fields)
+    notes = [card.pop("extra", "")]
+    if options.no_images:
+        notes.append("**Annotations only** (`--no-images`): image columns hold the relative file path and no bytes. "
+                     "Attach your local copy of the images at load time:\n\n```python\n"
+                     "from collm_hf.data.local_images import attach_images\n"
+                     "ds = attach_images(load_dataset(repo, \"queries\", split=\"val\"), \"/path/to/images\")\n```")
+    notes.append(options.extra_card.get("extra", ""))
+    card.update({key: value for key, value in options.extra_card.items() if key != "extra"})
+    card["extra"] = "\n\n".join(note for note in notes if note)
+    return card

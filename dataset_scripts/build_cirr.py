@@ -1,0 +1,18 @@
+"""Build CIRR (rc2) into Parquet + a dataset card from the official raw files.
+
+    python dataset_scripts/build_cirr.py --source-dir RAW --images-dir IMAGES --output-dir OUT [--push-to-hub ORG/NAME]
+
+Run with --help for every flag. The logic lives in `collm_hf.data` (`build_cli.build_main("cirr", argv)`).
+"""
+
+import sys
+
+from collm_hf.data.build_cli import build_main
+
+
+def main(argv=None) -> int:
+    return build_main("cirr", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Build MTCIR into Parquet + a dataset card from the official raw files.
+
+    python dataset_scripts/build_mtcir.py --source-dir RAW --images-dir IMAGES --output-dir OUT [--push-to-hub ORG/NAME]
+
+Run with --help for every flag. The logic lives in `collm_hf.data` (`build_cli.build_main("mtcir", argv)`).
+"""
+
+import sys
+
+from collm_hf.data.build_cli import build_main
+
+
+def main(argv=None) -> int:
+    return build_main("mtcir", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

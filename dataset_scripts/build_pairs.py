@@ -1,0 +1,18 @@
+"""Build image-caption pairs (LLaVA-558k / CC3M shapes) into Parquet + a dataset card from the official raw files.
+
+    python dataset_scripts/build_pairs.py --source-dir RAW --images-dir IMAGES --output-dir OUT [--push-to-hub ORG/NAME]
+
+Run with --help for every flag. The logic lives in `collm_hf.data` (`build_cli.build_main("pairs", argv)`).
+"""
+
+import sys
+
+from collm_hf.data.build_cli import build_main
+
+
+def main(argv=None) -> int:
+    return build_main("pairs", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
