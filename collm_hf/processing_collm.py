@@ -152,6 +152,10 @@ class CoLLMProcessor(ProcessorMixin):
                 raise TypeError(f"text[{i}] must be a string, got {type(text).__name__}.")
             if not text.strip():
                 raise ValueError(f"text[{i}] is empty; pass text=None for image-only queries.")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:  # e.g. a lone surrogate from "\ud800" in JSON
+                raise ValueError(f"text[{i}] is not valid Unicode ({error.reason} at character {error.start}).") from error
         return texts
 
     def _check_images(self, images: list) -> list:
