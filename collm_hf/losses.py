@@ -144,7 +144,8 @@ def false_negative_mask(target_ids: torch.Tensor | None, size: int, device=None)
 
 def _scaled_logits(query_embeds, target_embeds, logit_scale) -> torch.Tensor:
     scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
-    return scale * query_embeds.float() @ target_embeds.float().t()  # (queries, targets)
+    dtype = torch.promote_types(query_embeds.dtype, torch.float32)  # half precision -> fp32 logits
+    return scale * query_embeds.to(dtype) @ target_embeds.to(dtype).t()  # (queries, targets)
 
 
 def _info_nce_rows(logits: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,150 @@
+"""Pair and triplet collators: schemas, image tables, seeding, and ids equal to the processor's."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from collm_hf.collator import CoLLMPairCollator, CoLLMTripletCollator, ImageTable
+from collm_hf.synthesis import (
+    KEEP_CAPTION, MODIFICATION_TEMPLATES, PAD_SLOT, apply_template, hash_ids, nearest_neighbor_indices,
+)
+
+CAPTIONS = [
+    "a red circle on the left", "a small blue square", "the dog is sitting on a wooden bench",
+    "two yellow stars at the top", "a large purple cross", "a cyan ring on a white background",
+]
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return {str(i): Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)) for i in range(6)}
+
+
+def pair_rows(images):
+    return [{"image_id": str(i), "image": images[str(i)], "caption": c} for i, c in enumerate(CAPTIONS)]
+
+
+def test_pair_batch_layout_and_exact_ids(tiny_model_and_processor, images):
+    _, processor = tiny_model_and_processor
+    batch = CoLLMPairCollator(processor, seed=1)(pair_rows(images))
+    assert batch["return_loss"] is True
+    assert batch["pixel_values"].shape == batch["target_pixel_values"].shape == (6, 3, 32, 32)
+    assert not torch.allclose(batch["pixel_values"], batch["target_pixel_values"])  # augmented
+    assert torch.equal(batch["target_image_ids"], hash_ids([str(i) for i in range(6)]))
+    image_only = processor.image_queries(list(images.values()))
+    assert torch.equal(batch["input_ids"], image_only["input_ids"])
+    text_only = processor(text=CAPTIONS)
+    assert torch.equal(batch["text_input_ids"], text_only["input_ids"])
+    assert torch.equal(batch["text_attention_mask"], text_only["attention_mask"])
+    for row, caption in enumerate(CAPTIONS):
+        ids = [t for t in batch["caption_ids"][row].tolist() if t != PAD_SLOT]
+        assert ids == processor.tokenizer(" " + caption, add_special_tokens=False)["input_ids"]
+
+
+def test_pair_collator_same_seed_same_batch(tiny_model_and_processor, images):
+    _, processor = tiny_model_and_processor
+    first = CoLLMPairCollator(processor, seed=3)(pair_rows(images))
+    second = CoLLMPairCollator(processor, seed=3)(pair_rows(images))
+    other = CoLLMPairCollator(processor, seed=4)(pair_rows(images))
+    for key, value in first.items():
+        assert torch.equal(value, second[key]) if isinstance(value, torch.Tensor) else value == second[key]
+    assert not torch.equal(first["pixel_values"], other["pixel_values"])
+
+
+def test_pair_forward_assembles_the_processor_ids(tiny_model_and_processor, images):
+    """The composed query the model builds inside the step is what the processor gives for the same string."""
+    model, processor = tiny_model_and_processor
+    collator = CoLLMPairCollator(processor, modification_rate=0.5, seed=0)
+    batch = collator(pair_rows(images) + [{"image_id": "0", "image": images["0"], "caption": "a copy of image zero"}])
+    inputs = model.prepare_contrastive_inputs(**{k: v for k, v in batch.items() if k != "return_loss"})
+    assert inputs.num_groups == 3 and inputs.input_ids.shape[0] == 21 and inputs.image_embeds.shape[0] == 14
+    templates = {tuple(collator.template_ids(c)): c for c in range(-1, 15)}
+    neighbors = nearest_neighbor_indices(model.get_image_embeds(batch["pixel_values"]), batch["target_image_ids"])
+    captions = CAPTIONS + ["a copy of image zero"]
+    for row in range(7):
+        template = tuple(t for t in batch["modification_template_ids"][row].tolist() if t != PAD_SLOT)
+        text = apply_template(templates[template], captions[row], captions[int(neighbors[row])])
+        expected, _ = processor.build_query_ids(text, with_image=True)
+        composed = 14 + row
+        assert inputs.input_ids[composed][inputs.attention_mask[composed].bool()].tolist() == expected
+    assert neighbors[0] != 6 and neighbors[6] != 0  # the two copies of image "0"
+    out = model(**batch)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.query_embeds.shape == (7, 24)
+
+
+def test_pair_collator_rate_and_errors(tiny_model_and_processor, images):
+    _, processor = tiny_model_and_processor
+    always = CoLLMPairCollator(processor, modification_rate=1.0)(pair_rows(images))
+    assert all(row[0] != KEEP_CAPTION for row in always["modification_template_ids"].tolist())
+    never = CoLLMPairCollator(processor, modification_rate=0.0, augmentation=None)(pair_rows(images))
+    assert torch.equal(never["pixel_values"], never["target_pixel_values"])
+    assert len(MODIFICATION_TEMPLATES) == 15
+    rows = pair_rows(images)
+    rows[2]["caption"] = "  "
+    with pytest.raises(ValueError, match="Row 2.*caption"):
+        CoLLMPairCollator(processor)(rows)
+    with pytest.raises(ValueError, match="modification_rate"):
+        CoLLMPairCollator(processor, modification_rate=2.0)
+
+
+def test_image_table_from_dict_and_dataset(images):
+    dataset = datasets.Dataset.from_dict(
+        {"image_id": list(images), "image": list(images.values())}, features=datasets.Features(
+            {"image_id": datasets.Value("string"), "image": datasets.Image()})
+    )
+    for table in (ImageTable(images), ImageTable(dataset)):
+        got = table.get(["3", "1"])
+        assert np.array_equal(np.asarray(got[0]), np.asarray(images["3"]))
+        with pytest.raises(KeyError, match="'nope'"):
+            table.get(["1", "nope"])
+    with pytest.raises(ValueError, match="lacks column"):
+        ImageTable(dataset.rename_column("image_id", "id"))
+
+
+def triplet_rows():
+    return [
+        {"id": str(i), "reference_id": str(i), "target_id": str((i + 1) % 6),
+         "modifications": [f"make it red {i}", f"add a dog {i}", f"remove the star {i}"]}
+        for i in range(6)
+    ]
+
+
+def test_triplet_collator_resolves_ids_and_samples_texts(tiny_model_and_processor, images):
+    _, processor = tiny_model_and_processor
+    collator = CoLLMTripletCollator(processor, images=images, seed=5)
+    batch = collator(triplet_rows())
+    assert batch["return_loss"] is True
+    references = processor.image_processor([images[str(i)] for i in range(6)], return_tensors="pt")["pixel_values"]
+    targets = processor.image_processor([images[str((i + 1) % 6)] for i in range(6)], return_tensors="pt")["pixel_values"]
+    assert torch.equal(batch["pixel_values"], references) and torch.equal(batch["target_pixel_values"], targets)
+    assert torch.equal(batch["target_image_ids"], hash_ids([str((i + 1) % 6) for i in range(6)]))
+    # Each row's query is the processor's query of one of that row's texts.
+    for row, triplet in enumerate(triplet_rows()):
+        got = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+        options = [processor.build_query_ids(t, with_image=True)[0] for t in triplet["modifications"]]
+        assert got in options
+    # Same seed, same triplets; over many rows every text gets sampled.
+    again = CoLLMTripletCollator(processor, images=images, seed=5)(triplet_rows())
+    assert torch.equal(again["input_ids"], batch["input_ids"])
+    many = [dict(r, id=f"{r['id']}-{k}") for k in range(20) for r in triplet_rows()[:1]]
+    texts = {tuple(row) for row in CoLLMTripletCollator(processor, images=images)(many)["input_ids"].tolist()}
+    assert len(texts) == 3
+
+
+def test_triplet_collator_pil_rows_single_text_and_errors(tiny_model_and_processor, images):
+    _, processor = tiny_model_and_processor
+    rows = [{"reference_image": images["0"], "target_image": images["1"], "modifications": "make it blue"},
+            {"reference_image": images["2"], "target_image": images["3"], "modifications": "add a cat"}]
+    batch = CoLLMTripletCollator(processor)(rows)
+    expected = processor(images=[images["0"], images["2"]], text=["make it blue", "add a cat"])
+    assert torch.equal(batch["input_ids"], expected["input_ids"])
+    assert "target_image_ids" not in batch
+    with pytest.raises(ValueError, match="Row 0 has no image"):
+        CoLLMTripletCollator(processor)(triplet_rows())
+    with pytest.raises(KeyError, match="'9'"):
+        CoLLMTripletCollator(processor, images=images)([dict(triplet_rows()[0], target_id="9")])
+    with pytest.raises(ValueError, match="no non-empty modification"):
+        CoLLMTripletCollator(processor, images=images)([dict(triplet_rows()[0], modifications=[])])

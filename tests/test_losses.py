@@ -1,0 +1,108 @@
+"""Contrastive losses against naive loop oracles; false-negative masking; options."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from collm_hf.losses import ContrastiveLossConfig, contrastive_loss, hn_nce_loss, info_nce_loss
+
+
+def embeddings(n=6, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(n, dim, generator=g, dtype=torch.float64), dim=-1)
+    t = F.normalize(torch.randn(n, dim, generator=g, dtype=torch.float64), dim=-1)
+    return q, t
+
+
+def naive_info_nce(q, t, scale, ids=None, two_way=False):
+    n = len(q)
+    sim = [[scale * float(q[i] @ t[j]) for j in range(n)] for i in range(n)]
+
+    def one_direction(s):
+        total = 0.0
+        for i in range(n):
+            keep = [j for j in range(n) if j == i or ids is None or ids[j] != ids[i]]
+            total += -s[i][i] + math.log(sum(math.exp(s[i][j]) for j in keep))
+        return total / n
+
+    loss = one_direction(sim)
+    if two_way:
+        loss = (loss + one_direction([list(col) for col in zip(*sim)])) / 2
+    return loss
+
+
+def naive_hn_nce(q, t, scale, alpha, beta, ids=None):
+    """Radenovic et al. 2023 eq. 3, one way, written with plain sums (as CoVR's HardNegativeNCE, plus masking)."""
+    n, total = len(q), 0.0
+    for i in range(n):
+        s = [scale * float(q[i] @ t[j]) for j in range(n)]
+        negatives = [j for j in range(n) if j != i and (ids is None or ids[j] != ids[i])]
+        z = sum(math.exp(beta * s[k]) for k in negatives)
+        weighted = sum(len(negatives) * math.exp(beta * s[j]) / z * math.exp(s[j]) for j in negatives)
+        total += -math.log(math.exp(s[i]) / (alpha * math.exp(s[i]) + weighted))
+    return total / n
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_info_nce_matches_oracle(two_way):
+    q, t = embeddings()
+    scale = torch.tensor(math.log(10.0), dtype=torch.float64)
+    got = info_nce_loss(q, t, scale, two_way=two_way)
+    assert float(got) == pytest.approx(naive_info_nce(q, t, 10.0, two_way=two_way), rel=1e-6)
+
+
+def test_hn_nce_matches_oracle_and_reduces_to_info_nce():
+    q, t = embeddings(seed=1)
+    scale = torch.tensor(math.log(14.0), dtype=torch.float64)
+    for alpha, beta in [(1.0, 0.5), (0.5, 1.0), (1.0, 0.0)]:
+        got = hn_nce_loss(q, t, scale, alpha, beta, two_way=False)
+        assert float(got) == pytest.approx(naive_hn_nce(q, t, 14.0, alpha, beta), rel=1e-6)
+    torch.testing.assert_close(hn_nce_loss(q, t, scale, 1.0, 0.0, two_way=True), info_nce_loss(q, t, scale, two_way=True))
+    two_way = hn_nce_loss(q, t, scale, 1.0, 0.5, two_way=True)
+    expected = (naive_hn_nce(q, t, 14.0, 1.0, 0.5) + naive_hn_nce(t, q, 14.0, 1.0, 0.5)) / 2
+    assert float(two_way) == pytest.approx(expected, rel=1e-6)
+
+
+def test_duplicate_image_ids_are_masked():
+    q, t = embeddings(n=5, seed=2)
+    t = torch.cat([t[:4], t[:1]])  # row 4's target is a second copy of row 0's target
+    ids = torch.tensor([10, 11, 12, 13, 10])
+    scale = torch.tensor(math.log(20.0), dtype=torch.float64)
+    for two_way in (False, True):
+        got = info_nce_loss(q, t, scale, ids, two_way=two_way)
+        assert float(got) == pytest.approx(naive_info_nce(q, t, 20.0, ids.tolist(), two_way), rel=1e-6)
+    got = hn_nce_loss(q, t, scale, 1.0, 0.5, ids, two_way=False)
+    assert float(got) == pytest.approx(naive_hn_nce(q, t, 20.0, 1.0, 0.5, ids.tolist()), rel=1e-6)
+    # Masking changes the loss: without it the copy counts as a (perfectly hard) negative.
+    assert float(info_nce_loss(q, t, scale)) > float(info_nce_loss(q, t, scale, ids))
+    # Rows whose only other rows are copies give a finite loss.
+    assert torch.isfinite(hn_nce_loss(q[:2], t[:1].expand(2, -1), scale, target_ids=torch.tensor([1, 1])))
+
+
+def test_contrastive_loss_dispatch_temperature_and_gradients():
+    q, t = embeddings(seed=3)
+    scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
+    plain = contrastive_loss(q, t, scale)
+    torch.testing.assert_close(plain, info_nce_loss(q, t, scale))
+    config = ContrastiveLossConfig(loss_type="hn_nce", two_way=True, hn_alpha=1.0, hn_beta=0.5)
+    torch.testing.assert_close(contrastive_loss(q, t, scale, config=config), hn_nce_loss(q, t, scale, 1.0, 0.5))
+    fixed = contrastive_loss(q, t, scale, config=ContrastiveLossConfig(temperature=0.5))
+    torch.testing.assert_close(fixed, info_nce_loss(q, t, math.log(2.0)))
+    plain.backward()
+    assert scale.grad is not None and torch.isfinite(scale.grad)
+    big = torch.tensor(10.0, dtype=torch.float64)  # clamped to log(100), as CLIP does
+    torch.testing.assert_close(info_nce_loss(q, t, big), info_nce_loss(q, t, torch.tensor(math.log(100.0), dtype=torch.float64)))
+
+
+def test_loss_config_validation_and_round_trip():
+    config = ContrastiveLossConfig(loss_type="hn_nce", hn_beta=0.25)
+    assert ContrastiveLossConfig.from_dict(config.to_dict()) == config
+    assert ContrastiveLossConfig.from_dict(None) == ContrastiveLossConfig()
+    with pytest.raises(ValueError, match="Unknown contrastive loss option"):
+        ContrastiveLossConfig.from_dict({"tau": 1})
+    with pytest.raises(ValueError, match="loss_type"):
+        ContrastiveLossConfig(loss_type="triplet")
+    with pytest.raises(ValueError, match="shape|differ"):
+        contrastive_loss(torch.randn(3, 4), torch.randn(2, 4), torch.tensor(1.0))
