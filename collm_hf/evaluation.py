@@ -10,6 +10,7 @@ category gallery (nothing removed). `RetrievalEvalCallback` runs the same flow i
 `metric_for_best_model="cirr_score"` selects checkpoints on real retrieval metrics, not in-batch accuracy.
 """
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -281,6 +282,119 @@ def evaluate_benchmark(model, processor, queries, gallery, protocol: str | None 
     return (metrics, rankings) if return_rankings else metrics
 
 
+def _load_config(path: str, config: str):
+    """All splits of one config of a benchmark folder: Parquet + README `configs:` (what the builders write),
+    or a `DatasetDict.save_to_disk` folder at `<path>/<config>`."""
+    import datasets
+
+    disk_folder = os.path.join(path, config)
+    if os.path.isfile(os.path.join(disk_folder, "dataset_dict.json")):
+        return datasets.load_from_disk(disk_folder)
+    return datasets.load_dataset(path, config)
+
+
+def available_configs(path: str) -> list[str]:
+    """Config names of a benchmark folder (from its README `configs:` block, or its save_to_disk sub-folders)."""
+    import datasets
+
+    names = [name for name in ("queries", "queries_refined", "gallery")
+             if os.path.isfile(os.path.join(path, name, "dataset_dict.json"))]
+    if names:
+        return names
+    return list(datasets.get_dataset_config_names(path))
+
+
+def load_benchmark(path: str, split: str | None = None, refined: bool = False):
+    """The `queries` (or `queries_refined`) and the matching `gallery` of one split of a benchmark folder.
+
+    The gallery split has the queries' split name, or is the only gallery split (CIRCO's `unlabeled2017`,
+    shared by val and test). Fashion-IQ galleries carry `category`; `rank_benchmark` ranks within it.
+
+    Args:
+        path: a dataset folder in the contracts.md schema (configs `queries`, `gallery`, optional `queries_refined`).
+        split: e.g. "val", "test1"; default: "val" / "validation" if present, else the first split.
+        refined: use `queries_refined` (an error if the folder has none).
+
+    Returns:
+        (queries, gallery, split).
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Benchmark folder {path!r} does not exist.")
+    configs = available_configs(path)
+    config = "queries_refined" if refined else "queries"
+    for needed in (config, "gallery"):
+        if needed not in configs:
+            raise ValueError(f"{path} has no {needed!r} config (configs: {configs}).")
+    queries_splits = _load_config(path, config)
+    if split is None:
+        split = next((s for s in ("val", "validation") if s in queries_splits), next(iter(queries_splits)))
+    if split not in queries_splits:
+        raise ValueError(f"{path} {config} has no split {split!r} (splits: {list(queries_splits)}).")
+    gallery_splits = _load_config(path, "gallery")
+    if split in gallery_splits:
+        gallery = gallery_splits[split]
+    elif len(gallery_splits) == 1:
+        gallery = next(iter(gallery_splits.values()))
+    else:
+        raise ValueError(f"{path} gallery has no split {split!r} and several others {list(gallery_splits)}: "
+                         "which gallery the queries rank over is ambiguous.")
+    return queries_splits[split], gallery, split
+
+
+def evaluate_folder(model, processor, path: str, split: str | None = None, *, refined: bool = False,
+                    protocol: str | None = None, text_template: str = DEFAULT_TEXT_TEMPLATE, batch_size: int = 32,
+                    max_queries: int | None = None, index_dir: str | None = None, submission_dir: str | None = None,
+                    visualize_path: str | None = None, num_visualize: int = 8, output_json: str | None = None,
+                    backend: str = "auto", show_progress: bool = True) -> dict:
+    """Evaluate a model on one split of a benchmark folder, with optional submission files, picture and JSON.
+
+    Args:
+        model, processor: a `CoLLMModel` and its `CoLLMProcessor`.
+        path, split, refined: as in `load_benchmark`.
+        protocol, text_template, batch_size, backend: as in `evaluate_benchmark`.
+        max_queries: evaluate only the first N queries (the gallery stays whole: the protocol needs it).
+        index_dir: cache of the gallery index: loaded when present (its ids must match the gallery), else saved.
+        submission_dir: write the CIRR / CIRCO test-server files there.
+        visualize_path: write a PNG grid of the first `num_visualize` queries there.
+        output_json: write the report there (atomically).
+
+    Returns:
+        {"benchmark", "split", "protocol", "num_queries", "num_gallery", "text_template", "metrics", "files"}.
+    """
+    from .retrieval import GalleryIndex as _Index
+    from .submission import write_json_atomic, write_submission
+    from .visualization import save_benchmark_grid
+
+    queries, gallery, split = load_benchmark(path, split, refined)
+    if max_queries is not None:
+        queries = queries.select(range(min(max_queries, len(queries))))
+    protocol = protocol or infer_protocol(queries.column_names)
+    if index_dir is not None and os.path.isfile(os.path.join(index_dir, "gallery_ids.json")):
+        index = _Index.load(index_dir)
+        if index.ids != [str(i) for i in gallery["image_id"]]:
+            raise ValueError(f"The gallery index in {index_dir} was built from another gallery (ids differ).")
+    else:
+        model.eval()
+        index = embed_gallery(model, processor, gallery, batch_size=batch_size, show_progress=show_progress)
+        if index_dir is not None:
+            index.save(index_dir)
+    metrics, rankings = evaluate_benchmark(model, processor, queries, gallery, protocol, batch_size=batch_size,
+                                           text_template=text_template, index=index, backend=backend,
+                                           show_progress=show_progress, return_rankings=True)
+    files = []
+    if submission_dir is not None:
+        files += write_submission(submission_dir, rankings, prefix=f"{protocol}_{split}")
+    if visualize_path is not None:
+        files.append(save_benchmark_grid(visualize_path, queries, rankings, gallery, num_queries=num_visualize))
+    report = {"benchmark": os.path.basename(os.path.normpath(path)), "split": split, "protocol": protocol,
+              "refined": refined, "num_queries": len(queries), "num_gallery": len(gallery),
+              "text_template": text_template, "metrics": metrics, "files": files}
+    if output_json is not None:
+        write_json_atomic(output_json, report)
+        report["files"].append(output_json)
+    return report
+
+
 def format_metrics_table(metrics: dict, title: str = "") -> str:
     """A two-column text table of metrics (2 decimals)."""
     if not metrics:
@@ -347,6 +461,6 @@ def add_retrieval_evaluation(trainer, queries, gallery, processor=None, protocol
 
 __all__ = [
     "BenchmarkRankings", "RetrievalEvalCallback", "add_retrieval_evaluation", "embed_gallery", "embed_queries",
-    "evaluate_benchmark", "format_metrics_table", "infer_protocol", "query_texts", "rank_benchmark",
+    "evaluate_benchmark", "format_metrics_table", "infer_protocol", "load_benchmark", "query_texts", "rank_benchmark",
     "DEFAULT_TEXT_TEMPLATE", "SHARED_CONCEPT_TEMPLATE",
 ]
