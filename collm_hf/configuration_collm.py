@@ -44,6 +44,8 @@ class CoLLMConfig(PreTrainedConfig):
         learnable_logit_scale (`bool`): whether the temperature is trained.
         freeze_vision_tower (`bool`): whether the vision tower is frozen.
         image_token_id (`int`): the placeholder id of image tokens in `input_ids`.
+        slerp_alpha (`float`): neighbour weight of the Slerp in pair pre-training.
+        contrastive_loss (`dict`, *optional*): loss options, see `losses.ContrastiveLossConfig`.
 
     Example:
 
@@ -104,6 +106,10 @@ class CoLLMConfig(PreTrainedConfig):
     # Placeholder id for image tokens in `input_ids`; negative, as in the original LLaVA code (-200), so it
     # can never collide with text and the LLM vocabulary is not resized.
     image_token_id: int = -200
+    # Slerp weight of the neighbour in on-the-fly triplet synthesis (CoLLM §3.2: 0.5 is best in the ablation).
+    slerp_alpha: float = 0.5
+    # Options of the contrastive loss (`losses.ContrastiveLossConfig` as a dict; None = InfoNCE, one-way).
+    contrastive_loss: dict | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
