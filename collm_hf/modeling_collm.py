@@ -141,11 +141,21 @@ class CoLLMModel(CoLLMPreTrainedModel):
         self.logit_scale.requires_grad_(self.config.learnable_logit_scale)
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_pickle: bool = False, **kwargs):
+        """Load a saved CoLLM. Weights are read from safetensors only unless `allow_pickle=True`.
+
+        A checkpoint lacking weights raises `MissingWeightsError` naming them; extra weights only warn
+        (`collm_hf.safe_loading`). Other arguments are those of `PreTrainedModel.from_pretrained`.
+        """
+        from .safe_loading import checked_from_pretrained
+
+        loaded = checked_from_pretrained(
+            super().from_pretrained, pretrained_model_name_or_path, *args, allow_pickle=allow_pickle, **kwargs
+        )
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
         # Loading re-creates parameters (requires_grad=True); re-apply the config's freezing afterwards.
-        model = super().from_pretrained(*args, **kwargs)
         model.apply_vision_freezing()
-        return model
+        return loaded
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()

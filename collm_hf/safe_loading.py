@@ -33,7 +33,7 @@ class MissingWeightsError(ValueError):
     """The checkpoint lacks weights the model needs; `missing` lists their names."""
 
     def __init__(self, source: str, missing: list[str]):
-        self.missing = list(missing)
+        self.missing = sorted(missing)
         listed = ", ".join(self.missing[:MAX_LISTED_WEIGHTS])
         more = f" ... and {len(self.missing) - MAX_LISTED_WEIGHTS} more" if len(self.missing) > MAX_LISTED_WEIGHTS else ""
         super().__init__(
