@@ -1,0 +1,265 @@
+"""GalleryIndex: exact torch vs FAISS search, bounded memory, exclusions, save/load, validation, building."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from collm_hf import retrieval
+from collm_hf.retrieval import GalleryIndex, shard_range
+
+faiss = pytest.importorskip("faiss")
+
+
+def _unit(n, d, seed):
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def index():
+    return GalleryIndex(_unit(3000, 48, 0), [f"img-{i}" for i in range(3000)])
+
+
+def brute_force(index, queries, k, exclude=None):
+    scores = queries @ index.embeddings.T  # (Q, N)
+    for row, ids in enumerate(exclude or []):
+        for image_id in ids:
+            if image_id in index.position:
+                scores[row, index.position[image_id]] = float("-inf")
+    top = scores.topk(k, dim=1)
+    return top.values, top.indices
+
+
+def test_docstring_example():
+    import doctest
+
+    assert doctest.testmod(retrieval).failed == 0
+
+
+@pytest.mark.parametrize("k, chunk_size", [(1, 100), (10, 1000), (50, 333), (120, 4096)])
+def test_torch_and_faiss_exact_search_agree(index, k, chunk_size):
+    queries = _unit(70, 48, 1)
+    rng = np.random.default_rng(k)
+    exclude = [[f"img-{j}" for j in rng.integers(0, 3000, rng.integers(0, 4))] + ["not-in-gallery"] for _ in range(70)]
+    by_torch = index.search(queries, k, exclude_ids=exclude, backend="torch", chunk_size=chunk_size)
+    by_faiss = index.search(queries, k, exclude_ids=exclude, backend="faiss")
+    assert by_torch.ids == by_faiss.ids
+    assert torch.equal(by_torch.indices, by_faiss.indices)
+    assert torch.allclose(by_torch.scores, by_faiss.scores, atol=1e-5)
+    values, indices = brute_force(index, queries, k, exclude)
+    assert torch.equal(by_torch.indices, indices) and torch.allclose(by_torch.scores, values, atol=1e-5)
+    for row, banned in enumerate(exclude):
+        assert not set(banned) & set(by_torch.ids[row])
+
+
+def test_auto_backend_is_faiss_when_installed(index, monkeypatch):
+    calls = []
+    monkeypatch.setattr(GalleryIndex, "_search_faiss", lambda self, *a: calls.append(1) or (torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.long)))
+    index.search(_unit(1, 48, 2), 1)
+    assert calls == [1]
+
+
+def test_torch_memory_is_bounded_by_chunks(index, monkeypatch):
+    """Score blocks never exceed (query block) x (chunk) while the gallery is larger than the chunk."""
+    shapes = []
+    original = retrieval._score_block
+
+    def spy(queries, chunk):
+        shapes.append((queries.shape[0], chunk.shape[0]))
+        return original(queries, chunk)
+
+    monkeypatch.setattr(retrieval, "_score_block", spy)
+    queries = _unit(20, 48, 3)
+    result = index.search(queries, 5, backend="torch", max_block_bytes=20 * 256 * 4)  # 256 gallery rows per block
+    assert len(shapes) == -(-3000 // 256) and max(c for _, c in shapes) == 256
+    assert torch.equal(result.indices, brute_force(index, queries, 5)[1])
+    shapes.clear()
+    index.search(queries, 5, backend="torch", chunk_size=1000)
+    assert [c for _, c in shapes] == [1000, 1000, 1000]
+
+
+def test_k_larger_than_what_is_left_pads_with_minus_one():
+    small = GalleryIndex(torch.eye(3), ["a", "b", "c"])
+    for backend in ("torch", "faiss"):
+        result = small.search(torch.tensor([[1.0, 0.5, 0.0]]), k=10, exclude_ids=[["a"]], backend=backend)
+        assert result.ids == [["b", "c"]]
+        assert result.indices.tolist() == [[1, 2, -1]] and torch.isneginf(result.scores[0, 2])
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_search_finds_clustered_neighbours(kind):
+    centers = _unit(40, 32, 5)
+    gallery = F.normalize(centers.repeat_interleave(50, 0) + 0.05 * torch.randn(2000, 32), dim=-1)
+    approx_index = GalleryIndex(gallery, [str(i) for i in range(2000)])
+    queries = F.normalize(centers[:10] + 0.05 * torch.randn(10, 32), dim=-1)
+    exact = approx_index.search(queries, 10, backend="torch").ids
+    approx = approx_index.search(queries, 10, approximate=kind, nprobe=8, exclude_ids=[["0"]] * 10).ids
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.8 and all("0" not in row for row in approx)
+
+
+def test_save_load_round_trip_is_atomic(index, tmp_path):
+    index.save(str(tmp_path / "idx"))
+    assert sorted(os.listdir(tmp_path / "idx")) == ["gallery_embeddings.safetensors", "gallery_ids.json"]
+    loaded = GalleryIndex.load(str(tmp_path / "idx"))
+    assert loaded.ids == index.ids and torch.equal(loaded.embeddings, index.embeddings)
+    queries = _unit(5, 48, 7)
+    assert loaded.search(queries, 7, backend="torch").ids == index.search(queries, 7, backend="torch").ids
+    (tmp_path / "idx" / "gallery_ids.json").write_text('["x"]')
+    with pytest.raises(ValueError, match="does not match"):
+        GalleryIndex.load(str(tmp_path / "idx"))
+    with pytest.raises(FileNotFoundError, match="not a gallery index"):
+        GalleryIndex.load(str(tmp_path / "nothing"))
+
+
+def test_failed_save_leaves_previous_files(index, tmp_path, monkeypatch):
+    small = GalleryIndex(torch.eye(2), ["a", "b"])
+    small.save(str(tmp_path))
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(str(tmp_path))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="does not match"):  # ids were replaced, embeddings were not: detected
+        GalleryIndex.load(str(tmp_path))
+
+
+def test_invalid_embeddings_and_ids_are_rejected():
+    bad = torch.eye(3)
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite.*'b'"):
+        GalleryIndex(bad, ["a", "b", "c"])
+    bad[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        GalleryIndex(bad, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="'a' appears more than once"):
+        GalleryIndex(torch.eye(2), ["a", "a"])
+    with pytest.raises(ValueError, match="3 embeddings but 2 ids"):
+        GalleryIndex(torch.eye(3), ["a", "b"])
+    good = GalleryIndex(torch.eye(3), [1, 2, 3])
+    assert good.ids == ["1", "2", "3"]
+    with pytest.raises(ValueError, match="Query embeddings has NaN"):
+        good.search(torch.tensor([[float("nan"), 0.0, 0.0]]), 1)
+    with pytest.raises(ValueError, match="query_embeds must be"):
+        good.search(torch.ones(1, 4), 1)
+    with pytest.raises(ValueError, match="backend"):
+        good.search(torch.ones(1, 3), 1, backend="annoy")
+    with pytest.raises(ValueError, match="k must be"):
+        good.search(torch.ones(1, 3), 0)
+    with pytest.raises(ValueError, match="exclude_ids has 2"):
+        good.search(torch.ones(1, 3), 1, exclude_ids=[[], []])
+
+
+def test_select_keeps_rows_and_order():
+    idx = GalleryIndex(torch.eye(4), ["a", "b", "c", "d"])
+    sub = idx.select(["d", "b"])
+    assert sub.ids == ["d", "b"] and torch.equal(sub.embeddings, torch.eye(4)[[3, 1]])
+    with pytest.raises(KeyError, match="not in the gallery"):
+        idx.select(["z"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building from a dataset
+# ---------------------------------------------------------------------------------------------------------------
+def _images(n):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def colour_embed(images):
+    """A deterministic toy embedder: normalised mean colour plus a constant."""
+    rows = [torch.tensor(np.asarray(im, dtype=np.float32).mean((0, 1)).tolist() + [50.0]) for im in images]
+    return F.normalize(torch.stack(rows), dim=-1)  # (batch, 4)
+
+
+def test_from_dataset_matches_model_and_is_batch_size_independent(tiny_model_and_processor):
+    import datasets
+
+    model, processor = tiny_model_and_processor
+    images = _images(7)
+    table = datasets.Dataset.from_dict({"image_id": [f"g{i}" for i in range(7)], "image": images})
+    built = GalleryIndex.from_dataset(table, model, processor, batch_size=3, show_progress=False)
+    with torch.no_grad():
+        expected = model.get_image_embeds(processor(images=images)["pixel_values"])
+    assert built.ids == [f"g{i}" for i in range(7)]
+    assert torch.allclose(built.embeddings, expected, atol=1e-5)
+    again = GalleryIndex.from_dataset({"image_id": built.ids, "image": images}, model, processor, batch_size=7,
+                                      show_progress=False)
+    assert torch.allclose(again.embeddings, built.embeddings, atol=1e-5)
+
+
+def test_from_dataset_reads_paths_and_rejects_bad_galleries(tmp_path):
+    images = _images(3)
+    paths = []
+    for i, im in enumerate(images):
+        im.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    built = GalleryIndex.from_dataset({"image_id": ["a", "b", "c"], "image": paths}, embed_fn=colour_embed,
+                                      show_progress=False)
+    assert torch.allclose(built.embeddings, colour_embed(images))
+    with pytest.raises(ValueError, match="'b' is missing"):
+        GalleryIndex.from_dataset({"image_id": ["a", "b"], "image": [images[0], None]}, embed_fn=colour_embed)
+    with pytest.raises(ValueError, match="'a' appears more than once"):
+        GalleryIndex.from_dataset({"image_id": ["a", "a"], "image": images[:2]}, embed_fn=colour_embed)
+    with pytest.raises(KeyError, match="no 'image_id' column"):
+        GalleryIndex.from_dataset({"id": ["a"], "image": images[:1]}, embed_fn=colour_embed)
+    with pytest.raises(ValueError, match="NaN or infinite.*'a'"):
+        GalleryIndex.from_dataset({"image_id": ["a"], "image": images[:1]},
+                                  embed_fn=lambda ims: torch.full((len(ims), 4), float("nan")), show_progress=False)
+
+
+@pytest.mark.parametrize("n, shards", [(10, 3), (11, 4), (9, 3), (5, 2)])
+def test_shard_range_matches_datasets_contiguous_shards(n, shards):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"x": list(range(n))})
+    for index in range(shards):
+        start, end = shard_range(n, shards, index)
+        assert table.shard(shards, index, contiguous=True)["x"] == list(range(start, end))
+
+
+def test_from_dataset_with_single_process_accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    images = _images(5)
+    table = {"image_id": [str(i) for i in range(5)], "image": images}
+    built = GalleryIndex.from_dataset(table, embed_fn=colour_embed, accelerator=Accelerator(cpu=True), batch_size=2)
+    assert torch.allclose(built.embeddings, colour_embed(images))
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _two_process_build(folder):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked from a parent that may hold a 1-process state
+    accelerator = Accelerator(cpu=True)
+    images = _images(7)  # 7 rows over 2 processes: shards of 4 and 3
+    calls = []
+    built = GalleryIndex.from_dataset({"image_id": [str(i) for i in range(7)], "image": images},
+                                      embed_fn=lambda ims: calls.append(len(ims)) or colour_embed(ims),
+                                      accelerator=accelerator, batch_size=2, show_progress=False)
+    assert accelerator.num_processes == 2
+    assert sum(calls) == (4 if accelerator.process_index == 0 else 3)
+    torch.save({"ids": built.ids, "embeddings": built.embeddings}, os.path.join(folder, f"{accelerator.process_index}.pt"))
+
+
+def test_from_dataset_splits_across_two_processes(tmp_path):
+    from accelerate import debug_launcher
+
+    debug_launcher(_two_process_build, args=(str(tmp_path),), num_processes=2)
+    expected = colour_embed(_images(7))
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert result["ids"] == [str(i) for i in range(7)]
+        assert torch.allclose(result["embeddings"], expected)
