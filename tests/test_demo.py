@@ -1,0 +1,150 @@
+"""The demo's logic without a browser: one search from the UI's inputs, bad uploads, the app's wiring, the launcher."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install collm-hf[demo])")
+
+from collm_hf.demo import BadUpload, ReferenceImage, build_demo, search_step, synthetic_world_gallery  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _image(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def gallery():
+    import datasets
+
+    return datasets.Dataset.from_dict(
+        {"image_id": [f"g{i}" for i in range(10)], "image": [_image(i) for i in range(10)]},
+        features=datasets.Features({"image_id": datasets.Value("string"), "image": datasets.Image()}))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, gallery):
+    """A saved tiny model and the gallery as Parquet."""
+    from collm_hf._testing import tiny_model_and_processor
+
+    root = tmp_path_factory.mktemp("demo")
+    model, processor = tiny_model_and_processor()
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    gallery.to_parquet(str(root / "gallery.parquet"))
+    _image(50).save(root / "ref.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature, then garbage
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo(saved):
+    demo = build_demo(str(saved / "model"), str(saved / "gallery.parquet"), k=4, device="cpu")
+    yield demo
+    demo.close()
+
+
+def test_composed_text_and_image_queries(demo, saved):
+    searcher = demo.searcher
+    for mode, image, text in [("Image + text", str(saved / "ref.png"), "make it red"), ("Text only", None, "a cat"),
+                              ("Image only", _image(3), "ignored")]:
+        items, status, warning = search_step(searcher, image, text, mode, 4)
+        assert warning is None and len(items) == 4
+        assert status.startswith(f"**{mode}** query: top 4 of 10")
+        assert all(isinstance(img, Image.Image) and caption.startswith(f"#{r + 1} · ")
+                   for r, (img, caption) in enumerate(items))
+    hits = searcher.search(image=_image(3), k=10, exclude_ids=["g3"])
+    assert len(hits) == 9 and "g3" not in [h.image_id for h in hits]
+
+
+@pytest.mark.parametrize("mode, image, text, message", [
+    ("Image + text", None, "make it red", "Upload or pick a reference image"),
+    ("Image only", None, "", "Upload or pick a reference image"),
+    ("Image + text", "REF", "   ", "Type a modification text"),
+    ("Text only", None, "", "Type a modification text"),
+    ("Image + text", BadUpload("'notes.txt' is not an image"), "x", "'notes.txt' is not an image"),
+    ("Image + text", "BROKEN", "make it red", "broken.png"),
+])
+def test_bad_inputs_give_a_message_not_an_exception(demo, saved, mode, image, text, message):
+    image = {"REF": str(saved / "ref.png"), "BROKEN": str(saved / "broken.png")}.get(image, image)
+    items, status, warning = search_step(demo.searcher, image, text, mode, 4)
+    assert items == [] and message in warning and status.startswith("⚠️")
+
+
+def test_text_only_ignores_a_bad_upload(demo):
+    items, _, warning = search_step(demo.searcher, BadUpload("not an image"), "a red square", "Text only", 3)
+    assert warning is None and len(items) == 3
+
+
+def test_reference_image_turns_undecodable_uploads_into_a_message(saved, tmp_path):
+    from gradio.data_classes import ImageData
+
+    component = ReferenceImage(type="filepath")
+    assert component.get_block_name() == "image"
+    not_image = tmp_path / "holiday.png"
+    not_image.write_text("hello")
+    value = component.preprocess(ImageData(path=str(not_image), orig_name="holiday.png"))
+    assert isinstance(value, BadUpload) and "'holiday.png' is not an image" in value
+    good = component.preprocess(ImageData(path=str(saved / "ref.png"), orig_name="ref.png"))
+    assert not isinstance(good, BadUpload) and Image.open(good).size == (40, 40)
+
+
+def test_app_layout_and_handler(demo):
+    config = demo.get_config_file()
+    ids = {c["props"].get("elem_id") for c in config["components"]}
+    assert {"reference-image", "modification-text", "query-mode", "search-button", "results", "status"} <= ids
+    assert any(c["type"] == "image" for c in config["components"])  # the custom input renders as gradio's image
+
+
+def test_index_folder_shows_images_from_its_source(saved, tmp_path):
+    """An index written by `collm-hf index` finds its gallery images again; one without images shows ids."""
+    from collm_hf.cli import main as cli_main
+    from collm_hf.retrieval import GalleryIndex
+
+    assert cli_main(["index", "--model", str(saved / "model"), "--dataset", str(saved / "gallery.parquet"),
+                     "--output", str(tmp_path / "index"), "--device", "cpu", "--no-progress"]) == 0
+    demo = build_demo(str(saved / "model"), str(tmp_path / "index"), device="cpu")
+    assert demo.searcher.gallery is not None and demo.searcher.image("g0").size == (40, 40)
+    demo.close()
+    GalleryIndex.load(str(tmp_path / "index")).save(str(tmp_path / "bare"))
+    demo = build_demo(str(saved / "model"), str(tmp_path / "bare"), device="cpu", samples=[])
+    items, _, warning = search_step(demo.searcher, None, "a red square", "Text only", 2)
+    assert warning is None and len(items) == 2 and items[0][1].startswith("#1")  # placeholder pictures
+    demo.close()
+
+
+def test_synthetic_world_default_gallery():
+    dataset, samples = synthetic_world_gallery(tiny=True, num_samples=3)
+    assert {"image_id", "image"} <= set(dataset.column_names) and len(dataset) > 50
+    assert len(samples) == 3 and all(isinstance(i, Image.Image) and t for i, t in samples)
+
+
+def _load_app():
+    spec = importlib.util.spec_from_file_location("collm_demo_app", ROOT / "examples" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_app_main_builds_and_launches(saved, monkeypatch):
+    import collm_hf.demo
+
+    launched = {}
+    monkeypatch.setattr(collm_hf.demo, "launch", lambda demo, host, port: launched.update(demo=demo, port=port))
+    app = _load_app()
+    assert app.main(["--model", str(saved / "model"), "--gallery", str(saved / "gallery.parquet"), "--port", "7999",
+                     "--device", "cpu"]) == 0
+    assert launched["port"] == 7999 and launched["demo"].searcher.size == 10
+    launched["demo"].close()
+
+
+def test_app_main_without_a_model_says_how_to_get_one(tmp_path, capsys):
+    assert _load_app().main(["--model", str(tmp_path / "missing"), "--device", "cpu"]) == 2
+    assert "collm-hf quickstart" in capsys.readouterr().err
