@@ -14,10 +14,11 @@ from .schema import (
     triplet_features,
 )
 from ._build import BuildOptions, DatasetBuildError, MissingImagesError
+from .benchmark import benchmark_builder_memory
 from .writer import DatasetWriteError, push_folder_to_hub, write_dataset
 
 __all__ = [
     "BuildOptions", "DatasetBuildError", "MissingImagesError", "GALLERY_FEATURES", "IMAGES_FEATURES", "PAIRS_FEATURES", "TRIPLETS_FEATURES", "DatasetWriteError",
-    "benchmark_features", "gallery_features", "push_folder_to_hub", "queries_features",
+    "benchmark_builder_memory", "benchmark_features", "gallery_features", "push_folder_to_hub", "queries_features",
     "queries_refined_features", "triplet_features", "write_dataset",
 ]
