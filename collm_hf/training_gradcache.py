@@ -1,0 +1,156 @@
+"""Gradient caching: a contrastive batch larger than fits in memory, with the loss and gradients of the full batch.
+
+GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup",
+https://github.com/luyug/GradCache). The LLM pass dominates memory, so the queries are the cached side:
+
+1. `prepare_contrastive_inputs` once, with its autograd graph (image embeddings, synthesis);
+2. query embeddings chunk by chunk without a graph, recording the random state before each chunk;
+3. the loss on the full (global) batch of embeddings; backward gives d loss / d query embedding, and d loss /
+   d target and reference embedding;
+4. each chunk again, with a graph, under the *same* random state (dropout, LoRA dropout), backpropagating its
+   cached embedding gradient; then the image side's graph is backpropagated once with its gradients.
+
+Step 4 recomputes exactly the forward of step 2, so the parameter gradients equal those of one backward
+through the whole batch (up to float summation order).
+"""
+
+from contextlib import nullcontext
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer
+
+
+class RandomState:
+    """The CPU and CUDA random states at construction; `with state.restored():` replays them."""
+
+    def __init__(self, device: torch.device):
+        self.devices = [device] if device.type == "cuda" else []
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+
+    def restored(self):
+        fork = torch.random.fork_rng(devices=self.devices)
+        state = self
+
+        class _Restore:
+            def __enter__(self):
+                fork.__enter__()
+                torch.set_rng_state(state.cpu)
+                for device, cuda_state in zip(state.devices, state.cuda):
+                    torch.cuda.set_rng_state(cuda_state, device)
+
+            def __exit__(self, *exc):
+                return fork.__exit__(*exc)
+
+        return _Restore()
+
+
+def _image_rows(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """(rows,) index into image_embeds of each row's image (-1 for text-only rows)."""
+    has_image = (input_ids == image_token_id).any(-1)
+    return torch.where(has_image, has_image.long().cumsum(0) - 1, torch.full_like(has_image, -1, dtype=torch.long))
+
+
+def grad_cache_step(model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext) -> torch.Tensor:
+    """One GradCache forward/backward of a `CoLLMModel` batch; gradients accumulate into `.grad` as after
+    `(model(**inputs).loss * loss_scale).backward()`.
+
+    Args:
+        model: a `CoLLMModel` (a peft model's base model works: LoRA layers are injected in place).
+        inputs: a collator batch (pairs or triplets), on the model's device.
+        chunk_size: query rows per chunk (pairs have 3 query rows per sample).
+        loss_scale: factor on the loss before backward (1 / gradient accumulation steps).
+        autocast: context manager factory for the forward passes (e.g. Trainer's autocast).
+
+    Returns:
+        the (unscaled) loss, detached.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    inputs = {k: v for k, v in inputs.items() if k != "return_loss"}
+    with autocast():
+        prepared = model.prepare_contrastive_inputs(**inputs)
+    if prepared.target_embeds is None:
+        raise ValueError("Gradient caching needs targets (target_pixel_values or target_image_embeds).")
+    images = prepared.image_embeds
+    image_leaf = None if images is None else images.detach().requires_grad_(images.requires_grad)
+    target_leaf = prepared.target_embeds.detach().requires_grad_(prepared.target_embeds.requires_grad)
+    image_rows = _image_rows(prepared.input_ids, model.config.image_token_id)
+    device = prepared.input_ids.device
+    chunks = [slice(start, start + chunk_size) for start in range(0, prepared.input_ids.shape[0], chunk_size)]
+
+    def embed(chunk: slice) -> torch.Tensor:
+        rows = image_rows[chunk]
+        chunk_images = None if image_leaf is None or not bool((rows >= 0).any()) else image_leaf[rows[rows >= 0]]
+        with autocast():
+            return model.get_query_embeds(prepared.input_ids[chunk], prepared.attention_mask[chunk], image_embeds=chunk_images)
+
+    states = []
+    with torch.no_grad():  # pass 1: embeddings only
+        cached = []
+        for chunk in chunks:
+            states.append(RandomState(device))
+            cached.append(embed(chunk))
+    query_leaf = torch.cat(cached).requires_grad_(True)  # (rows, dim)
+    with autocast():
+        loss = model.contrastive_output(query_leaf, replace(prepared, target_embeds=target_leaf), return_loss=True).loss
+    (loss * loss_scale).backward()  # grads of embeddings (and of the logit scale)
+    for chunk, state in zip(chunks, states):  # pass 2: replay each chunk with a graph
+        with state.restored():
+            embeds = embed(chunk)
+        embeds.backward(query_leaf.grad[chunk].to(embeds.dtype))
+    roots, grads = [], []
+    if image_leaf is not None and image_leaf.grad is not None:
+        roots.append(images), grads.append(image_leaf.grad)
+    if target_leaf.grad is not None:
+        roots.append(prepared.target_embeds), grads.append(target_leaf.grad)
+    if roots:  # image side: the vision tower (when trained) and synthesis
+        torch.autograd.backward(roots, grads)
+    return loss.detach()
+
+
+class GradCacheTrainer(Trainer):
+    """A `Trainer` whose training step is `grad_cache_step`: the contrastive batch is `per_device_train_batch_size`
+    (times the number of processes: negatives are gathered), while the LLM sees `chunk_size` query rows at a time.
+
+    Use it where the batch the paper uses (1024) does not fit: same loss, same gradients, more compute (the
+    queries are encoded twice). Under DDP the step runs without DDP's hooks (`no_sync`) and averages the
+    gradients itself after the backward passes. fp16 loss scaling is not supported (use bf16 or fp32).
+
+    Args:
+        chunk_size: query rows per LLM pass.
+        *args, **kwargs: as `Trainer`.
+
+    Example:
+        >>> trainer = GradCacheTrainer(model=model, args=args, train_dataset=rows, data_collator=collator, chunk_size=32)  # doctest: +SKIP
+    """
+
+    def __init__(self, *args, chunk_size: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if self.args.fp16:
+            raise ValueError("GradCacheTrainer does not support fp16 loss scaling; use bf16 or fp32.")
+        self.chunk_size = chunk_size
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        unwrapped = self.accelerator.unwrap_model(model)
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        distributed = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        with model.no_sync() if distributed else nullcontext():
+            loss = grad_cache_step(base, inputs, self.chunk_size, scale, autocast=self.compute_loss_context_manager)
+        if distributed:
+            world = dist.get_world_size()
+            for param in model.parameters():
+                if param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= world
+        return loss * scale
+
+
+__all__ = ["GradCacheTrainer", "RandomState", "grad_cache_step"]
