@@ -140,3 +140,17 @@ def test_benchmark_builder_memory_reports_a_peak(tmp_path):
 
     peak = benchmark_builder_memory(30, tmp_path, image_size=16)
     assert 10 * 2**20 < peak < 4 * 2**30
+
+
+def test_push_works_with_huggingface_hub_hfapi_mocked_and_cli_subcommand(tmp_path, png):
+    import json
+
+    from collm_hf.cli import main as collm_hf_main
+
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"image": "a.png", "caption": "a"}) + "\n")
+    with mock.patch("huggingface_hub.HfApi") as api_class:
+        assert collm_hf_main(["build-dataset", "pairs", "--source-dir", str(captions), "--images-dir", str(tmp_path),
+                              "--output-dir", str(tmp_path / "out"), "--push-to-hub", "org/pairs"]) == 0
+    api_class.return_value.upload_folder.assert_called_once()
+    assert load_dataset(str(tmp_path / "out"), "pairs", split="train")["caption"] == ["a"]

@@ -55,7 +55,7 @@ def find_splits(root: Path) -> list[str]:
 
 
 def read_split(root: Path, split: str) -> tuple[list[dict], dict[str, str]]:
-    """Read and check one split: (caption entries, {image name: normalised relative path})."""
+    """Read and check one split: (caption entries, {image name: relative path as written})."""
     captions_path = root / "captions" / f"cap.{VERSION}.{split}.json"
     gallery_path = root / "image_splits" / f"split.{VERSION}.{split}.json"
     captions = expect_list_of_dicts(read_json(captions_path, "CIRR captions file"), captions_path,
@@ -63,7 +63,7 @@ def read_split(root: Path, split: str) -> tuple[list[dict], dict[str, str]]:
     gallery = read_json(gallery_path, "CIRR image split file")
     if not isinstance(gallery, dict) or not all(isinstance(value, str) for value in gallery.values()):
         raise DatasetBuildError(f"{gallery_path}: expected an object {{image name: relative path}}")
-    gallery = {str(name): normalise_relative(path) for name, path in gallery.items()}
+    gallery = {str(name): path for name, path in gallery.items()}  # raw "./dev/x.png": errors quote the file as written
 
     problems = [f"pairid {pairid} is repeated" for pairid in duplicates(str(e["pairid"]) for e in captions)]
     for index, entry in enumerate(captions):
@@ -89,7 +89,7 @@ def query_row(entry: dict, gallery: dict[str, str], options: BuildOptions) -> di
     return {
         "query_id": str(entry["pairid"]),
         "reference_id": reference,
-        "reference_image": options.image_value(gallery[reference]),
+        "reference_image": options.image_value(normalise_relative(gallery[reference])),
         "modification_text": entry["caption"],
         "target_ids": [str(entry["target_hard"])] if entry.get("target_hard") else [],
         "subset_ids": [str(member) for member in entry["img_set"]["members"]],
@@ -122,7 +122,7 @@ def build_cirr(source_dir: str | os.PathLike, options: BuildOptions, refined: st
         bad_names = {name for name, path in gallery.items() if path in bad}
         if bad_names:
             dropped[f"gallery images ({split})"] = [f"{name} ({gallery[name]})" for name in sorted(bad_names)]
-        gallery_rows[split] = [{"image_id": name, "image": options.image_value(path)}
+        gallery_rows[split] = [{"image_id": name, "image": options.image_value(normalise_relative(path))}
                                for name, path in gallery.items() if name not in bad_names]
         rows, lost = [], []
         for entry in captions:
