@@ -5,17 +5,17 @@
 `build_demo` returns a `gradio.Blocks` (nothing is launched); `launch` serves it on localhost or a Space with
 no network access (analytics off, no share link, bundled fonts). `examples/app.py` is the thin launcher.
 Bad input (a file that is not an image, a query mode that needs text but got none) shows a warning toast and
-a status line, never a traceback. The default gallery is the synthetic world's CIRR-style gallery, rendered
-on the spot (nothing to download), with its queries as samples.
+a status line, never a traceback. The default gallery is the synthetic world's CIRR-style gallery (the one the
+quickstart wrote beside its model, or rendered on the spot: nothing to download), with its queries as samples.
 """
 
 import logging
 import os
-import tempfile
 import time
+from pathlib import Path
 
 from .image_io import ImageReadError
-from .search import GallerySearcher, SearchInputError, open_gallery, read_query_image
+from .search import GallerySearcher, SearchInputError, load_gallery, open_gallery, read_query_image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -38,19 +38,24 @@ class BadUpload(str):
     """What the reference image input passes on when the upload could not be opened as an image."""
 
 
-class ReferenceImage(gr.Image):
-    """`gr.Image` whose undecodable uploads reach the handler as a `BadUpload` message, not a server error."""
+def reference_image_input(**kwargs) -> gr.Image:
+    """A `gr.Image` whose undecodable uploads reach the handler as a `BadUpload` message, not a server error.
 
-    def get_block_name(self) -> str:  # the frontend component stays gradio's own image
-        return "image"
+    The instance's `preprocess` is wrapped (a subclass would make gradio write a `.pyi` stub into the package).
+    """
+    component = gr.Image(**kwargs)
+    decode = component.preprocess
 
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return decode(payload)
         except Exception as error:  # PIL raises several types for non-images; all mean the same to the user
             name = getattr(payload, "orig_name", None) or os.path.basename(str(getattr(payload, "path", "upload")))
             return BadUpload(f"{name!r} is not an image that can be read ({type(error).__name__}). "
                              "Upload a PNG, JPEG or WebP file.")
+
+    component.preprocess = preprocess
+    return component
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -79,16 +84,35 @@ def synthetic_world_gallery(seed: int = 0, tiny: bool = False, num_samples: int 
     return dataset, samples
 
 
-def _sample_files(samples, folder: str) -> list[list]:
-    """Write sample reference images to `folder` (gr.Examples takes files) -> [[path, text], ...]."""
+def default_gallery(model_path=None, seed: int = 0, num_samples: int = NUM_SAMPLES):
+    """The synthetic world's CIRR-style gallery and sample queries: the world the quickstart wrote beside its model
+    (`DIR/world/cirr` for `DIR/model`), else the world of `seed` rendered now.
+
+    Returns:
+        (`datasets.Dataset` with `image_id`, `image`; list of (PIL image, modification text)).
+    """
+    import datasets
+
+    from .data.synthetic_world import CIRR_SPLIT
+
+    folder = Path(model_path).parent / "world" / "cirr" if model_path is not None else None
+    if folder is not None and (folder / "README.md").is_file():
+        try:
+            gallery = load_gallery(str(folder), config="gallery", split=CIRR_SPLIT)
+            queries = datasets.load_dataset(str(folder), "queries", split=CIRR_SPLIT)
+            rows = queries.select(range(min(num_samples, len(queries))))
+            return gallery, [(row["reference_image"], row["modification_text"]) for row in rows]
+        except (OSError, ValueError) as error:
+            logger.warning("Could not read the quickstart's world at %s (%s); rendering the world instead.", folder, error)
+    return synthetic_world_gallery(seed, num_samples=num_samples)
+
+
+def _sample_rows(samples) -> list[list]:
+    """gr.Examples rows [[reference image, text], ...] (PIL images are cached by gradio as PNG)."""
     rows = []
     for i, (image, text) in enumerate(samples):
-        if isinstance(image, (str, os.PathLike)):
-            path = str(image)
-        else:
-            path = os.path.join(folder, f"sample-{i}.png")
-            read_query_image(image, f"samples[{i}]").save(path)
-        rows.append([path, text or ""])
+        image = str(image) if isinstance(image, (str, os.PathLike)) else read_query_image(image, f"samples[{i}]")
+        rows.append([image, text or ""])
     return rows
 
 
@@ -167,7 +191,7 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
     Args:
         model_path: saved CoLLM folder or hub id (default: the quickstart's `collm-quickstart/model`).
         index_or_dataset: a gallery dataset (path, hub id or `datasets.Dataset`), an index folder from
-            `collm-hf index`, or a `GalleryIndex`; None renders the synthetic world's gallery (`seed`).
+            `collm-hf index`, or a `GalleryIndex`; None: the synthetic world's gallery (`default_gallery`).
         images: gallery dataset to show results from, when `index_or_dataset` is an index without one.
         samples: sample queries [(image or path, text)]; default: the synthetic world's queries, or a few
             gallery images (image-only) for another gallery.
@@ -185,13 +209,13 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
 
         model, processor = load_model_and_processor(model_path, device)
         if index_or_dataset is None:
-            index_or_dataset, world_samples = synthetic_world_gallery(seed)
+            index_or_dataset, world_samples = default_gallery(model_path, seed)
             samples = world_samples if samples is None else samples
         index, gallery = open_gallery(index_or_dataset, model, processor, images=images, **load_options)
         searcher = GallerySearcher(model, processor, index, gallery)
     if samples is None and searcher.gallery is not None:
         samples = [(searcher.image(i), "") for i in searcher.index.ids[:NUM_SAMPLES]]
-    sample_rows = _sample_files(samples or [], tempfile.mkdtemp(prefix="collm-demo-samples-"))
+    sample_rows = _sample_rows(samples or [])
     source = "its own" if searcher.gallery is not None else "no (results shown by id)"
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(
@@ -201,8 +225,8 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
         )
         with gr.Row():
             with gr.Column(scale=2, min_width=280):
-                image = ReferenceImage(label="Reference image", type="filepath", sources=["upload", "clipboard"],
-                                       height=240, elem_id="reference-image")
+                image = reference_image_input(label="Reference image", type="filepath", sources=["upload", "clipboard"],
+                                              format="png", height=240, elem_id="reference-image")
                 text = gr.Textbox(label="Modification text", placeholder="e.g. make the circle blue and add a star",
                                   lines=2, elem_id="modification-text")
                 mode = gr.Radio(list(MODES), value="Image + text", label="Query", elem_id="query-mode")
@@ -236,5 +260,5 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, bl
     return demo.launch(**options)
 
 
-__all__ = ["BadUpload", "DEFAULT_MODEL", "MODES", "ReferenceImage", "build_demo", "launch", "search_step",
-           "synthetic_world_gallery"]
+__all__ = ["BadUpload", "DEFAULT_MODEL", "MODES", "build_demo", "default_gallery", "launch", "reference_image_input",
+           "search_step", "synthetic_world_gallery"]

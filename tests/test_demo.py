@@ -11,7 +11,7 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install collm-hf[demo])")
 
-from collm_hf.demo import BadUpload, ReferenceImage, build_demo, search_step, synthetic_world_gallery  # noqa: E402
+from collm_hf.demo import BadUpload, build_demo, reference_image_input, search_step, synthetic_world_gallery  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,8 +86,7 @@ def test_text_only_ignores_a_bad_upload(demo):
 def test_reference_image_turns_undecodable_uploads_into_a_message(saved, tmp_path):
     from gradio.data_classes import ImageData
 
-    component = ReferenceImage(type="filepath")
-    assert component.get_block_name() == "image"
+    component = reference_image_input(type="filepath")
     not_image = tmp_path / "holiday.png"
     not_image.write_text("hello")
     value = component.preprocess(ImageData(path=str(not_image), orig_name="holiday.png"))
@@ -100,7 +99,7 @@ def test_app_layout_and_handler(demo):
     config = demo.get_config_file()
     ids = {c["props"].get("elem_id") for c in config["components"]}
     assert {"reference-image", "modification-text", "query-mode", "search-button", "results", "status"} <= ids
-    assert any(c["type"] == "image" for c in config["components"])  # the custom input renders as gradio's image
+    assert not (ROOT / "collm_hf" / "demo.pyi").exists()  # gradio writes stubs next to component subclasses
 
 
 def test_index_folder_shows_images_from_its_source(saved, tmp_path):
@@ -148,3 +147,20 @@ def test_app_main_builds_and_launches(saved, monkeypatch):
 def test_app_main_without_a_model_says_how_to_get_one(tmp_path, capsys):
     assert _load_app().main(["--model", str(tmp_path / "missing"), "--device", "cpu"]) == 2
     assert "collm-hf quickstart" in capsys.readouterr().err
+
+
+def test_default_gallery_is_the_quickstarts_world(tmp_path):
+    """Beside a quickstart-style `DIR/model`, the default gallery and samples come from `DIR/world/cirr`."""
+    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.data.synthetic_world import WorldConfig, write_world
+
+    model, processor = tiny_model_and_processor()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    write_world(tmp_path / "world", WorldConfig.tiny(seed=3), parts=("cirr",))
+    demo = build_demo(str(tmp_path / "model"), device="cpu")
+    expected, samples = synthetic_world_gallery(seed=3, tiny=True, num_samples=2)
+    assert demo.searcher.index.ids == [str(i) for i in expected["image_id"]]
+    items, _, warning = search_step(demo.searcher, samples[0][0], samples[0][1], "Image + text", 3)
+    assert warning is None and len(items) == 3
+    demo.close()
