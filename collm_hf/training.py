@@ -102,7 +102,7 @@ def training_defaults() -> dict:
     """`TrainingArguments` defaults of this recipe, for `HfArgumentParser.set_defaults` (paper §5, §9)."""
     return {
         "remove_unused_columns": False,  # collators read raw columns
-        "gradient_checkpointing": True,
+        "activation_checkpointing": True,  # transformers 5 name of gradient checkpointing
         "learning_rate": 1e-4,
         "lr_scheduler_type": "constant",
         "num_train_epochs": 1.0,
@@ -247,13 +247,14 @@ def build_trainer(
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     training_args.remove_unused_columns = False
-    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
-        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    checkpointing = training_args.activation_checkpointing or training_args.gradient_checkpointing
+    if checkpointing and not training_args.activation_checkpointing_kwargs and not training_args.gradient_checkpointing_kwargs:
+        training_args.activation_checkpointing_kwargs = {"use_reentrant": False}  # LoRA grads through frozen layers
     if model is None:
         model, processor = load_model_and_processor(model_args, lora_args)
     configure_loss(model, loss_args, synthesis_args if stage == "pairs" else None)
     if lora_args.use_lora:
-        model = apply_lora(model, stage, lora_args, gradient_checkpointing=training_args.gradient_checkpointing)
+        model = apply_lora(model, stage, lora_args, gradient_checkpointing=bool(checkpointing))
     rows, images = load_training_data(stage, data_args)
     collator = build_collator(stage, processor, data_args, synthesis_args, images, seed=training_args.seed)
     kwargs = dict(model=model, args=training_args, train_dataset=rows, data_collator=collator, processing_class=processor)
@@ -360,6 +361,60 @@ def measure_synthesis_overhead(model, batch: dict, steps: int = 5, warmup: int =
     return synthesis_time / step_time
 
 
+BENCHMARK_WORDS = (
+    "red blue green yellow purple small large wooden metal dog cat car bench tree house bicycle two three "
+    "people street river mountain sitting standing next to on under near with a the of"
+).split()
+
+
+def synthesis_overhead_benchmark(size: str = "tiny", batch_size: int = 32, device: str | None = None, steps: int = 5) -> dict:
+    """`measure_synthesis_overhead` on a random model and random pairs (no downloads).
+
+    Args:
+        size: "tiny" (hidden 32, CPU-friendly) or "base" (CLIP-B/32-shaped tower, 16-layer 2048-wide Llama,
+            about 1B parameters; bf16 on CUDA). Real 7B LLMs make the share smaller still.
+        batch_size: pairs per step (3 queries each).
+        device: "cuda" or "cpu" (default: cuda when available).
+        steps: timed repetitions.
+
+    Returns:
+        {"share": float, "batch_size": int, "size": str, "device": str}.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from ._testing import tiny_config, tiny_image_processor, tiny_tokenizer
+    from .modeling_collm import CoLLMModel
+    from .processing_collm import CoLLMProcessor
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    if size == "tiny":
+        config, image_size, dtype = tiny_config(vocab_size=len(tokenizer)), 32, torch.float32
+    elif size == "base":
+        config = tiny_config(vocab_size=len(tokenizer))
+        config.vision_config.update({"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                                     "num_attention_heads": 12, "image_size": 224, "patch_size": 32})
+        config.text_config.update({"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16,
+                                   "num_attention_heads": 16, "num_key_value_heads": 8})
+        config = type(config)(**config.to_dict())
+        image_size, dtype = 224, torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        raise ValueError(f"size must be 'tiny' or 'base', got {size!r}")
+    model = CoLLMModel(config).to(device=device, dtype=dtype)
+    processor = CoLLMProcessor.for_model(tiny_image_processor(image_size), tokenizer, model.config)
+    rng = np.random.default_rng(0)
+    rows = [
+        {"image_id": str(i), "image": Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)),
+         "caption": " ".join(rng.choice(BENCHMARK_WORDS, size=int(rng.integers(6, 16))))}
+        for i in range(batch_size)
+    ]
+    batch = CoLLMPairCollator(processor, check_tokenization=False)(rows)
+    share = measure_synthesis_overhead(model, batch, steps=steps)
+    return {"share": share, "batch_size": batch_size, "size": size, "device": str(device)}
+
+
 __all__ = [
     "DataArguments",
     "LossArguments",
@@ -375,5 +430,6 @@ __all__ = [
     "measure_synthesis_overhead",
     "run_training",
     "save_trained",
+    "synthesis_overhead_benchmark",
     "training_defaults",
 ]

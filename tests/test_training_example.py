@@ -1,0 +1,119 @@
+"""examples/train_collm.py end to end on tiny data: 2 steps of each stage, save, AutoModel reload, resume, adapter."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ["red circle", "blue square", "dog on a bench", "yellow stars", "purple cross", "cyan ring", "green star", "two cats"]
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("train_collm", ROOT / "examples" / "train_collm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, _tiny_clip_llama):
+    """A saved tiny CoLLM and a dataset folder with `pairs`, `triplets` and `images` Parquet configs."""
+    root = tmp_path_factory.mktemp("train_example")
+    model, processor = _tiny_clip_llama
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)) for _ in WORDS]
+    ids = [f"img{i}" for i in range(len(WORDS))]
+    image = datasets.Image()
+    tables = {
+        "pairs": datasets.Dataset.from_dict({"image_id": ids, "image": images, "caption": [f"a {w}" for w in WORDS]},
+                                            features=datasets.Features({"image_id": datasets.Value("string"), "image": image,
+                                                                        "caption": datasets.Value("string")})),
+        "images": datasets.Dataset.from_dict({"image_id": ids, "image": images},
+                                             features=datasets.Features({"image_id": datasets.Value("string"), "image": image})),
+        "triplets": datasets.Dataset.from_dict({
+            "id": [str(i) for i in range(8)], "reference_id": ids, "target_id": ids[1:] + ids[:1],
+            "modifications": [[f"make it a {w}", f"show a {w}"] for w in WORDS[1:] + WORDS[:1]]}),
+    }
+    for name, table in tables.items():
+        (root / "data" / name).mkdir(parents=True)
+        table.to_parquet(root / "data" / name / "train-00000-of-00001.parquet")
+    return root
+
+
+def common(workspace, output_dir, *extra):
+    return ["--dataset_name_or_path", str(workspace / "data"), "--output_dir", str(output_dir),
+            "--per_device_train_batch_size", "4", "--save_steps", "1", "--logging_steps", "1", "--use_cpu", "True",
+            "--dataloader_num_workers", "0", "--lora_rank", "4", "--seed", "3", *extra]
+
+
+def test_pairs_then_triplets_save_reload_resume(workspace):
+    example = load_example()
+    pairs_dir, triplets_dir = workspace / "pairs_run", workspace / "triplets_run"
+    assert example.main(["pairs", "--model_name_or_path", str(workspace / "model"), *common(workspace, pairs_dir, "--max_steps", "2")]) == 0
+    assert (pairs_dir / "checkpoint-2").is_dir() and (pairs_dir / "lora_adapter" / "adapter_config.json").exists()
+    state = json.loads((pairs_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and all(np.isfinite(log["loss"]) for log in state["log_history"] if "loss" in log)
+
+    # The merged result reloads with AutoModel and differs from the starting model (it trained).
+    trained = AutoModel.from_pretrained(pairs_dir).eval()
+    start = AutoModel.from_pretrained(workspace / "model").eval()
+    config = trained.config
+    assert config.contrastive_loss["loss_type"] == "hn_nce" and config.slerp_alpha == 0.5
+    assert not torch.equal(trained.language_model.layers[0].self_attn.q_proj.weight, start.language_model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(trained.adapter.layers[0].weight, start.adapter.layers[0].weight)
+
+    # Resume from the checkpoint for one more step.
+    assert example.main(["pairs", "--model_name_or_path", str(workspace / "model"),
+                         *common(workspace, pairs_dir, "--max_steps", "3", "--resume_from_checkpoint", str(pairs_dir / "checkpoint-2"))]) == 0
+    assert json.loads((pairs_dir / "trainer_state.json").read_text())["global_step"] == 3
+
+    # Fine-tune the pre-trained model on triplets (images resolved through the images config).
+    assert example.main(["triplets", "--model_name_or_path", str(pairs_dir), *common(workspace, triplets_dir, "--max_steps", "2")]) == 0
+    fine_tuned = AutoModel.from_pretrained(triplets_dir)
+    assert json.loads((triplets_dir / "lora_adapter" / "adapter_config.json").read_text())["r"] == 4
+    assert fine_tuned.config.contrastive_loss["two_way"] is True
+
+
+def test_adapter_folder_restores_the_merged_model(workspace):
+    from peft import PeftModel
+
+    from collm_hf.lora import load_lora_adapter
+
+    run = workspace / "adapter_run"
+    example = load_example()
+    assert example.main(["triplets", "--model_name_or_path", str(workspace / "model"), *common(workspace, run, "--max_steps", "1")]) == 0
+    merged = AutoModel.from_pretrained(run).eval()
+    restored = load_lora_adapter(AutoModel.from_pretrained(workspace / "model"), str(run / "lora_adapter"))
+    assert isinstance(restored, PeftModel)
+    restored.eval()
+    processor = AutoProcessor.from_pretrained(run)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)) for _ in range(2)]
+    inputs = processor(images=images, text=["make it red", "add a dog"])
+    with torch.no_grad():
+        expected = merged.get_query_embeds(**inputs)
+        got = restored.get_base_model().get_query_embeds(**inputs)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_usage(workspace, capsys):
+    example = load_example()
+    assert example.main([]) == 2
+    with pytest.raises(ValueError, match="model_name_or_path"):
+        example.main(["pairs", *common(workspace, workspace / "nothing", "--max_steps", "1")])
+
+
+def test_measure_synthesis_overhead_command(capsys):
+    example = load_example()
+    assert example.main(["--measure-synthesis-overhead", "--batch-size", "4", "--steps", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert 0 < result["share"] < 1 and result["batch_size"] == 4
