@@ -241,7 +241,7 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
         run = _handler(searcher)
         for trigger in (button.click, text.submit):
             trigger(run, [image, text, mode, top_k], [results, status], api_name=False)
-    demo.searcher = searcher
+    demo.searcher, demo.samples = searcher, samples or []
     return demo
 
 

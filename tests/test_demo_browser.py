@@ -49,7 +49,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The demo on localhost: the tiny random model (or $COLLM_DEMO_MODEL) over a 24-image gallery."""
+    """The demo on localhost: the tiny random model over a 24-image gallery.
+
+    For the README's screenshot ($COLLM_DEMO_SCREENSHOT): $COLLM_DEMO_MODEL (e.g. the quickstart's) over the
+    default gallery (the synthetic world), queried with its first sample.
+    """
     import datasets
 
     from collm_hf._testing import tiny_model_and_processor
@@ -62,17 +66,22 @@ def served(tmp_path_factory):
         model_path = str(root / "model")
         model.save_pretrained(model_path)
         processor.save_pretrained(model_path)
-    gallery = os.environ.get("COLLM_DEMO_GALLERY") or datasets.Dataset.from_dict(
-        {"image_id": [f"scene-{i:02d}" for i in range(24)], "image": [_scene(i) for i in range(24)]},
-        features=datasets.Features({"image_id": datasets.Value("string"), "image": datasets.Image()}))
-    reference = root / "reference.png"
-    _scene(100).resize((96, 96), Image.NEAREST).save(reference)
+    reference, text = root / "reference.png", "make the square red and add a yellow circle"
+    if os.environ.get("COLLM_DEMO_SCREENSHOT"):
+        demo = build_demo(model_path, k=K, device="cpu")
+        demo.samples[0][0].save(reference)
+        text = demo.samples[0][1]
+    else:
+        gallery = datasets.Dataset.from_dict(
+            {"image_id": [f"scene-{i:02d}" for i in range(24)], "image": [_scene(i) for i in range(24)]},
+            features=datasets.Features({"image_id": datasets.Value("string"), "image": datasets.Image()}))
+        samples = [(_scene(200 + i), "add a red circle") for i in range(3)]
+        demo = build_demo(model_path, gallery, samples=samples, k=K, device="cpu")
+        _scene(100).resize((96, 96), Image.NEAREST).save(reference)
     not_an_image = root / "holiday.png"
     not_an_image.write_text("this file only pretends to be a PNG")
-    samples = None if os.environ.get("COLLM_DEMO_GALLERY") else [(_scene(200 + i), "add a red circle") for i in range(3)]
-    demo = build_demo(model_path, gallery, samples=samples, k=K, device="cpu")
     _, url, _ = launch(demo, host="127.0.0.1", port=_free_port(), block=False)
-    yield {"url": url, "reference": str(reference), "not_an_image": str(not_an_image), "root": root}
+    yield {"url": url, "reference": str(reference), "text": text, "not_an_image": str(not_an_image), "root": root}
     demo.close()
 
 
@@ -101,7 +110,7 @@ def _upload(page, path: str) -> None:
 def test_upload_type_search_shows_results_and_screenshot(page, served):
     _upload(page, served["reference"])
     page.wait_for_selector("#reference-image img")
-    page.fill("#modification-text textarea", "make the square red and add a yellow circle")
+    page.fill("#modification-text textarea", served["text"])
     page.click("#search-button")
     page.wait_for_function(f"document.querySelectorAll('#results img').length >= {K}")
     results = page.locator("#results img")

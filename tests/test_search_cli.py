@@ -132,6 +132,11 @@ def test_load_gallery_formats(assets, tmp_path):
     assert load_gallery(str(tmp_path / "disk"))["image_id"] == parquet["image_id"]
     both = datasets.DatasetDict({"train": parquet.select(range(2)), "test": parquet})
     assert len(load_gallery(both)) == 12 and len(load_gallery(both, split="train")) == 2
+    from collm_hf.data import gallery_features, write_dataset
+
+    rows = [{"image_id": i, "image": im} for i, im in zip(parquet["image_id"], parquet["image"])]
+    write_dataset(tmp_path / "built", {"gallery": {"val": rows}}, {"gallery": gallery_features()})
+    assert load_gallery(str(tmp_path / "built"))["image_id"] == parquet["image_id"]  # config "gallery", its only split
     with pytest.raises(SearchInputError, match="no \\['image_id'\\] column"):
         load_gallery(parquet.rename_column("image_id", "id"))
     with pytest.raises(FileNotFoundError, match="No gallery"):
