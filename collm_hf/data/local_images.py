@@ -15,7 +15,7 @@ Example:
 import os
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Image, IterableDataset
+from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict
 
 from ._build import MissingImagesError
 
@@ -24,7 +24,7 @@ def attach_images(dataset, images_dir: str | os.PathLike, columns: list[str] | N
     """Resolve the relative image paths of an annotation-only dataset against `images_dir`.
 
     Args:
-        dataset: a `Dataset`, `DatasetDict` or `IterableDataset` from a `--no-images` build (rows that
+        dataset: a `Dataset`, `IterableDataset` or a dict of them from a `--no-images` build (rows that
             already embed bytes are left as they are).
         images_dir: the local folder the paths are relative to (the builder's `--images-dir`).
         columns: the image columns to resolve (default: every `Image` column).
@@ -33,8 +33,8 @@ def attach_images(dataset, images_dir: str | os.PathLike, columns: list[str] | N
     Returns:
         The same kind of dataset with image paths made absolute; `Image()` decoding then opens them.
     """
-    if isinstance(dataset, DatasetDict):
-        return DatasetDict({name: attach_images(split, images_dir, columns, check) for name, split in dataset.items()})
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        return type(dataset)({name: attach_images(split, images_dir, columns, check) for name, split in dataset.items()})
     root = Path(images_dir).absolute()
     if not root.is_dir():
         raise FileNotFoundError(f"images folder not found: {root}")
@@ -62,8 +62,16 @@ def attach_images(dataset, images_dir: str | os.PathLike, columns: list[str] | N
             batch[column] = [_resolve(value, root) for value in batch[column]]
         return batch
 
-    kwargs = {} if isinstance(dataset, IterableDataset) else {"desc": "attaching local images"}
-    resolved = undecoded.map(resolve, batched=True, **kwargs)
+    if isinstance(dataset, IterableDataset):
+        # A mapped IterableDataset is not decoded again by `datasets`: decode here, lazily, row by row.
+        def resolve_and_decode(batch):
+            batch = resolve(batch)
+            for column in columns:
+                batch[column] = [None if value is None else Image().decode_example(value) for value in batch[column]]
+            return batch
+
+        return undecoded.map(resolve_and_decode, batched=True, features=features)
+    resolved = undecoded.map(resolve, batched=True, features=undecoded.features, desc="attaching local images")
     for column in columns:
         resolved = resolved.cast_column(column, Image())
     return resolved

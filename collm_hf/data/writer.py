@@ -222,8 +222,9 @@ def _encode_image(value, where: str) -> dict | None:
 
 
 def _check_name(name: str, kind: str) -> None:
-    if not name or not all(ch.isalnum() or ch in "_." for ch in name) or name.startswith("."):
-        raise DatasetWriteError(f"{kind} name {name!r} must be letters, digits, '_' or '.'")
+    allowed = "_.-" if kind == "config" else "_."  # `datasets` split names are \w+(\.\w+)*
+    if not name or not all(ch.isalnum() or ch in allowed for ch in name) or name[0] in ".-":
+        raise DatasetWriteError(f"{kind} name {name!r} must be letters, digits or one of {list(allowed)}")
 
 
 def _check_destination(output_dir: Path, overwrite: bool) -> None:
