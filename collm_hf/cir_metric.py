@@ -59,6 +59,7 @@ Args:
     categories: Fashion-IQ only (optional): the category of each query.
     semantic_aspects: CIRCO only (optional): the list of semantic aspects of each query.
     k_values: the cut-offs of recall@K (map@K for CIRCO); default per protocol.
+    subset_k_values: CIRR only: the cut-offs of recall_subset@K (default 1, 2, 3).
 Returns:
     dict of percentages: `recall@K`; CIRR adds `recall_subset@K` and `cirr_score`; CIRCO gives `map@K`,
     `recall@K` and `map@10/<aspect>`; Fashion-IQ gives `<category>/recall@K`, the category mean `recall@K`
@@ -74,7 +75,9 @@ Examples:
 # Input checking
 # ----------------------------------------------------------------------------------------------------------------
 def _is_scalar_id(value) -> bool:
-    return isinstance(value, str) or (hasattr(value, "__index__") and not hasattr(value, "__len__"))
+    if isinstance(value, str):
+        return True
+    return hasattr(value, "__index__") and (not hasattr(value, "__len__") or getattr(value, "ndim", None) == 0)
 
 
 def _as_id(value, where: str) -> str:
@@ -82,7 +85,10 @@ def _as_id(value, where: str) -> str:
         return value
     if isinstance(value, bool) or not _is_scalar_id(value):
         raise TypeError(f"{where}: ids must be int or str, got {value!r} ({type(value).__name__}).")
-    return str(int(value.__index__()))
+    try:
+        return str(int(value.__index__()))
+    except TypeError:
+        raise TypeError(f"{where}: ids must be int or str, got {value!r} ({type(value).__name__}).") from None
 
 
 def as_rankings(predictions, name: str = "predictions") -> list[list[str]]:
@@ -93,7 +99,9 @@ def as_rankings(predictions, name: str = "predictions") -> list[list[str]]:
     for i, ranking in enumerate(predictions):
         if isinstance(ranking, (str, bytes)) or not hasattr(ranking, "__iter__"):
             raise TypeError(f"{name}[{i}] must be a list of gallery ids, got {type(ranking).__name__}.")
-        ids = [_as_id(x, f"{name}[{i}]") for x in ranking]
+        ids = list(ranking)
+        if not all(type(x) is str for x in ids):  # fast path for the usual case: already strings
+            ids = [_as_id(x, f"{name}[{i}]") for x in ids]
         if len(set(ids)) != len(ids):
             seen, dup = set(), None
             for x in ids:
@@ -366,7 +374,7 @@ def fashioniq_metrics(predictions, references, categories=None, k_values=None) -
 
 
 def compute_cir_metrics(predictions, references, protocol: str = "standard", reference_ids=None, subset_ids=None,
-                        categories=None, semantic_aspects=None, k_values=None) -> dict:
+                        categories=None, semantic_aspects=None, k_values=None, subset_k_values=None) -> dict:
     """Dispatch to the protocol's metric function (the arguments a protocol does not use must be None).
 
     >>> compute_cir_metrics([["a", "b"]], [["b"]], protocol="standard", k_values=[1, 2])
@@ -376,19 +384,20 @@ def compute_cir_metrics(predictions, references, protocol: str = "standard", ref
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
     unused = {
         "cirr": ("categories", "semantic_aspects"),
-        "circo": ("reference_ids", "subset_ids", "categories"),
-        "fashioniq": ("reference_ids", "subset_ids", "semantic_aspects"),
-        "standard": ("reference_ids", "subset_ids", "categories", "semantic_aspects"),
+        "circo": ("reference_ids", "subset_ids", "categories", "subset_k_values"),
+        "fashioniq": ("reference_ids", "subset_ids", "semantic_aspects", "subset_k_values"),
+        "standard": ("reference_ids", "subset_ids", "categories", "semantic_aspects", "subset_k_values"),
     }[protocol]
     given = {"reference_ids": reference_ids, "subset_ids": subset_ids, "categories": categories,
-             "semantic_aspects": semantic_aspects}
+             "semantic_aspects": semantic_aspects, "subset_k_values": subset_k_values}
     extra = [name for name in unused if given[name] is not None]
     if extra:
         raise ValueError(f"protocol {protocol!r} does not use {extra}; this would silently change the protocol.")
     if protocol == "cirr":
         if reference_ids is None:
             raise ValueError("protocol 'cirr' needs reference_ids (the reference is removed from each ranking).")
-        return cirr_metrics(predictions, references, reference_ids, subset_ids, k_values)
+        return cirr_metrics(predictions, references, reference_ids, subset_ids, k_values,
+                            subset_k_values or CIRR_SUBSET_K_VALUES)
     if protocol == "circo":
         return circo_metrics(predictions, references, k_values, semantic_aspects)
     if protocol == "fashioniq":
@@ -448,7 +457,7 @@ class CIRMetric(evaluate.Metric):
                                references=_stringify(references, "references", True), **kwargs)
 
     def _compute(self, predictions, references, protocol="standard", reference_ids=None, subset_ids=None,
-                 categories=None, semantic_aspects=None, k_values=None):
+                 categories=None, semantic_aspects=None, k_values=None, subset_k_values=None):
         return compute_cir_metrics(predictions, references, protocol=protocol, reference_ids=reference_ids,
                                    subset_ids=subset_ids, categories=categories, semantic_aspects=semantic_aspects,
-                                   k_values=k_values)
+                                   k_values=k_values, subset_k_values=subset_k_values)

@@ -239,3 +239,14 @@ def test_evaluate_add_batch(metric):
 def test_evaluate_module_errors_are_clear(metric):
     with pytest.raises(ValueError, match="more than once"):
         metric.compute(predictions=[["a", "a"]], references=[["a"]])
+
+
+def test_subset_k_values_and_tensor_ids():
+    import torch
+
+    got = compute_cir_metrics([["r", "a", "t"]], [["t"]], "cirr", reference_ids=["r"], subset_ids=[["r", "a", "t"]],
+                              k_values=[1], subset_k_values=[2])
+    assert got == {"recall@1": 0.0, "recall_subset@2": 100.0, "cirr_score": 0.0}
+    assert recall_at_k([torch.tensor([3, 4])], [torch.tensor(4)], k_values=[2]) == {"recall@2": 100.0}
+    with pytest.raises(ValueError, match="does not use"):
+        compute_cir_metrics([["a"]], [["a"]], "circo", subset_k_values=[1])
