@@ -154,3 +154,16 @@ def test_push_works_with_huggingface_hub_hfapi_mocked_and_cli_subcommand(tmp_pat
                               "--output-dir", str(tmp_path / "out"), "--push-to-hub", "org/pairs"]) == 0
     api_class.return_value.upload_folder.assert_called_once()
     assert load_dataset(str(tmp_path / "out"), "pairs", split="train")["caption"] == ["a"]
+
+
+def test_stale_partial_folder_of_a_killed_build_is_removed(tmp_path, png):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ds.partial-{dead.pid}-deadbeef"
+    (stale / "pairs").mkdir(parents=True)
+    write_dataset(tmp_path / "ds", {"pairs": {"train": [{"image_id": "0", "image": png, "caption": "a"}]}},
+                  {"pairs": schema.PAIRS_FEATURES})
+    assert not stale.exists() and (tmp_path / "ds" / "README.md").is_file()

@@ -7,7 +7,9 @@ is left at `--output-dir`.
 """
 
 import argparse
+import signal
 import sys
+import threading
 
 BUILDERS = {
     "cirr": "CIRR (rc2): captions/ + image_splits/ -> queries, gallery (+ queries_refined)",
@@ -87,6 +89,7 @@ def _run_reporting(name: str, args: argparse.Namespace) -> int:
     from ._build import DatasetBuildError
     from .writer import DatasetWriteError
 
+    previous = _terminate_as_interrupt()
     try:
         folder = run_build(name, args)
     except (DatasetBuildError, DatasetWriteError, FileExistsError, FileNotFoundError) as error:
@@ -95,8 +98,22 @@ def _run_reporting(name: str, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"wrote {folder}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt (as Ctrl-C does) so the writer removes its temporary folder."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 # `collm-hf build-dataset <name> ...` (collm_hf/cli.py SUBCOMMANDS entry)

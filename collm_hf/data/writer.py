@@ -86,6 +86,7 @@ def write_dataset(
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(output_dir)
     temp_dir = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temp_dir.mkdir()
     try:
@@ -241,6 +242,18 @@ def _check_destination(output_dir: Path, overwrite: bool) -> None:
                               "choose another --output-dir or remove it")
     if not overwrite:
         raise FileExistsError(f"{output_dir} already holds a dataset; pass overwrite=True to replace it")
+
+
+def _remove_stale_partials(output_dir: Path) -> None:
+    """Delete temporary folders that a killed build (SIGKILL, power loss) left beside `output_dir`."""
+    for folder in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
+        try:
+            pid = int(folder.name.rsplit(".partial-", 1)[1].split("-")[0])
+            os.kill(pid, 0)  # raises if no such process: the build that owned the folder is gone
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
 
 
 def _move_into_place(temp_dir: Path, output_dir: Path) -> None:
