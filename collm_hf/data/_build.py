@@ -8,6 +8,7 @@ record them -> stream rows through `write_dataset`. Nothing is written before th
 import dataclasses
 import json
 import os
+from contextlib import contextmanager
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -77,9 +78,20 @@ class BuildOptions:
 
     def image_value(self, relative: str):
         """The value of an image column for a file referenced as `relative` (posix, under `images_dir`)."""
+        if ".." in str(relative).replace("\\", "/").split("/"):
+            raise DatasetBuildError(f"image path {relative!r} contains '..' and would leave the images folder")
         if self.no_images:
             return {"bytes": None, "path": relative}
         return str(Path(self.images_dir) / relative)
+
+
+@contextmanager
+def utf8_errors(path, what: str = "file"):
+    """Turn a `UnicodeDecodeError` while reading `path` into a `DatasetBuildError` naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise DatasetBuildError(f"{what} {path} is not UTF-8 text ({error})") from error
 
 
 def read_json(path: str | os.PathLike, what: str):
@@ -96,7 +108,7 @@ def read_json(path: str | os.PathLike, what: str):
         return dict(pairs)
 
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle, utf8_errors(path, what):
             return json.load(handle, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as error:
         raise DatasetBuildError(f"{what} {path} is not valid JSON ({error})") from error
@@ -151,8 +163,13 @@ def check_image_files(relative_paths: Iterable[str], options: BuildOptions) -> d
 
     def check(relative: str) -> str | None:
         path = root / relative
-        if not path.is_file():
-            return f"missing ({path})"
+        try:
+            if ".." in str(relative).replace("\\", "/").split("/"):  # symlinks inside the folder are fine
+                return f"outside the images folder: '..' in {relative!r}"
+            if not path.is_file():
+                return f"missing ({path})"
+        except (OSError, ValueError) as error:  # e.g. a name too long for the file system, a NUL byte
+            return f"unusable path ({type(error).__name__}: {error})"
         if not options.decode_check:
             return None
         try:
@@ -173,6 +190,14 @@ def settle_missing(problems: dict[str, str], options: BuildOptions) -> set[str]:
     return set(problems)
 
 
+def is_file(path) -> bool:
+    """`Path.is_file`, False for a path the file system cannot even look up (name too long, NUL byte)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def choose_image_root(options: BuildOptions, relative_paths: list[str], sample: int = 20) -> BuildOptions:
     """Return `options` with `images_dir` moved to whichever of `images_dir`, `images_dir/images`,
     `images_dir/..` holds the most of the first `sample` referenced files (LLaVA-Pretrain image paths are
@@ -182,7 +207,7 @@ def choose_image_root(options: BuildOptions, relative_paths: list[str], sample: 
     root = Path(options.images_dir)
     probe = relative_paths[:sample]
     candidates = [root, root / "images", root.parent]
-    hits = [sum((candidate / path).is_file() for path in probe) for candidate in candidates]
+    hits = [sum(is_file(candidate / path) for path in probe) for candidate in candidates]
     best = max(range(len(candidates)), key=lambda index: (hits[index], -index))
     if best == 0 or hits[best] == hits[0]:
         return options

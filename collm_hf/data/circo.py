@@ -71,6 +71,11 @@ def read_queries(root: Path, split: str, gallery: dict[str, str]) -> list[dict]:
                                    ["id", "reference_img_id", "relative_caption", "shared_concept"])
     problems = [f"id {query_id} is repeated" for query_id in duplicates(str(e["id"]) for e in entries)]
     for entry in entries:
+        malformed = [key for key in ("gt_img_ids", "semantic_aspects")
+                     if entry.get(key) is not None and not isinstance(entry[key], list)]
+        if malformed:
+            problems.append(f"id {entry['id']}: {malformed} must be lists")
+            continue
         for image_id in [entry["reference_img_id"], *_targets(entry)]:
             if str(image_id) not in gallery:
                 problems.append(f"id {entry['id']}: image {image_id} is not in the unlabeled2017 image info")

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from ._build import (BuildOptions, DatasetBuildError, base_card, check_image_files, duplicates,
-                     expect_list_of_dicts, raise_problems, read_json, settle_missing)
+                     expect_list_of_dicts, is_file, raise_problems, read_json, settle_missing)
 from .refined import refined_rows
 from .schema import GALLERY_CONFIG, QUERIES_CONFIG, QUERIES_REFINED_CONFIG, benchmark_features
 from .text import join_fashioniq_captions
@@ -175,6 +175,6 @@ def _image_file(asin: str, options: BuildOptions) -> str:
     """`<asin>.png`, or the first of `.jpg` / `.jpeg` that exists; `<asin>.png` if none does (reported missing)."""
     if options.images_dir is not None:
         for extension in IMAGE_EXTENSIONS:
-            if (Path(options.images_dir) / f"{asin}{extension}").is_file():
+            if is_file(Path(options.images_dir) / f"{asin}{extension}"):
                 return f"{asin}{extension}"
     return f"{asin}{IMAGE_EXTENSIONS[0]}"

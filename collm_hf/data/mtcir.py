@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._build import (MAX_LISTED_PROBLEMS, BuildOptions, DatasetBuildError, base_card, check_image_files,
-                     choose_image_root, normalise_relative, raise_problems, settle_missing)
+                     choose_image_root, normalise_relative, raise_problems, settle_missing, utf8_errors)
 from .schema import IMAGES_CONFIG, TRIPLETS_CONFIG, triplet_features
 from .writer import write_dataset
 
@@ -46,7 +46,7 @@ def find_source_file(source: str | os.PathLike) -> Path:
 
 def read_triplets(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, raw entry) for each non-empty line; a line that is not JSON raises naming it."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle, utf8_errors(path, "MTCIR annotation file"):
         for number, line in enumerate(handle, start=1):
             if line.strip():
                 try:

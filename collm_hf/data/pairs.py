@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._build import (BuildOptions, DatasetBuildError, base_card, check_image_files, choose_image_root, duplicates,
-                     normalise_relative, raise_problems, settle_missing)
+                     normalise_relative, raise_problems, settle_missing, utf8_errors)
 from .schema import PAIRS_CONFIG, PAIRS_FEATURES
 from .writer import write_dataset
 
@@ -50,7 +50,7 @@ def read_pairs(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
-            with open(path, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8") as handle, utf8_errors(path, "captions file"):
                 entries = json.load(handle)
         except json.JSONDecodeError as error:
             raise DatasetBuildError(f"{path} is not valid JSON ({error})") from error
@@ -59,7 +59,7 @@ def read_pairs(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
         for index, entry in enumerate(entries):
             yield f"{path.name}[{index}]", _pair_from_entry(entry, f"{path.name}[{index}]")
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle, utf8_errors(path, "captions file"):
             for number, line in enumerate(handle, start=1):
                 if line.strip():
                     try:
@@ -90,7 +90,7 @@ def _pair_from_entry(entry, where: str) -> dict:
 
 
 def _read_table(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8", newline="") as handle, utf8_errors(path, "captions file"):
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
