@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .image_io import ImageReadError
-from .search import GallerySearcher, SearchInputError, load_gallery, open_gallery, read_query_image
+from .search import DEFAULT_MODEL, GallerySearcher, SearchInputError, load_gallery, open_gallery, read_query_image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -23,7 +23,6 @@ import gradio as gr  # noqa: E402  (after the analytics switch)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = os.path.join("collm-quickstart", "model")
 MODES = {"Image + text": "image+text", "Text only": "text", "Image only": "image"}
 NUM_SAMPLES = 8
 # Small gallery images (the synthetic world's are 48 px) are scaled up whole and sharp; captions may wrap.
@@ -260,5 +259,6 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, bl
     return demo.launch(**options)
 
 
-__all__ = ["BadUpload", "DEFAULT_MODEL", "MODES", "build_demo", "default_gallery", "launch", "reference_image_input",
+__all__ = ["BadUpload", "DEFAULT_MODEL", "MODES", "build_demo", "default_gallery", "launch",
+           "reference_image_input",
            "search_step", "synthetic_world_gallery"]

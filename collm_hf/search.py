@@ -24,6 +24,7 @@ from .image_io import ImageReadError, open_image, to_rgb_image
 from .retrieval import EMBEDDINGS_FILE, GalleryIndex, image_embedder
 
 SOURCE_FILE = "gallery_source.json"
+DEFAULT_MODEL = os.path.join("collm-quickstart", "model")  # what `collm-hf quickstart` writes by default
 QUERY_MODES = ("image+text", "text", "image")
 
 
@@ -65,14 +66,27 @@ def load_model_and_processor(model_path: str | os.PathLike, device=None):
     from . import CoLLMProcessor  # noqa: F401  (registers the Auto classes)
 
     model_path = str(model_path)
-    looks_local = os.path.sep in model_path or model_path.startswith(".") or os.path.exists(model_path)
-    if looks_local and not os.path.isfile(os.path.join(model_path, "config.json")):
-        hint = (" Run `collm-hf quickstart --output-dir collm-quickstart` to train the default model, or pass "
-                "--model with a folder written by save_pretrained.")
+    hint = (" Run `collm-hf quickstart --output-dir collm-quickstart` to train the default model, or pass --model "
+            "with a folder written by save_pretrained (or a hub id).")
+    local = is_local_path(model_path) or model_path == DEFAULT_MODEL
+    if local and not os.path.isfile(os.path.join(model_path, "config.json")):
         raise FileNotFoundError(f"No CoLLM model at {model_path!r} (no config.json there).{hint}")
-    model = AutoModel.from_pretrained(model_path, dtype=torch.float32).to(resolve_device(device)).eval()
+    try:
+        model = AutoModel.from_pretrained(model_path, dtype=torch.float32)
+    except OSError as error:  # a hub id that cannot be fetched (offline, private, misspelt)
+        raise FileNotFoundError(f"No CoLLM model at {model_path!r}: not a local folder, and loading it from the hub "
+                                f"failed ({error}).{hint}") from error
+    model = model.to(resolve_device(device)).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     return model, processor
+
+
+def is_local_path(path: str) -> bool:
+    """Whether `path` names a local file or folder (existing or not) rather than a hub id ("user/name")."""
+    path = str(path)
+    if os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") != 1:
+        return True
+    return os.path.isdir(path.split("/")[0])  # "collm-quickstart/model" with collm-quickstart/ here
 
 
 def load_gallery(source, config: str = "gallery", split: str | None = None, id_column: str = "image_id",
@@ -122,7 +136,7 @@ def _load_dataset_path(path: str, config: str, split: str | None):
             return datasets.load_from_disk(str(local))
         if not (local / "README.md").exists() and list(local.glob("*.parquet")):
             return datasets.Dataset.from_parquet(sorted(str(p) for p in local.glob("*.parquet")))
-    elif os.path.sep in path or path.startswith("."):
+    elif is_local_path(path):
         raise FileNotFoundError(f"No gallery dataset or index at {path!r}.")
     try:
         return datasets.load_dataset(path, config, split=split)
@@ -327,6 +341,7 @@ class GallerySearcher:
 
 
 __all__ = [
-    "GallerySearcher", "QUERY_MODES", "SearchHit", "SearchInputError", "is_index_folder", "load_gallery",
+    "DEFAULT_MODEL", "GallerySearcher", "QUERY_MODES", "SearchHit", "SearchInputError", "is_index_folder",
+    "is_local_path", "load_gallery",
     "load_model_and_processor", "open_gallery", "query_mode", "read_query_image", "resolve_device", "save_index",
 ]

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-DEFAULT_MODEL = os.path.join("collm-quickstart", "model")
+DEFAULT_MODEL = os.path.join("collm-quickstart", "model")  # = collm_hf.search.DEFAULT_MODEL (not imported: heavy)
 EXIT_BAD_INPUT = 2
 
 

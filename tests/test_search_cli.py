@@ -141,3 +141,13 @@ def test_load_gallery_formats(assets, tmp_path):
         load_gallery(parquet.rename_column("image_id", "id"))
     with pytest.raises(FileNotFoundError, match="No gallery"):
         load_gallery(str(tmp_path / "missing" / "gallery"))
+
+
+def test_local_paths_and_hub_ids_are_told_apart(tmp_path, monkeypatch):
+    from collm_hf.search import is_local_path
+
+    monkeypatch.chdir(tmp_path)
+    assert not is_local_path("someone/collm-model")  # a hub id
+    assert is_local_path("./model") and is_local_path("/abs/model") and is_local_path("runs/qs/model")
+    (tmp_path / "runs").mkdir()
+    assert is_local_path("runs/model")  # its first folder is here
