@@ -246,7 +246,7 @@ def test_subset_k_values_and_tensor_ids():
 
     got = compute_cir_metrics([["r", "a", "t"]], [["t"]], "cirr", reference_ids=["r"], subset_ids=[["r", "a", "t"]],
                               k_values=[1], subset_k_values=[2])
-    assert got == {"recall@1": 0.0, "recall_subset@2": 100.0, "cirr_score": 0.0}
+    assert got == {"recall@1": 0.0, "recall_subset@2": 100.0, "cirr_score": 50.0}  # (R@5 = 100 + R_s@1 = 0) / 2
     assert recall_at_k([torch.tensor([3, 4])], [torch.tensor(4)], k_values=[2]) == {"recall@2": 100.0}
     with pytest.raises(ValueError, match="does not use"):
         compute_cir_metrics([["a"]], [["a"]], "circo", subset_k_values=[1])
