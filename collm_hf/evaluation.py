@@ -345,7 +345,7 @@ def evaluate_folder(model, processor, path: str, split: str | None = None, *, re
                     protocol: str | None = None, text_template: str = DEFAULT_TEXT_TEMPLATE, batch_size: int = 32,
                     max_queries: int | None = None, index_dir: str | None = None, submission_dir: str | None = None,
                     visualize_path: str | None = None, num_visualize: int = 8, output_json: str | None = None,
-                    backend: str = "auto", show_progress: bool = True) -> dict:
+                    backend: str = "auto", images_dir: str | None = None, show_progress: bool = True) -> dict:
     """Evaluate a model on one split of a benchmark folder, with optional submission files, picture and JSON.
 
     Args:
@@ -357,6 +357,7 @@ def evaluate_folder(model, processor, path: str, split: str | None = None, *, re
         submission_dir: write the CIRR / CIRCO test-server files there.
         visualize_path: write a PNG grid of the first `num_visualize` queries there.
         output_json: write the report there (atomically).
+        images_dir: for annotation-only (`--no-images`) builds: the local image folder their paths are relative to.
 
     Returns:
         {"benchmark", "split", "protocol", "num_queries", "num_gallery", "text_template", "metrics", "files"}.
@@ -366,6 +367,10 @@ def evaluate_folder(model, processor, path: str, split: str | None = None, *, re
     from .visualization import save_benchmark_grid
 
     queries, gallery, split = load_benchmark(path, split, refined)
+    if images_dir is not None:
+        from .data.local_images import attach_images
+
+        queries, gallery = attach_images(queries, images_dir), attach_images(gallery, images_dir)
     if max_queries is not None:
         queries = queries.select(range(min(max_queries, len(queries))))
     protocol = protocol or infer_protocol(queries.column_names)

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queries", type=int, default=None, help="only the first N queries (quick checks)")
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda when available)")
     parser.add_argument("--backend", choices=["auto", "torch", "faiss"], default="auto", help="search backend")
+    parser.add_argument("--images-dir", default=None,
+                        help="local image folder for annotation-only (--no-images) dataset builds")
     parser.add_argument("--index-dir", default=None, help="gallery index cache folder (loaded if present, else saved)")
     parser.add_argument("--output-json", default=None, help="write the report here")
     parser.add_argument("--submission-dir", default=None, help="write CIRR / CIRCO test-server files here")
@@ -59,7 +61,8 @@ def main(argv=None) -> dict:
         model, processor, args.dataset, args.split, refined=args.refined, protocol=args.protocol,
         text_template=template, batch_size=args.batch_size, max_queries=args.max_queries, index_dir=args.index_dir,
         submission_dir=args.submission_dir, visualize_path=args.visualize, num_visualize=args.num_visualize,
-        output_json=args.output_json, backend=args.backend, show_progress=not args.no_progress,
+        output_json=args.output_json, backend=args.backend, images_dir=args.images_dir,
+        show_progress=not args.no_progress,
     )
     title = f"{report['benchmark']} / {report['split']} ({report['protocol']}, {report['num_queries']} queries, " \
             f"{report['num_gallery']} gallery images)"

@@ -174,3 +174,31 @@ def test_save_to_disk_folder_and_clear_errors(saved_model, tmp_path):
         example.main([saved_model, str(tmp_path / "bench"), "--refined", "--no-progress"])
     with pytest.raises(FileNotFoundError):
         example.main([saved_model, str(tmp_path / "missing"), "--no-progress"])
+
+
+def test_annotation_only_build_with_images_dir(saved_model, tmp_path, monkeypatch):
+    import datasets
+
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    names = [f"dev/{i}.png" for i in range(8)]
+    (images_dir / "dev").mkdir()
+    for i, name in enumerate(names):
+        _image(i).save(images_dir / name)
+    gallery = datasets.Dataset.from_dict({"image_id": [f"g{i}" for i in range(8)], "image": names})
+    gallery = gallery.cast_column("image", datasets.Image())
+    queries = datasets.Dataset.from_dict({
+        "query_id": ["0", "1"], "reference_id": ["g0", "g1"], "reference_image": names[:2],
+        "modification_text": ["make it red", "add a cat"], "target_ids": [["g2"], ["g3"]]}).cast_column(
+        "reference_image", datasets.Image())
+    monkeypatch.chdir(images_dir)  # to_parquet sizes the files; it stores only their relative paths
+    folder = write_parquet_folder(tmp_path / "bench", {"queries": {"val": queries}, "gallery": {"val": gallery}})
+    monkeypatch.chdir(tmp_path)
+    example = load_example()
+    with pytest.raises(Exception):  # the paths alone do not resolve
+        example.main([saved_model, folder, "--no-progress"])
+    report = example.main([saved_model, folder, "--images-dir", str(images_dir), "--no-progress"])
+    assert report["num_gallery"] == 8 and "recall@1" in report["metrics"]
+    with pytest.raises(Exception, match="1.png|not found|missing"):
+        (images_dir / "dev" / "1.png").unlink()
+        example.main([saved_model, folder, "--images-dir", str(images_dir), "--no-progress"])
