@@ -152,15 +152,16 @@ def test_app_main_without_a_model_says_how_to_get_one(tmp_path, capsys):
 def test_default_gallery_is_the_quickstarts_world(tmp_path):
     """Beside a quickstart-style `DIR/model`, the default gallery and samples come from `DIR/world/cirr`."""
     from collm_hf._testing import tiny_model_and_processor
-    from collm_hf.data.synthetic_world import WorldConfig, write_world
+    from collm_hf.data.synthetic_world import WorldConfig, cirr_scenes, write_world
 
     model, processor = tiny_model_and_processor()
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
     write_world(tmp_path / "world", WorldConfig.tiny(seed=3), parts=("cirr",))
     demo = build_demo(str(tmp_path / "model"), device="cpu")
-    expected, samples = synthetic_world_gallery(seed=3, tiny=True, num_samples=2)
-    assert demo.searcher.index.ids == [str(i) for i in expected["image_id"]]
-    items, _, warning = search_step(demo.searcher, samples[0][0], samples[0][1], "Image + text", 3)
+    queries, gallery = cirr_scenes(WorldConfig.tiny(seed=3))  # the same world, unrendered
+    assert demo.searcher.index.ids == sorted(gallery)
+    assert [text for _, text in demo.samples] == [q["modification_text"] for q in queries[:len(demo.samples)]]
+    items, _, warning = search_step(demo.searcher, demo.samples[0][0], demo.samples[0][1], "Image + text", 3)
     assert warning is None and len(items) == 3
     demo.close()

@@ -21,6 +21,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 30_000
 K = 6
+SAMPLE_TEXTS = ("add a red circle", "make the square blue", "remove the circle")
 
 if not os.path.isfile(CHROMIUM) or not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"Chromium is not installed at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it)",
@@ -75,7 +76,7 @@ def served(tmp_path_factory):
         gallery = datasets.Dataset.from_dict(
             {"image_id": [f"scene-{i:02d}" for i in range(24)], "image": [_scene(i) for i in range(24)]},
             features=datasets.Features({"image_id": datasets.Value("string"), "image": datasets.Image()}))
-        samples = [(_scene(200 + i), "add a red circle") for i in range(3)]
+        samples = [(_scene(200 + i), text) for i, text in enumerate(SAMPLE_TEXTS)]
         demo = build_demo(model_path, gallery, samples=samples, k=K, device="cpu")
         _scene(100).resize((96, 96), Image.NEAREST).save(reference)
     not_an_image = root / "holiday.png"
@@ -130,7 +131,7 @@ def test_upload_type_search_shows_results_and_screenshot(page, served):
         page.screenshot(path=os.environ["COLLM_DEMO_SCREENSHOT"])
 
 
-def test_bad_upload_and_missing_text_get_clear_messages(page, served):
+def test_bad_upload_missing_text_and_picked_samples(page, served):
     _upload(page, served["not_an_image"])
     page.click("#search-button")
     page.wait_for_function("document.querySelector('#status').innerText.includes('not an image')")
@@ -140,8 +141,14 @@ def test_bad_upload_and_missing_text_get_clear_messages(page, served):
 
     page.reload()
     page.wait_for_selector("#search-button")
-    _upload(page, served["reference"])
+    page.locator(f"text={SAMPLE_TEXTS[1]}").first.click()  # pick a sample query: it fills image and text
     page.wait_for_selector("#reference-image img")
+    assert page.input_value("#modification-text textarea") == SAMPLE_TEXTS[1]
+    page.fill("#modification-text textarea", "")
     page.click("#search-button")  # the default mode needs text
     page.wait_for_function("document.querySelector('#status').innerText.includes('Type a modification text')")
     assert page.locator("#results img").count() == 0
+    page.locator("#query-mode label", has_text="Image only").click()
+    page.click("#search-button")
+    page.wait_for_function(f"document.querySelectorAll('#results img').length >= {K}")
+    assert "Image only" in page.inner_text("#status")
