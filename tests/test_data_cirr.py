@@ -137,10 +137,15 @@ def test_missing_images_name_every_file_and_write_nothing(cirr_raw, tmp_path, ca
 def test_allow_missing_drops_rows_and_records_them(cirr_raw, tmp_path):
     source, images, splits = cirr_raw
     (images / "dev" / f"{splits['val'][7]}.png").unlink()  # target of pairid 12, member of 13
+    refined = tmp_path / "refined.json"
+    refined.write_text(json.dumps([{"pairid": 11, "caption": "bluer", "is_refined": "true"},
+                                   {"pairid": 12, "caption": "a dog", "is_refined": False}]))
     out = tmp_path / "out"
     build_script.main(["--source-dir", str(source), "--images-dir", str(images), "--output-dir", str(out),
-                       "--allow-missing"])
+                       "--allow-missing", "--refined", str(refined)])
     assert load_dataset(str(out), "queries", split="val")["query_id"] == ["11"]
+    refined_rows = load_dataset(str(out), "queries_refined", split="val")  # pairid 12 was dropped: skipped
+    assert refined_rows["query_id"] == ["11"] and refined_rows["is_refined"] == [True]
     assert splits["val"][7] not in load_dataset(str(out), "gallery", split="val")["image_id"]
     card = (out / "README.md").read_text()
     assert "pairid 12" in card and "pairid 13" in card and splits["val"][7] in card

@@ -117,18 +117,19 @@ def build_cirr(source_dir: str | os.PathLike, options: BuildOptions, refined: st
     relative = [path for _, gallery in data.values() for path in gallery.values()]
     bad = settle_missing(check_image_files(relative, options), options)
     dropped: dict[str, list[str]] = {}
-    gallery_rows, query_rows = {}, {}
+    gallery_rows, query_rows, dropped_rows = {}, {}, {}
     for split, (captions, gallery) in data.items():
         bad_names = {name for name, path in gallery.items() if path in bad}
         if bad_names:
             dropped[f"gallery images ({split})"] = [f"{name} ({gallery[name]})" for name in sorted(bad_names)]
         gallery_rows[split] = [{"image_id": name, "image": options.image_value(normalise_relative(path))}
                                for name, path in gallery.items() if name not in bad_names]
-        rows, lost = [], []
+        rows, lost, dropped_rows[split] = [], [], []
         for entry in captions:
             used = {str(entry["reference"]), str(entry.get("target_hard") or ""), *map(str, entry["img_set"]["members"])}
             if used & bad_names:
                 lost.append(f"pairid {entry['pairid']} (image missing: {', '.join(sorted(used & bad_names))})")
+                dropped_rows[split].append(query_row(entry, gallery, options))
             else:
                 rows.append(query_row(entry, gallery, options))
         if lost:
@@ -138,7 +139,8 @@ def build_cirr(source_dir: str | os.PathLike, options: BuildOptions, refined: st
     configs = {QUERIES_CONFIG: query_rows, GALLERY_CONFIG: gallery_rows}
     extra = []
     if refined is not None:
-        kept, summary = refined_rows(query_rows[REFINED_SPLIT], refined, benchmark="cirr")
+        kept, summary = refined_rows(query_rows[REFINED_SPLIT], refined, benchmark="cirr",
+                                     dropped_rows=dropped_rows[REFINED_SPLIT])
         configs[QUERIES_REFINED_CONFIG] = {REFINED_SPLIT: kept}
         extra.append(f"`queries_refined` (Refined-CIRR, CoLLM §4.2): {summary}")
     card = base_card(

@@ -120,6 +120,7 @@ def build_fashioniq(source_dir: str | os.PathLike, options: BuildOptions,
     dropped: dict[str, list[str]] = {}
     query_rows: dict[str, list[dict]] = {split: [] for split in splits}
     gallery_rows: dict[str, list[dict]] = {split: [] for split in splits}
+    dropped_rows: dict[str, list[dict]] = {split: [] for split in splits}
     for (split, category), (captions, gallery) in data.items():
         lost_gallery = [asin for asin in gallery if asin in bad]
         if lost_gallery:
@@ -132,6 +133,7 @@ def build_fashioniq(source_dir: str | os.PathLike, options: BuildOptions,
             used = {row["reference_id"], *row["target_ids"]} & bad
             if used:
                 lost.append(f"{row['query_id']} (image missing: {', '.join(sorted(used))})")
+                dropped_rows[split].append(row)
             else:
                 query_rows[split].append(row)
         if lost:
@@ -140,7 +142,8 @@ def build_fashioniq(source_dir: str | os.PathLike, options: BuildOptions,
     configs = {QUERIES_CONFIG: query_rows, GALLERY_CONFIG: gallery_rows}
     extra = []
     if refined is not None:
-        kept, summary = refined_rows(query_rows[REFINED_SPLIT], refined, benchmark="fashioniq")
+        kept, summary = refined_rows(query_rows[REFINED_SPLIT], refined, benchmark="fashioniq",
+                                     dropped_rows=dropped_rows[REFINED_SPLIT])
         configs[QUERIES_REFINED_CONFIG] = {REFINED_SPLIT: kept}
         extra += [f"`queries_refined` (Refined-FashionIQ, CoLLM §4.2): {summary}", REFINED_NOTE]
     card = base_card(

@@ -25,22 +25,24 @@ TEXT_KEYS = ("caption", "captions", "modification_text")
 REMOVED_KEYS = ("removed", "is_removed")
 
 
-def refined_rows(query_rows: list[dict], path: str | os.PathLike, benchmark: str) -> tuple[list[dict], str]:
+def refined_rows(query_rows: list[dict], path: str | os.PathLike, benchmark: str,
+                 dropped_rows: list[dict] = ()) -> tuple[list[dict], str]:
     """Return (`queries_refined` rows, a one-line summary for the card).
 
     Args:
         query_rows: the split's `queries` rows (dicts in the `queries` schema), in their order.
         path: the refined JSON file.
         benchmark: "cirr" (entries matched by `pairid`) or "fashioniq" (by id, or candidate/target pair).
+        dropped_rows: val queries dropped by `allow_missing`: entries naming them are skipped, not errors.
     """
     entries = read_json(path, "refined file")
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise DatasetBuildError(f"refined file {path}: expected a JSON list of objects shaped like Refined-CIRR's "
                                 "refined_cirr.val.json ({\"pairid\", \"caption\", \"is_refined\"})")
-    by_id = {row["query_id"]: row for row in query_rows}
+    by_id = {row["query_id"]: row for row in [*query_rows, *dropped_rows]}
     by_pair: dict[tuple, list[str]] = {}
     if benchmark == "fashioniq":
-        for row in query_rows:
+        for row in [*query_rows, *dropped_rows]:
             target = row["target_ids"][0] if row["target_ids"] else None
             by_pair.setdefault((row["reference_id"], target), []).append(row["query_id"])
 
@@ -66,7 +68,7 @@ def refined_rows(query_rows: list[dict], path: str | os.PathLike, benchmark: str
         if entry is None or _removed(entry):
             continue
         original, text = row["modification_text"], _text(entry)
-        is_refined = bool(entry["is_refined"]) if "is_refined" in entry else text != original
+        is_refined = _as_bool(entry["is_refined"]) if "is_refined" in entry else text != original
         refined = {**row, "modification_text": text, "is_refined": is_refined, "original_text": original}
         if isinstance(entry.get("captions"), list) and "captions" in row:
             refined["captions"] = [str(caption) for caption in entry["captions"]]
@@ -106,4 +108,11 @@ def _text(entry: dict) -> str | None:
 
 
 def _removed(entry: dict) -> bool:
-    return any(bool(entry.get(key)) for key in REMOVED_KEYS)
+    return any(_as_bool(entry.get(key)) for key in REMOVED_KEYS)
+
+
+def _as_bool(value) -> bool:
+    """JSON true/false, 0/1, or the strings "true"/"false" (some exports write booleans as text)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
