@@ -62,8 +62,7 @@ Args:
     subset_k_values: CIRR only: the cut-offs of recall_subset@K (default 1, 2, 3).
 Returns:
     dict of percentages: `recall@K`; CIRR adds `recall_subset@K` and `cirr_score`; CIRCO gives `map@K`,
-    `recall@K` and `map@10/<aspect>`; Fashion-IQ gives `<category>/recall@K`, the category mean `recall@K`
-    and `fashioniq_score` = mean of recall@10 and recall@50.
+    `recall@K` and `map@10/<aspect>`; Fashion-IQ gives `<category>/recall@K` and the category mean `recall@K`.
 Examples:
     >>> metric = evaluate.load("collm_hf/cir_metric.py")  # doctest: +SKIP
     >>> metric.compute(predictions=[["a", "b"], ["c", "d"]], references=[["b"], ["c"]], k_values=[1, 2])  # doctest: +SKIP
@@ -342,7 +341,7 @@ def fashioniq_metrics(predictions, references, categories=None, k_values=None) -
         k_values: cut-offs (default 10, 50).
 
     Returns:
-        {"<category>/recall@K", "recall@K" (category mean), "fashioniq_score" (mean of recall@10 and @50)}.
+        {"<category>/recall@K", "recall@K" (unweighted mean over categories)}.
 
     >>> fashioniq_metrics([["t", "x"], ["x", "t"], ["u", "y"]], [["t"], ["t"], ["u"]],
     ...                   categories=["dress", "dress", "shirt"], k_values=[1])
@@ -368,8 +367,6 @@ def fashioniq_metrics(predictions, references, categories=None, k_values=None) -
             out.update({f"{category}/{key}": value for key, value in per.items()})
         for k in k_values:
             out[f"recall@{k}"] = sum(out[f"{c}/recall@{k}"] for c in groups) / len(groups)
-    if 10 in k_values and 50 in k_values:
-        out["fashioniq_score"] = (out["recall@10"] + out["recall@50"]) / 2
     return out
 
 

@@ -255,7 +255,8 @@ def evaluate_benchmark(model, processor, queries, gallery, protocol: str | None 
         return_rankings: also return the `BenchmarkRankings` (for submissions and pictures).
 
     Returns:
-        the metrics dict (percentages; empty on closed-label splits), or (metrics, rankings).
+        the metrics dict (percentages; empty on closed-label splits; Fashion-IQ adds `fashioniq_score` =
+        (recall@10 + recall@50) / 2, the papers' "Avg", for `metric_for_best_model`), or (metrics, rankings).
 
     Example:
         >>> metrics = evaluate_benchmark(model, processor, queries, gallery, "cirr")  # doctest: +SKIP
@@ -277,6 +278,8 @@ def evaluate_benchmark(model, processor, queries, gallery, protocol: str | None 
         gallery_categories = [categories[i] for i in index.ids]
     rankings = rank_benchmark(queries, index, query_embeds, protocol, gallery_categories, backend=backend)
     metrics = rankings.metrics(k_values) if rankings.has_labels else {}
+    if rankings.protocol == "fashioniq" and {"recall@10", "recall@50"} <= set(metrics):
+        metrics["fashioniq_score"] = (metrics["recall@10"] + metrics["recall@50"]) / 2  # the papers' "Avg"
     if not rankings.has_labels and any(rankings.targets):
         raise ValueError("Some queries have target_ids and some do not: a split is either labelled or closed.")
     return (metrics, rankings) if return_rankings else metrics

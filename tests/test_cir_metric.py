@@ -67,7 +67,6 @@ def oracle_fashioniq(rankings, targets, categories, ks=(10, 50)):
             out[f"{cat}/recall@{k}"] = np.mean([targets[i] in rankings[i][:k] for i in rows]) * 100
     for k in ks:
         out[f"recall@{k}"] = np.mean([out[f"{c}/recall@{k}"] for c in set(categories)])
-    out["fashioniq_score"] = (out["recall@10"] + out["recall@50"]) / 2
     return out
 
 
@@ -179,7 +178,7 @@ def test_int_and_str_ids_compare_as_strings():
 def test_default_k_values_per_protocol():
     assert list(recall_at_k([["a"]], [["a"]])) == ["recall@1", "recall@5", "recall@10", "recall@50"]
     assert [k for k in circo_metrics([["a"]], [["a"]]) if k.startswith("map")] == ["map@5", "map@10", "map@25", "map@50"]
-    assert set(fashioniq_metrics([["a"]], [["a"]])) == {"recall@10", "recall@50", "fashioniq_score"}
+    assert set(fashioniq_metrics([["a"]], [["a"]])) == {"recall@10", "recall@50"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
