@@ -238,8 +238,9 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
                 results = gr.Gallery(label="Top results (rank · cosine similarity · gallery id)", columns=4, height="auto",
                                      object_fit="contain", format="png", elem_id="results", preview=False)
         run = _handler(searcher)
-        for trigger in (button.click, text.submit):
-            trigger(run, [image, text, mode, top_k], [results, status], api_name=False)
+        # One queue for both triggers: one query at a time through the model. The click is also the Space's API.
+        for trigger, api_name in ((button.click, "search"), (text.submit, False)):
+            trigger(run, [image, text, mode, top_k], [results, status], api_name=api_name, concurrency_id="search")
     demo.searcher, demo.samples = searcher, samples or []
     return demo
 

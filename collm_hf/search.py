@@ -172,7 +172,9 @@ def save_index(index: GalleryIndex, folder: str | os.PathLike, source: dict | No
     """
     folder = Path(folder)
     index.save(str(folder))
-    if source is not None:
+    if source is None:
+        (folder / SOURCE_FILE).unlink(missing_ok=True)  # never leave a stale pointer to another gallery
+    else:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SOURCE_FILE, dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -165,3 +165,22 @@ def test_default_gallery_is_the_quickstarts_world(tmp_path):
     items, _, warning = search_step(demo.searcher, demo.samples[0][0], demo.samples[0][1], "Image + text", 3)
     assert warning is None and len(items) == 3
     demo.close()
+
+
+def test_served_api_answers_like_the_page(demo, saved):
+    """The Space's API (`/search`, the button's event) over HTTP on localhost, through gradio_client."""
+    import socket
+
+    from gradio_client import Client, handle_file
+
+    from collm_hf.demo import launch
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _, url, _ = launch(demo, host="127.0.0.1", port=port, block=False)
+    client = Client(url, verbose=False)
+    items, status = client.predict(handle_file(str(saved / "ref.png")), "make it red", "Image + text", 3, api_name="/search")
+    assert [item["caption"].split(" · ")[0] for item in items] == ["#1", "#2", "#3"] and "top 3 of 10" in status
+    items, status = client.predict(None, "", "Image + text", 3, api_name="/search")
+    assert items == [] and "Upload or pick a reference image" in status
