@@ -141,10 +141,12 @@ def _check_k_values(k_values, default) -> list[int]:
     k_values = list(default if k_values is None else k_values)
     if not k_values:
         raise ValueError("k_values is empty.")
+    checked = []
     for k in k_values:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not hasattr(k, "__index__") or hasattr(k, "__len__") or k.__index__() < 1:
             raise ValueError(f"k_values must be positive integers, got {k!r}.")
-    return sorted(set(k_values))
+        checked.append(int(k.__index__()))
+    return sorted(set(checked))
 
 
 def _percent(hits) -> float:

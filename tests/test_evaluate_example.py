@@ -100,6 +100,14 @@ def test_cirr_val_metrics_json_picture_and_index_cache(saved_model, cirr_folder,
     assert again["metrics"] == report["metrics"]
 
 
+def test_console_command(saved_model, cirr_folder, capsys):
+    from collm_hf.cli import main as cli_main
+
+    assert cli_main(["evaluate", saved_model, cirr_folder, "--max-queries", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "cirr_score" in out and "2 queries, 14 gallery images" in out
+
+
 def test_cirr_refined_queries(saved_model, cirr_folder):
     report = load_example().main([saved_model, cirr_folder, "--refined", "--no-progress"])
     assert report["refined"] and report["num_queries"] == 5 and "cirr_score" in report["metrics"]
