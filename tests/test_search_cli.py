@@ -50,8 +50,14 @@ def _search_json(capsys, *argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_index_writes_gallery_files_and_source(index_dir, assets):
+def test_index_writes_gallery_files_and_source(index_dir, assets, capsys):
     from collm_hf.retrieval import GalleryIndex
+
+    out = assets["root"] / "index-again"
+    assert cli_main(["index", "--model", assets["model"], "--dataset", assets["gallery"], "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "Embedding gallery" in captured.err and "12/12" in captured.err  # the progress bar
+    assert f"Indexed 12 gallery images (24-d) into {out}" in captured.out
 
     index = GalleryIndex.load(index_dir)
     assert index.ids == [f"img-{i}" for i in range(12)]
