@@ -1,0 +1,71 @@
+"""Image-caption pairs -> an MTCIR-style triplet dataset, with any vision tower and any instruct LLM.
+
+    python dataset_scripts/make_mtcir.py --pairs data/pairs --vision openai/clip-vit-base-patch32 \
+        --generator HuggingFaceTB/SmolLM2-1.7B-Instruct --output-dir data/mtcir
+
+A killed run continues where it stopped when run again with the same arguments (work in `<output-dir>.work`).
+The logic lives in `collm_hf.pipelines.mtcir`.
+"""
+
+import argparse
+import json
+from dataclasses import asdict
+
+
+DEFAULT_RESPONSE_PREFIX = '{"modifications": [{"category": "'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from collm_hf.pipelines.mtcir import MTCIROptions
+
+    defaults = MTCIROptions()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", required=True, help="pairs dataset (folder or hub id; image_id, image, caption)")
+    parser.add_argument("--pairs-config", default="pairs", help="its config name")
+    parser.add_argument("--split", default="train", help="its split")
+    parser.add_argument("--vision", required=True, help="CoLLM folder or CLIP/SigLIP/BLIP checkpoint to embed images")
+    parser.add_argument("--generator", required=True, help="instruct LLM (model id or local path) writing the texts")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--work-dir", default=None, help="resumable work (default: <output-dir>.work)")
+    parser.add_argument("--group-size", type=int, default=defaults.group_size)
+    parser.add_argument("--low", type=float, default=defaults.low, help="similarity window to the group's first image")
+    parser.add_argument("--high", type=float, default=defaults.high)
+    parser.add_argument("--num-candidates", type=int, default=defaults.num_candidates)
+    parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="pairs per resumable shard")
+    parser.add_argument("--max-retries", type=int, default=defaults.max_retries)
+    parser.add_argument("--word-limit", type=int, default=defaults.word_limit)
+    parser.add_argument("--no-privacy-filter", action="store_true", help="keep texts about people's attributes")
+    parser.add_argument("--max-pairs", type=int, default=None, help="describe only the first N pairs (a trial)")
+    parser.add_argument("--batch-size", type=int, default=8, help="conversations per generate call")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--response-prefix", default=DEFAULT_RESPONSE_PREFIX,
+                        help="the start every reply is forced to (keeps small models to the JSON form); '' for none")
+    parser.add_argument("--embed-batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None, help="e.g. cuda")
+    parser.add_argument("--push-to-hub", default=None, help="dataset repo id to upload the result to")
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    from datasets import load_dataset
+
+    from collm_hf.pipelines.embedding import ImageEmbedder
+    from collm_hf.pipelines.generation import TransformersGenerator
+    from collm_hf.pipelines.mtcir import MTCIROptions, build_mtcir
+
+    options = MTCIROptions(group_size=args.group_size, low=args.low, high=args.high, num_candidates=args.num_candidates,
+                           shard_size=args.shard_size, max_retries=args.max_retries, word_limit=args.word_limit,
+                           privacy_filter=not args.no_privacy_filter, max_pairs=args.max_pairs)
+    pairs = load_dataset(args.pairs, args.pairs_config, split=args.split)
+    embedder = ImageEmbedder.from_pretrained(args.vision, batch_size=args.embed_batch_size, device=args.device)
+    generator = TransformersGenerator(args.generator, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                      device=args.device, response_prefix=args.response_prefix)
+    report = build_mtcir(pairs, embedder, generator, args.output_dir, args.work_dir, options, progress=True,
+                         push_to_hub=args.push_to_hub)
+    print(json.dumps(asdict(report), indent=1))
+    return asdict(report)
+
+
+if __name__ == "__main__":
+    main()

