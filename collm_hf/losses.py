@@ -7,7 +7,7 @@ Called from `CoLLMModel.forward` when `return_loss=True`, so the stock `Trainer`
   Negatives for Vision-Language Pre-Training", eq. 3), the loss CoLLM cites (§3.2); reference code:
   https://github.com/lucas-ventura/CoVR/blob/main/src/model/loss.py (`HardNegativeNCE`).
 - `contrastive_loss`: the entry point; gathers queries, targets and ids from every process (with gradients,
-  `torch.distributed.nn.functional.all_gather`), so every process computes the loss of the *global* batch and
+  as `torch.distributed.nn.functional.all_gather`), so every process computes the loss of the *global* batch and
   the loss and the gradients do not depend on the number of processes (see `gather_rows`).
 
 False negatives: rows whose targets share an image id (a duplicate image in the batch) are not counted as each
@@ -78,10 +78,31 @@ def world_size() -> int:
     return 1
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums the gradients of every process and returns this rank's slice.
+
+    The same as `torch.distributed.nn.functional.all_gather` (deprecated in torch 2.13), with one all_reduce
+    in the backward, which every backend (gloo included) has.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor):
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        return torch.cat(parts)  # (world * rows, ...)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # sum over processes
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_rows(tensor: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int]:
     """Concatenate `tensor` from every process along dim 0 (rank order); sizes may differ between ranks.
 
-    With gradients (`torch.distributed.nn.functional.all_gather`), the backward pass sums the gradient every
+    With gradients (`_AllGatherWithGrad`, as `torch.distributed.nn.functional.all_gather`), the backward pass sums the gradient every
     process computes for this rank's rows. When every process computes the same global loss L, each rank's rows
     receive `world * dL/drow`, and DDP's gradient averaging divides by `world`: the parameter gradients equal
     those of one process on the concatenated batch.
@@ -106,13 +127,12 @@ def gather_rows(tensor: torch.Tensor, with_grad: bool = True) -> tuple[torch.Ten
         filler = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
         padded = torch.cat([tensor, filler])
     if with_grad and padded.requires_grad:
-        from torch.distributed.nn.functional import all_gather
-
-        parts = all_gather(padded.contiguous())
+        gathered = _AllGatherWithGrad.apply(padded)  # (world * longest, ...)
     else:
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded.contiguous())
-    out = torch.cat([part[:n] for part, n in zip(parts, sizes)])
+        gathered = torch.cat(parts)
+    out = torch.cat([gathered[r * longest : r * longest + n] for r, n in enumerate(sizes)])
     return out, sum(sizes[: dist.get_rank()])
 
 

@@ -111,6 +111,27 @@ def grad_cache_step(model, inputs: dict, chunk_size: int, loss_scale: float = 1.
     return loss.detach()
 
 
+def wrapped_grad_cache_step(model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext) -> torch.Tensor:
+    """`grad_cache_step` for a model that may be wrapped in DDP and/or peft.
+
+    DDP's gradient hooks expect one forward per backward, so the step runs under `no_sync()` and averages the
+    gradients over processes itself afterwards (what DDP would have done). With gradient accumulation the
+    already-averaged gradient of earlier micro-steps is identical on every rank, so averaging again keeps it.
+    """
+    distributed = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    unwrapped = model.module if distributed else model
+    base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+    with model.no_sync() if distributed else nullcontext():
+        loss = grad_cache_step(base, inputs, chunk_size, loss_scale, autocast=autocast)
+    if distributed:
+        world = dist.get_world_size()
+        for param in model.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad /= world
+    return loss
+
+
 class GradCacheTrainer(Trainer):
     """A `Trainer` whose training step is `grad_cache_step`: the contrastive batch is `per_device_train_batch_size`
     (times the number of processes: negatives are gathered), while the LLM sees `chunk_size` query rows at a time.
@@ -138,19 +159,9 @@ class GradCacheTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.train()
         inputs = self._prepare_inputs(inputs)
-        unwrapped = self.accelerator.unwrap_model(model)
-        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
         scale = 1.0 / self.current_gradient_accumulation_steps
-        distributed = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-        with model.no_sync() if distributed else nullcontext():
-            loss = grad_cache_step(base, inputs, self.chunk_size, scale, autocast=self.compute_loss_context_manager)
-        if distributed:
-            world = dist.get_world_size()
-            for param in model.parameters():
-                if param.grad is not None:
-                    dist.all_reduce(param.grad)
-                    param.grad /= world
+        loss = wrapped_grad_cache_step(model, inputs, self.chunk_size, scale, autocast=self.compute_loss_context_manager)
         return loss * scale
 
 
-__all__ = ["GradCacheTrainer", "RandomState", "grad_cache_step"]
+__all__ = ["GradCacheTrainer", "RandomState", "grad_cache_step", "wrapped_grad_cache_step"]

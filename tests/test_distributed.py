@@ -4,7 +4,7 @@ The test launches this same file as the worker (`torchrun --nproc_per_node 2 tes
 each rank takes its rows of one collated batch (an uneven 5/3 split), runs the DDP-wrapped model, and rank 0
 saves the loss and the synchronised gradients. Covered: triplets, and pairs with on-the-fly synthesis (global
 nearest neighbours, Slerp, token assembly) with a trainable vision tower, so gradients also flow through the
-gathered neighbour embeddings; HN-NCE two-way with duplicate-id masking.
+gathered neighbour embeddings; HN-NCE two-way with duplicate-id masking; and gradient caching under DDP.
 """
 
 import os
@@ -57,6 +57,8 @@ def worker(out_dir: str):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from collm_hf.training_gradcache import wrapped_grad_cache_step
+
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     start = sum(SPLIT[:rank])
@@ -68,6 +70,9 @@ def worker(out_dir: str):
         out.loss.backward()
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
         results[stage] = (out.loss.detach(), grads)
+    model, batch = build("pairs")  # gradient caching under DDP (as GradCacheTrainer runs it)
+    loss = wrapped_grad_cache_step(DistributedDataParallel(model), rows(batch, start, start + SPLIT[rank]), chunk_size=4)
+    results["pairs_gradcache"] = (loss, {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -78,8 +83,8 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for stage in ("triplets", "pairs"):
-        model, batch = build(stage)
+    for stage in ("triplets", "pairs", "pairs_gradcache"):
+        model, batch = build(stage.split("_")[0])
         loss, grads = loss_and_grads(model, batch)
         assert any("vision_tower" in name for name in grads)  # the tower is trained: gradients cross ranks
         for rank_loss, rank_grads in (r[stage] for r in per_rank):
