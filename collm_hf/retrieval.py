@@ -156,7 +156,8 @@ class GalleryIndex:
         """Embed a gallery in batches (bounded memory), split across processes when `accelerator` has several.
 
         Args:
-            dataset: a `datasets.Dataset` (images decoded one batch at a time) or a dict of lists, with
+            dataset: a `datasets.Dataset` (images decoded one batch at a time), a streaming
+                `datasets.IterableDataset` (several processes: split by node), or a dict of lists, with
                 `id_column` and `image_column` (PIL images, numpy arrays or file paths).
             model, processor: a `CoLLMModel` and its `CoLLMProcessor` (gallery side: `get_image_embeds`); or
             embed_fn: any function list of PIL images -> (batch, D) tensor.
@@ -165,12 +166,15 @@ class GalleryIndex:
             show_progress: tqdm bar on the main process.
 
         Returns:
-            a `GalleryIndex` with all N images, in dataset order, on every process.
+            a `GalleryIndex` with all N images on every process, in dataset order (streaming with several
+            processes: in process order).
         """
         if embed_fn is None:
             if model is None or processor is None:
                 raise ValueError("from_dataset needs model and processor, or embed_fn.")
             embed_fn = image_embedder(model, processor, device=accelerator.device if accelerator else None)
+        if not isinstance(dataset, dict) and not hasattr(dataset, "__len__"):
+            return cls._from_stream(dataset, embed_fn, batch_size, id_column, image_column, accelerator, show_progress)
         for column in (id_column, image_column):
             if column not in _column_names(dataset):
                 raise KeyError(f"The gallery has no {column!r} column (columns: {_column_names(dataset)}).")
@@ -182,6 +186,32 @@ class GalleryIndex:
                             show_progress and (accelerator is None or accelerator.is_main_process))
         if num_shards > 1:
             local = _gather_shards(local, len(ids), accelerator)
+        return cls(local, ids)
+
+    @classmethod
+    def _from_stream(cls, dataset, embed_fn, batch_size, id_column, image_column, accelerator, show_progress):
+        world = accelerator.num_processes if accelerator is not None else 1
+        if world > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            dataset = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=world)
+        ids, parts = [], []
+        main = accelerator is None or accelerator.is_main_process
+        with tqdm(desc="Embedding gallery", unit="img", disable=not (show_progress and main)) as bar:
+            for batch in dataset.iter(batch_size=batch_size):
+                batch_ids = [str(i) for i in batch[id_column]]
+                embeds = embed_fn(_load_images(batch[image_column], batch_ids)).detach().float().cpu()  # (batch, D)
+                check_finite(embeds, "Gallery embeddings", batch_ids)
+                ids += batch_ids
+                parts.append(embeds)
+                bar.update(len(batch_ids))
+        local = torch.cat(parts) if parts else torch.empty(0, 0)
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            counts = gather_object([len(ids)])
+            ids = gather_object(ids)
+            local = _gather_padded(local, counts, accelerator)
         return cls(local, ids)
 
     # ------------------------------------------------------------------------------------------------------
@@ -411,21 +441,23 @@ def _embed_rows(dataset, image_column, ids, start, end, embed_fn, batch_size, sh
     return out if out is not None else torch.empty(0, 0)
 
 
-def _gather_shards(local: torch.Tensor, n: int, accelerator) -> torch.Tensor:
-    """All-gather contiguous shards of unequal length (padded to the longest) back into dataset order."""
-    world = accelerator.num_processes
-    longest = shard_range(n, world, 0)[1]
+def _gather_padded(local: torch.Tensor, counts: list[int], accelerator) -> torch.Tensor:
+    """All-gather per-process row blocks of unequal length (`counts[rank]` rows each), in process order."""
+    world, longest = accelerator.num_processes, max(counts)
     dim = torch.tensor([local.shape[1] if local.numel() else 0], device=accelerator.device)
     dim = int(accelerator.gather(dim).max())
     padded = torch.zeros(longest, dim, device=accelerator.device)
     if local.numel():
         padded[: local.shape[0]] = local.to(accelerator.device)
     gathered = accelerator.gather(padded).cpu().view(world, longest, dim)  # (world, longest, D)
-    parts = []
-    for rank in range(world):
-        start, end = shard_range(n, world, rank)
-        parts.append(gathered[rank, : end - start])
-    return torch.cat(parts)  # (N, D)
+    return torch.cat([gathered[rank, : counts[rank]] for rank in range(world)])  # (N, D)
+
+
+def _gather_shards(local: torch.Tensor, n: int, accelerator) -> torch.Tensor:
+    """All-gather contiguous shards (`shard_range`) back into dataset order."""
+    world = accelerator.num_processes
+    counts = [end - start for start, end in (shard_range(n, world, rank) for rank in range(world))]
+    return _gather_padded(local, counts, accelerator)
 
 
 __all__ = ["GalleryIndex", "SearchResult", "image_embedder", "faiss_available", "shard_range", "check_finite"]

@@ -238,6 +238,18 @@ def test_from_dataset_with_single_process_accelerator():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def test_from_streaming_dataset_in_bounded_batches():
+    import datasets
+
+    images = _images(7)
+    table = datasets.Dataset.from_dict({"image_id": [f"s{i}" for i in range(7)], "image": images})
+    sizes = []
+    built = GalleryIndex.from_dataset(table.to_iterable_dataset(num_shards=2), batch_size=3, show_progress=False,
+                                      embed_fn=lambda ims: sizes.append(len(ims)) or colour_embed(ims))
+    assert built.ids == [f"s{i}" for i in range(7)] and max(sizes) <= 3
+    assert torch.allclose(built.embeddings, colour_embed(images))
+
+
 def _two_process_build(folder):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -251,7 +263,13 @@ def _two_process_build(folder):
                                       accelerator=accelerator, batch_size=2, show_progress=False)
     assert accelerator.num_processes == 2
     assert sum(calls) == (4 if accelerator.process_index == 0 else 3)
-    torch.save({"ids": built.ids, "embeddings": built.embeddings}, os.path.join(folder, f"{accelerator.process_index}.pt"))
+    import datasets
+
+    stream = datasets.Dataset.from_dict({"image_id": [str(i) for i in range(7)], "image": images})
+    streamed = GalleryIndex.from_dataset(stream.to_iterable_dataset(num_shards=2), embed_fn=colour_embed,
+                                         accelerator=accelerator, batch_size=2, show_progress=False)
+    torch.save({"ids": built.ids, "embeddings": built.embeddings, "stream_ids": streamed.ids,
+                "stream_embeddings": streamed.embeddings}, os.path.join(folder, f"{accelerator.process_index}.pt"))
 
 
 def test_from_dataset_splits_across_two_processes(tmp_path):
@@ -263,3 +281,5 @@ def test_from_dataset_splits_across_two_processes(tmp_path):
         result = torch.load(tmp_path / f"{rank}.pt")
         assert result["ids"] == [str(i) for i in range(7)]
         assert torch.allclose(result["embeddings"], expected)
+        order = [int(i) for i in result["stream_ids"]]  # streaming: every image once, in process order
+        assert sorted(order) == list(range(7)) and torch.allclose(result["stream_embeddings"], expected[order])
