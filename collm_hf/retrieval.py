@@ -375,6 +375,9 @@ class GalleryIndex:
             index.hnsw.efSearch = max(ef_search, fetch)
         scores, indices = index.search(queries.cpu().numpy().astype("float32", copy=False), fetch)  # (Q, fetch)
         scores, indices = torch.from_numpy(scores), torch.from_numpy(indices).long()
+        if extra == 0:  # nothing to exclude: FAISS's own answer (-1 / -inf padded where it found fewer)
+            scores[indices < 0] = float("-inf")
+            return scores, indices
         out_scores = torch.full((len(excluded), k), float("-inf"))
         out_indices = torch.full((len(excluded), k), -1, dtype=torch.long)
         for row, banned in enumerate(excluded):

@@ -283,3 +283,11 @@ def test_from_dataset_splits_across_two_processes(tmp_path):
         assert torch.allclose(result["embeddings"], expected)
         order = [int(i) for i in result["stream_ids"]]  # streaming: every image once, in process order
         assert sorted(order) == list(range(7)) and torch.allclose(result["stream_embeddings"], expected[order])
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_exclusions_apply_when_k_is_the_whole_gallery(backend):
+    small = GalleryIndex(_unit(6, 8, 9), list("abcdef"))
+    result = small.search(_unit(2, 8, 10), k=6, exclude_ids=[["a", "b"], []], backend=backend)
+    assert len(result.ids[0]) == 4 and not {"a", "b"} & set(result.ids[0]) and len(result.ids[1]) == 6
+    assert result.indices[0, 4:].tolist() == [-1, -1]
