@@ -167,3 +167,15 @@ def test_stale_partial_folder_of_a_killed_build_is_removed(tmp_path, png):
     write_dataset(tmp_path / "ds", {"pairs": {"train": [{"image_id": "0", "image": png, "caption": "a"}]}},
                   {"pairs": schema.PAIRS_FEATURES})
     assert not stale.exists() and (tmp_path / "ds" / "README.md").is_file()
+
+
+def test_failed_upload_keeps_the_local_build_and_says_so(tmp_path, png):
+    from collm_hf.data.writer import HubPushError
+
+    with mock.patch("collm_hf.data.writer.HfApi") as api_class:
+        api_class.return_value.upload_folder.side_effect = OSError("network unreachable")
+        with pytest.raises(HubPushError, match="network unreachable") as error:
+            write_dataset(tmp_path / "ds", {"pairs": {"train": [{"image_id": "0", "image": png, "caption": "a"}]}},
+                          {"pairs": schema.PAIRS_FEATURES}, push_to_hub="org/x")
+    assert str(tmp_path / "ds") in str(error.value)
+    assert load_dataset(str(tmp_path / "ds"), "pairs", split="train").num_rows == 1

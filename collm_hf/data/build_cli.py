@@ -87,12 +87,12 @@ def build_main(name: str, argv=None) -> int:
 
 def _run_reporting(name: str, args: argparse.Namespace) -> int:
     from ._build import DatasetBuildError
-    from .writer import DatasetWriteError
+    from .writer import DatasetWriteError, HubPushError
 
     previous = _terminate_as_interrupt()
     try:
         folder = run_build(name, args)
-    except (DatasetBuildError, DatasetWriteError, FileExistsError, FileNotFoundError) as error:
+    except (DatasetBuildError, DatasetWriteError, HubPushError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from error
     except KeyboardInterrupt:

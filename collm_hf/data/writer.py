@@ -46,6 +46,10 @@ class DatasetWriteError(ValueError):
     """A row cannot be written (wrong columns, wrong types, unreadable image); the message names it."""
 
 
+class HubPushError(RuntimeError):
+    """The dataset was written locally but could not be uploaded; the message names the folder and the repo."""
+
+
 def write_dataset(
     output_dir: str | os.PathLike,
     configs: Mapping[str, Mapping[str, Iterable[dict]]],
@@ -109,7 +113,11 @@ def write_dataset(
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     if push_to_hub:
-        push_folder_to_hub(output_dir, push_to_hub)
+        try:
+            push_folder_to_hub(output_dir, push_to_hub)
+        except Exception as error:  # noqa: BLE001 - network, auth, quota: the local build is kept and named
+            raise HubPushError(f"the dataset was built at {output_dir}, but uploading it to {push_to_hub!r} failed "
+                               f"({type(error).__name__}: {error}); retry with push_folder_to_hub") from error
     return output_dir
 
 
