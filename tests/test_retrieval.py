@@ -291,3 +291,13 @@ def test_exclusions_apply_when_k_is_the_whole_gallery(backend):
     result = small.search(_unit(2, 8, 10), k=6, exclude_ids=[["a", "b"], []], backend=backend)
     assert len(result.ids[0]) == 4 and not {"a", "b"} & set(result.ids[0]) and len(result.ids[1]) == 6
     assert result.indices[0, 4:].tolist() == [-1, -1]
+
+
+@pytest.mark.gpu
+def test_torch_search_on_cuda_matches_cpu(index):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    queries = _unit(30, 48, 11)
+    on_cpu = index.search(queries, 20, backend="torch")
+    on_gpu = GalleryIndex(index.embeddings, index.ids).to("cuda").search(queries.cuda(), 20, backend="torch")
+    assert on_gpu.ids == on_cpu.ids and torch.allclose(on_gpu.scores, on_cpu.scores, atol=1e-4)
