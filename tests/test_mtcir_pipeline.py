@@ -210,7 +210,7 @@ def _clustered(num_groups, per_group=6, dim=32, seed=0):
 
 
 def _rows(folder, config):
-    return load_dataset(str(folder), config, split="train").to_list()
+    return load_dataset(str(folder), config, split="train", download_mode="force_redownload").to_list()
 
 
 def test_build_counts_retries_drops_privacy_and_card(tmp_path):
