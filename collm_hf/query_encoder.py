@@ -76,6 +76,9 @@ class CoLLMQueryEncoder:
         self.image_token_id = model.config.image_token_id
         self.use_prefix_cache = _is_causal(model.language_model)
         self._prefix_cache: OrderedDict = OrderedDict()
+        # What the LLM executed (for FLOP counts): padded suffix tokens, prefix tokens, causal (query, key) pairs.
+        self.stats = {"queries": 0, "batches": 0, "suffix_tokens": 0, "real_tokens": 0, "prefix_tokens": 0,
+                      "attention_pairs": 0}
         for name in ("instruction", "num_visual_tokens", "image_token_id"):
             if getattr(processor, name) != getattr(model.config, name):
                 raise ValueError(
@@ -218,6 +221,8 @@ class CoLLMQueryEncoder:
         cache = output.cache if hasattr(output, "cache") else output.past_key_values
         layers = [(layer.keys, layer.values) for layer in cache.layers]  # each (1, kv_heads, prefix, head_dim)
         state = (layers, output.last_hidden_state[0].float().sum(0))  # hidden sum: (hidden,)
+        self.stats["prefix_tokens"] += len(prefix)
+        self.stats["attention_pairs"] += len(prefix) * (len(prefix) + 1) // 2
         self._prefix_cache[key] = state
         while len(self._prefix_cache) > self.max_cached_prefixes:
             self._prefix_cache.popitem(last=False)
@@ -236,6 +241,12 @@ class CoLLMQueryEncoder:
         suffix_ids = torch.tensor([s + [pad] * (longest - len(s)) for s in suffixes], device=device)  # (batch, seq)
         suffix_mask = (torch.arange(longest, device=device)[None] < lengths[:, None]).long()  # (batch, seq)
         inputs_embeds = model.embed_query_tokens(suffix_ids, image_embeds)  # (batch, seq, hidden)
+        stats = self.stats
+        stats["queries"] += batch
+        stats["batches"] += 1
+        stats["suffix_tokens"] += batch * longest
+        stats["real_tokens"] += int(lengths.sum())
+        stats["attention_pairs"] += batch * (longest * p + longest * (longest + 1) // 2)
         kwargs = {}
         if p:
             layers, prefix_sum = self._prefix_state(prefix)
