@@ -10,6 +10,7 @@ import sys
 
 SUBCOMMANDS = {
     # name: (module, one-line help)
+    "quickstart": ("collm_hf.quickstart", "Train and evaluate a small CoLLM on the synthetic world, end to end (no downloads)."),
     "search": ("collm_hf.search_cli", "Search a gallery with a reference image and/or a modification text."),
     "index": ("collm_hf.index_cli", "Embed a gallery dataset into a saved index for `collm-hf search`."),
     "build-dataset": ("collm_hf.data.build_cli", "Build CIRR / Fashion-IQ / CIRCO / MTCIR / pairs into Parquet + card."),

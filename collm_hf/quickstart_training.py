@@ -1,0 +1,165 @@
+"""The quickstart's model and its two training stages, with the stock `Trainer` and the project's collators.
+
+    world pairs    --CoLLMPairCollator (on-the-fly synthesis)--> Trainer  (stage 1: pair pre-training)
+    world triplets --GroupedTripletCollator(CoLLMTripletCollator)--> Trainer  (stage 2: triplet fine-tuning)
+
+The model is small enough to learn on a laptop CPU in minutes: a CLIP vision tower trained from scratch
+(`freeze_vision_tower=False`) on 48 px images and a 2-layer Llama over a byte-level BPE tokenizer trained on the
+world's own vocabulary. `--llm` swaps in a pretrained LLM folder (its tokenizer too).
+
+Stage 2 batches whole MTCIR-style groups (one reference and several edits of it): the other edits of the same
+reference are the hard in-batch negatives that make the text matter, as MTCIR groups similar images.
+"""
+
+import random
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from .configuration_collm import CoLLMConfig
+from .data.synthetic_world import WorldConfig, world_corpus
+from .modeling_collm import CoLLMModel
+from .processing_collm import CoLLMProcessor
+
+
+@dataclass
+class QuickstartRecipe:
+    """Model sizes and training schedule of the quickstart (defaults: ~5 CPU minutes on 2 cores)."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    hidden_size: int = 64  # vision tower, LLM and retrieval space width
+    vision_layers: int = 2
+    text_layers: int = 2
+    vocab_size: int = 800  # BPE tokenizer trained on the world's vocabulary (whole words, a short prompt)
+    pair_steps: int = 120  # stage 1: pair pre-training with on-the-fly synthesis
+    pair_batch_size: int = 96
+    triplet_steps: int = 350  # stage 2: triplet fine-tuning
+    groups_per_batch: int = 24  # x edits_per_group triplets per batch
+    learning_rate: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "QuickstartRecipe":
+        """A reduced run for tests: a small world and a few steps (proves the plumbing, not the learning)."""
+        return cls(world=WorldConfig.tiny(seed), pair_steps=4, pair_batch_size=16, triplet_steps=4, groups_per_batch=4)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def world_tokenizer(vocab_size: int = 800):
+    """A byte-level BPE tokenizer trained on the world's words and the prompt (no network)."""
+    from ._testing import tiny_tokenizer
+    from .configuration_collm import DEFAULT_INSTRUCTION
+
+    prompt = f"Instruct: {DEFAULT_INSTRUCTION}\nQuery: Image: Text:"
+    return tiny_tokenizer(world_corpus() + [prompt] * 50, vocab_size=vocab_size)
+
+
+def build_model_and_processor(recipe: QuickstartRecipe, llm: str | None = None, seed: int = 0):
+    """A fresh CoLLM for the world: tiny CLIP vision tower from scratch + tiny Llama (or the `llm` folder).
+
+    Returns:
+        (model, processor), fp32, train mode.
+    """
+    from ._testing import tiny_image_processor
+
+    h, size = recipe.hidden_size, recipe.world.image_size
+    vision = {"model_type": "clip_vision_model", "hidden_size": h, "intermediate_size": 2 * h,
+              "num_hidden_layers": recipe.vision_layers, "num_attention_heads": 4, "image_size": size,
+              "patch_size": size // 3, "projection_dim": h}  # 3x3 patches: one patch per grid cell
+    if llm is None:
+        tokenizer = world_tokenizer(recipe.vocab_size)
+        text = {"model_type": "llama", "hidden_size": h, "intermediate_size": 2 * h, "num_hidden_layers": recipe.text_layers,
+                "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": len(tokenizer),
+                "max_position_embeddings": 256}
+    else:
+        from transformers import AutoConfig, AutoTokenizer
+
+        tokenizer, text = AutoTokenizer.from_pretrained(llm), AutoConfig.from_pretrained(llm)
+    torch.manual_seed(seed)
+    config = CoLLMConfig(vision_config=vision, text_config=text, freeze_vision_tower=False)
+    model = CoLLMModel(config)
+    if llm is not None:
+        from transformers import AutoModel
+
+        model.language_model = AutoModel.from_pretrained(llm, dtype=torch.float32)
+        model.language_model.config = model.config.text_config
+    processor = CoLLMProcessor.for_model(tiny_image_processor(size), tokenizer, config)
+    return model.train(), processor
+
+
+class TripletGroups(TorchDataset):
+    """Triplet rows grouped by reference: item i is the list of rows of group i (for `GroupedTripletCollator`)."""
+
+    def __init__(self, triplets):
+        groups: dict[str, list] = {}
+        for row in triplets:
+            groups.setdefault(row["reference_id"], []).append(dict(row))
+        self.groups = list(groups.values())
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> list:
+        return self.groups[index]
+
+
+@dataclass
+class GroupedTripletCollator:
+    """Flattens a batch of triplet groups and hands the rows to a `CoLLMTripletCollator`."""
+
+    triplet_collator: object
+
+    def __call__(self, groups: list) -> dict:
+        return self.triplet_collator([row for group in groups for row in group])
+
+
+def _training_arguments(output_dir: str, steps: int, batch_size: int, recipe: QuickstartRecipe, seed: int, show_progress: bool):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=recipe.learning_rate, warmup_steps=min(recipe.warmup_steps, max(0, steps - 1)),
+        lr_scheduler_type="cosine", weight_decay=recipe.weight_decay, logging_steps=max(1, steps // 10),
+        save_strategy="no", report_to=[], use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0,
+        seed=seed, data_seed=seed, disable_tqdm=not show_progress,
+    )
+
+
+def train_stage(model, dataset, collator, output_dir: str, steps: int, batch_size: int, recipe: QuickstartRecipe,
+                seed: int, show_progress: bool = True) -> float:
+    """Run one stage with the stock `Trainer`; returns the last logged training loss."""
+    from transformers import Trainer
+
+    args = _training_arguments(output_dir, steps, batch_size, recipe, seed, show_progress)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    result = trainer.train()
+    model.eval()
+    return float(result.training_loss)
+
+
+def pair_collator(processor, seed: int):
+    """Stage 1 collator: synthesis augmentation without flips or strong crops (positions are words here)."""
+    from .collator import CoLLMPairCollator
+    from .synthesis import ImageAugmentation
+
+    return CoLLMPairCollator(processor, augmentation=ImageAugmentation(crop_scale=(0.85, 1.0), flip_probability=0.0),
+                             seed=seed, check_tokenization=False)
+
+
+def triplet_collator(processor, images: dict, seed: int) -> GroupedTripletCollator:
+    from .collator import CoLLMTripletCollator
+
+    return GroupedTripletCollator(CoLLMTripletCollator(processor, images=images, seed=seed))
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+__all__ = ["QuickstartRecipe", "TripletGroups", "GroupedTripletCollator", "build_model_and_processor",
+           "world_tokenizer", "train_stage", "pair_collator", "triplet_collator", "seed_everything"]
