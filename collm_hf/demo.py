@@ -126,7 +126,8 @@ def _placeholder(image_id: str):
     return canvas
 
 
-def search_step(searcher: GallerySearcher, image, text, mode: str, k) -> tuple[list, str, str | None]:
+def search_step(searcher: GallerySearcher, image, text, mode: str, k,
+                exclude_reference: bool = True) -> tuple[list, str, str | None]:
     """Run one query from the UI's inputs.
 
     Args:
@@ -135,6 +136,7 @@ def search_step(searcher: GallerySearcher, image, text, mode: str, k) -> tuple[l
         text: the modification text box.
         mode: a key of `MODES` ("Image + text", "Text only", "Image only").
         k: number of results.
+        exclude_reference: leave out gallery images identical to the reference (as CIRR does).
 
     Returns:
         (gallery items [(PIL image, caption)], status Markdown, warning message or None).
@@ -152,7 +154,8 @@ def search_step(searcher: GallerySearcher, image, text, mode: str, k) -> tuple[l
         try:
             start = time.perf_counter()
             hits = searcher.search(image=None if mode_key == "text" else image,
-                                   text=None if mode_key == "image" else text, k=int(k))
+                                   text=None if mode_key == "image" else text, k=int(k),
+                                   exclude_reference=bool(exclude_reference))
             seconds = time.perf_counter() - start
         except (ImageReadError, SearchInputError) as error:
             problem = str(error)
@@ -166,9 +169,9 @@ def search_step(searcher: GallerySearcher, image, text, mode: str, k) -> tuple[l
 
 
 def _handler(searcher: GallerySearcher):
-    def run(image, text, mode, k):
+    def run(image, text, mode, k, exclude_reference):
         try:
-            items, status, warning = search_step(searcher, image, text, mode, k)
+            items, status, warning = search_step(searcher, image, text, mode, k, exclude_reference)
         except Exception as error:  # a demo shows what went wrong; the server log keeps the traceback
             logger.exception("search failed")
             items, status, warning = [], f"⚠️ Search failed: {error}", f"Search failed: {error}"
@@ -229,7 +232,11 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
                 text = gr.Textbox(label="Modification text", placeholder="e.g. make the circle blue and add a star",
                                   lines=2, elem_id="modification-text")
                 mode = gr.Radio(list(MODES), value="Image + text", label="Query", elem_id="query-mode")
-                top_k = gr.Slider(1, min(50, searcher.size), value=min(k, searcher.size), step=1, label="Results")
+                with gr.Row():
+                    top_k = gr.Slider(1, min(50, searcher.size), value=min(k, searcher.size), step=1, label="Results",
+                                      scale=3)
+                    hide_reference = gr.Checkbox(value=True, label="Leave out the reference itself", scale=2,
+                                                 elem_id="exclude-reference")
                 button = gr.Button("Search", variant="primary", elem_id="search-button")
                 if sample_rows:
                     gr.Examples(sample_rows, inputs=[image, text], label="Sample queries", examples_per_page=NUM_SAMPLES)
@@ -240,7 +247,7 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
         run = _handler(searcher)
         # One queue for both triggers: one query at a time through the model. The click is also the Space's API.
         for trigger, api_name in ((button.click, "search"), (text.submit, False)):
-            trigger(run, [image, text, mode, top_k], [results, status], api_name=api_name, concurrency_id="search")
+            trigger(run, [image, text, mode, top_k, hide_reference], [results, status], api_name=api_name, concurrency_id="search")
     demo.searcher, demo.samples = searcher, samples or []
     return demo
 

@@ -26,6 +26,7 @@ from .retrieval import EMBEDDINGS_FILE, GalleryIndex, image_embedder
 SOURCE_FILE = "gallery_source.json"
 DEFAULT_MODEL = os.path.join("collm-quickstart", "model")  # what `collm-hf quickstart` writes by default
 QUERY_MODES = ("image+text", "text", "image")
+DUPLICATE_COSINE = 0.9999  # a gallery image this close to the reference is the reference (re-encoded at most)
 
 
 class SearchInputError(ValueError):
@@ -301,35 +302,49 @@ class GallerySearcher:
         return len(self.index)
 
     @torch.inference_mode()
-    def encode_query(self, image=None, text: str | None = None) -> torch.Tensor:
-        """The (1, D) L2-normalised embedding of one composed, text-only or image-only query."""
+    def encode_query(self, image=None, text: str | None = None, return_image_embeds: bool = False):
+        """The (1, D) L2-normalised embedding of one composed, text-only or image-only query.
+
+        With `return_image_embeds`, also the reference's own (1, D) gallery-space embedding (None without one).
+        """
         text = text.strip() if isinstance(text, str) else text
         image = read_query_image(image)
         mode = query_mode(image is not None, bool(text))
-        image_embeds = self.embed_images([image]) if image is not None else None  # (1, D_img)
-        if image_embeds is not None:
-            image_embeds = image_embeds.to(self.encoder.device)
-        return self.encoder.encode(texts=[text if mode != "image" else None], image_embeds=image_embeds)  # (1, D)
+        image_embeds = self.embed_images([image]) if image is not None else None  # (1, D)
+        query = self.encoder.encode(texts=[text if mode != "image" else None],
+                                    image_embeds=None if image_embeds is None else image_embeds.to(self.encoder.device))
+        return (query, image_embeds) if return_image_embeds else query  # (1, D)
 
-    def search(self, image=None, text: str | None = None, k: int = 10, exclude_ids=None) -> list[SearchHit]:
+    def search(self, image=None, text: str | None = None, k: int = 10, exclude_ids=None,
+               exclude_reference: bool = False) -> list[SearchHit]:
         """The top-k gallery images for one query.
 
         Args:
             image: the reference image (path, PIL image or array), or None for a text-only query.
             text: the modification text, or None / "" for an image-only query.
             k: how many results.
-            exclude_ids: gallery ids never returned (e.g. the reference itself).
+            exclude_ids: gallery ids never returned.
+            exclude_reference: also leave out gallery images identical to the reference (embedding cosine
+                >= `DUPLICATE_COSINE`), as the CIRR protocol removes the reference from its ranking.
 
         Returns:
             up to k `SearchHit`s, best first.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise SearchInputError(f"k must be a positive integer, got {k!r}.")
-        query = self.encode_query(image, text).float().cpu()
-        result = self.index.search(query, k=k, exclude_ids=[list(exclude_ids or [])])
+        query, image_embeds = self.encode_query(image, text, return_image_embeds=True)
+        excluded = list(exclude_ids or [])
+        if exclude_reference and image_embeds is not None:
+            excluded += self.duplicates(image_embeds)
+        result = self.index.search(query.float().cpu(), k=k, exclude_ids=[excluded])
         scores = result.scores[0].tolist()
         return [SearchHit(rank=r + 1, image_id=image_id, score=float(scores[r]))
                 for r, image_id in enumerate(result.ids[0])]
+
+    def duplicates(self, image_embeds: torch.Tensor, max_count: int = 16) -> list[str]:
+        """Ids of gallery images whose embedding matches `image_embeds` (1, D) up to `DUPLICATE_COSINE`."""
+        found = self.index.search(image_embeds.float().cpu(), k=min(max_count, len(self.index)))
+        return [i for i, score in zip(found.ids[0], found.scores[0].tolist()) if score >= DUPLICATE_COSINE]
 
     def image(self, image_id: str):
         """The gallery image `image_id` as a PIL image, or None when the gallery images are not available."""

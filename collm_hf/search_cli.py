@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", default=None, help="modification text (leave out for an image-only query)")
     parser.add_argument("-k", "--top-k", dest="k", type=int, default=10, help="number of results (default: 10)")
     parser.add_argument("--exclude", nargs="*", default=[], metavar="ID", help="gallery ids never returned")
+    parser.add_argument("--exclude-reference", action="store_true",
+                        help="leave out gallery images identical to the reference image (as CIRR does)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--image {args.image!r}: no such file.")
         searcher = GallerySearcher.from_pretrained(args.model, args.index, device=args.device, batch_size=args.batch_size,
                                                    show_progress=not args.json, config=args.config, split=args.split)
-        hits = searcher.search(image=args.image, text=text, k=args.k, exclude_ids=args.exclude)
+        hits = searcher.search(image=args.image, text=text, k=args.k, exclude_ids=args.exclude,
+                               exclude_reference=args.exclude_reference)
     except (FileNotFoundError, ImageReadError, SearchInputError) as error:
         return _fail("search", error)
     if args.json:

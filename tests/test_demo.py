@@ -60,8 +60,13 @@ def test_composed_text_and_image_queries(demo, saved):
         assert status.startswith(f"**{mode}** query: top 4 of 10")
         assert all(isinstance(img, Image.Image) and caption.startswith(f"#{r + 1} · ")
                    for r, (img, caption) in enumerate(items))
-    hits = searcher.search(image=_image(3), k=10, exclude_ids=["g3"])
-    assert len(hits) == 9 and "g3" not in [h.image_id for h in hits]
+    hits = searcher.search(image=_image(3), k=10, exclude_ids=["g4"])
+    assert len(hits) == 9 and "g4" not in [h.image_id for h in hits]
+    assert searcher.duplicates(searcher.embed_images([_image(3)])) == ["g3"]  # the reference is in the gallery
+    hits = searcher.search(image=_image(3), text="make it red", k=10, exclude_reference=True)
+    assert len(hits) == 9 and "g3" not in [h.image_id for h in hits]  # ... and left out, as CIRR does
+    items, _, _ = search_step(searcher, _image(3), "make it red", "Image + text", 10, exclude_reference=False)
+    assert any(caption.endswith("· g3") for _, caption in items)
 
 
 @pytest.mark.parametrize("mode, image, text, message", [
@@ -180,7 +185,8 @@ def test_served_api_answers_like_the_page(demo, saved):
         port = sock.getsockname()[1]
     _, url, _ = launch(demo, host="127.0.0.1", port=port, block=False)
     client = Client(url, verbose=False)
-    items, status = client.predict(handle_file(str(saved / "ref.png")), "make it red", "Image + text", 3, api_name="/search")
+    items, status = client.predict(handle_file(str(saved / "ref.png")), "make it red", "Image + text", 3, True,
+                                   api_name="/search")
     assert [item["caption"].split(" · ")[0] for item in items] == ["#1", "#2", "#3"] and "top 3 of 10" in status
-    items, status = client.predict(None, "", "Image + text", 3, api_name="/search")
+    items, status = client.predict(None, "", "Image + text", 3, True, api_name="/search")
     assert items == [] and "Upload or pick a reference image" in status

@@ -157,3 +157,12 @@ def test_local_paths_and_hub_ids_are_told_apart(tmp_path, monkeypatch):
     assert is_local_path("./model") and is_local_path("/abs/model") and is_local_path("runs/qs/model")
     (tmp_path / "runs").mkdir()
     assert is_local_path("runs/model")  # its first folder is here
+
+
+def test_exclude_reference_leaves_out_the_reference_itself(index_dir, assets, tmp_path, capsys):
+    _image(5).save(tmp_path / "img-5.png")  # a gallery image used as the reference
+    argv = ["--model", assets["model"], "--index", index_dir, "--image", str(tmp_path / "img-5.png"), "--text", "x",
+            "-k", "12"]
+    assert "img-5" in [r["image_id"] for r in _search_json(capsys, *argv)["results"]]
+    kept = [r["image_id"] for r in _search_json(capsys, *argv, "--exclude-reference")["results"]]
+    assert len(kept) == 11 and "img-5" not in kept
