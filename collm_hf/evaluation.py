@@ -314,15 +314,17 @@ def load_benchmark(path: str, split: str | None = None, refined: bool = False):
     shared by val and test). Fashion-IQ galleries carry `category`; `rank_benchmark` ranks within it.
 
     Args:
-        path: a dataset folder in the contracts.md schema (configs `queries`, `gallery`, optional `queries_refined`).
+        path: a dataset folder (or hub id) in the contracts.md schema (configs `queries`, `gallery`, optional
+            `queries_refined`).
         split: e.g. "val", "test1"; default: "val" / "validation" if present, else the first split.
         refined: use `queries_refined` (an error if the folder has none).
 
     Returns:
         (queries, gallery, split).
     """
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Benchmark folder {path!r} does not exist.")
+    is_hub_id = path.count("/") == 1 and not path.startswith((".", "/")) and not os.path.exists(path)
+    if not os.path.isdir(path) and not is_hub_id:
+        raise FileNotFoundError(f"Benchmark folder {path!r} does not exist (nor is it a hub id 'org/name').")
     configs = available_configs(path)
     config = "queries_refined" if refined else "queries"
     for needed in (config, "gallery"):
