@@ -130,6 +130,7 @@ def test_missing_images_name_every_file_and_write_nothing(cirr_raw, tmp_path, ca
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert f"{splits['val'][1]}.png" in err and f"{splits['test1'][3]}.png" in err
+    assert f"./dev/{splits['val'][1]}.png" in str(exit_info.value)  # the file as the split file writes it
     assert not out.exists()
     assert {p.name for p in tmp_path.iterdir()} == {"cirr", "nlvr2"}  # no temporary folder left either
 

@@ -20,6 +20,14 @@ BUILDERS = {
 }
 
 
+class BuildFailed(SystemExit):
+    """A failed build, as `SystemExit`: `code` is the exit status (1, or 130 on Ctrl-C), `str()` the message."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
 def add_build_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Add the flags of builder `name` to `parser`."""
     source_help = {
@@ -94,10 +102,10 @@ def _run_reporting(name: str, args: argparse.Namespace) -> int:
         folder = run_build(name, args)
     except (DatasetBuildError, DatasetWriteError, HubPushError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from error
+        raise BuildFailed(f"error: {error}", code=1) from error
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise BuildFailed("interrupted: nothing was written", code=130) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
