@@ -249,3 +249,47 @@ def test_subset_k_values_and_tensor_ids():
     assert recall_at_k([torch.tensor([3, 4])], [torch.tensor(4)], k_values=[2]) == {"recall@2": 100.0}
     with pytest.raises(ValueError, match="does not use"):
         compute_cir_metrics([["a"]], [["a"]], "circo", subset_k_values=[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Properties (hypothesis)
+# ---------------------------------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_GALLERY = [f"img{i}" for i in range(30)]
+
+
+@st.composite
+def cirr_case(draw):
+    ranking = draw(st.permutations(_GALLERY))
+    members = draw(st.lists(st.sampled_from(_GALLERY), min_size=6, max_size=6, unique=True))
+    target = draw(st.sampled_from(members[1:]))
+    return ranking, members[0], members, target
+
+
+@settings(max_examples=60, deadline=None)
+@given(cirr_case(), st.integers(0, 29))
+def test_cirr_reference_position_never_matters(case, position):
+    ranking, reference, members, target = case
+    moved = [x for x in ranking if x != reference]
+    moved.insert(position, reference)
+    args = dict(references=[[target]], reference_ids=[reference], subset_ids=[members])
+    assert cirr_metrics([ranking], **args) == cirr_metrics([moved], **args)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.permutations(_GALLERY), min_size=1, max_size=5), st.data())
+def test_recall_is_monotone_in_k(rankings, data):
+    targets = [[data.draw(st.sampled_from(_GALLERY))] for _ in rankings]
+    values = list(recall_at_k(rankings, targets, k_values=list(range(1, 31))).values())
+    assert values == sorted(values) and values[-1] == 100.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(_GALLERY), min_size=1, max_size=25, unique=True), st.integers(1, 30))
+def test_circo_ap_is_one_for_a_perfect_ranking_and_bounded(gts, k):
+    perfect = gts + [x for x in _GALLERY if x not in gts]
+    assert circo_metrics([perfect], [gts], k_values=[k])[f"map@{k}"] == pytest.approx(100.0)
+    reversed_ranking = perfect[::-1]
+    assert 0.0 <= circo_metrics([reversed_ranking], [gts], k_values=[k])[f"map@{k}"] <= 100.0
