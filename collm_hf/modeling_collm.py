@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_collm import CoLLMConfig
+from .input_checks import check_embeds, check_pixel_values, check_query_tokens
 from .losses import ContrastiveLossConfig, contrastive_loss
 from .synthesis import DEFAULT_SLERP_ALPHA, concat_padded_queries, synthesize_composed_queries
 from .vision_families import build_vision_projection, build_vision_tower, load_pretrained_vision, pool_vision_output
@@ -175,11 +176,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
         Returns:
             (batch, dim) L2-normalised image embeddings.
         """
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
-            raise ValueError(
-                "pixel_values must be a 4-D tensor (batch, channels, height, width), got "
-                f"{getattr(pixel_values, 'shape', type(pixel_values).__name__)}"
-            )
+        check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", 3))
         tower_params = list(self.vision_tower.parameters())
         track_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tower_params)
         with torch.set_grad_enabled(track_grad):
@@ -248,19 +245,11 @@ class CoLLMModel(CoLLMPreTrainedModel):
         Returns:
             (batch, projection_dim) L2-normalised query embeddings.
         """
-        if input_ids is None or attention_mask is None:
-            raise ValueError("get_query_embeds needs input_ids and attention_mask (use CoLLMProcessor).")
-        if input_ids.shape != attention_mask.shape:
-            raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ.")
+        check_query_tokens(input_ids, attention_mask)
         if image_embeds is None and pixel_values is not None:
             image_embeds = self.get_image_embeds(pixel_values)
         elif image_embeds is not None:
-            if image_embeds.dim() != 2 or image_embeds.shape[-1] != self.config.image_embedding_size:
-                raise ValueError(
-                    f"image_embeds must be (images, {self.config.image_embedding_size}); got {tuple(image_embeds.shape)}."
-                )
-            if not torch.isfinite(image_embeds).all():
-                raise ValueError("image_embeds contain NaN or infinite values.")
+            check_embeds(image_embeds, self.config.image_embedding_size, "image_embeds", row_name="images")
         device = self.get_input_embeddings().weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         if image_embeds is not None:
@@ -300,6 +289,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
             image_embeds = self.get_image_embeds(pixel_values)  # (images, dim)
         if target_image_embeds is None and target_pixel_values is not None:
             target_image_embeds = self.get_image_embeds(target_pixel_values)  # (batch, dim)
+        elif target_image_embeds is not None:
+            check_embeds(target_image_embeds, self.config.image_embedding_size, "target_image_embeds")
         num_groups = 1
         if caption_ids is not None:
             if image_embeds is None or text_input_ids is None or modification_template_ids is None or query_frame_ids is None:
@@ -311,6 +302,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
                 image_embeds, caption_ids, modification_template_ids, query_frame_ids, target_image_ids,
                 alpha=getattr(self.config, "slerp_alpha", DEFAULT_SLERP_ALPHA),
             )
+            if getattr(self, "modification_writer", None) is not None:  # LLM-written w* (llm_synthesis.py)
+                synthesized = self.modification_writer(synthesized, caption_ids, modification_template_ids, query_frame_ids)
             input_ids, attention_mask = concat_padded_queries(
                 [(input_ids, attention_mask), (text_input_ids, text_attention_mask),
                  (synthesized.input_ids, synthesized.attention_mask)]
