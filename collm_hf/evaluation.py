@@ -27,6 +27,22 @@ DEFAULT_TEXT_TEMPLATE = "{modification_text}"
 SHARED_CONCEPT_TEMPLATE = "{modification_text}, {shared_concept}"
 
 
+METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cir_metric.py")
+
+
+def load_cir_metric(**kwargs):
+    """`evaluate.load` of the package's metric module (works offline), e.g. for `evaluate`-based pipelines.
+
+    Example:
+        >>> metric = load_cir_metric()  # doctest: +SKIP
+        >>> metric.compute(predictions=[["a", "b"]], references=[["b"]], protocol="standard", k_values=[1, 2])  # doctest: +SKIP
+        {'recall@1': 0.0, 'recall@2': 100.0}
+    """
+    import evaluate
+
+    return evaluate.load(METRIC_PATH, **kwargs)
+
+
 def infer_protocol(column_names) -> str:
     """The benchmark protocol a `queries` table implies: CIRR (`subset_ids`), CIRCO (`semantic_aspects` /
     `shared_concept`), Fashion-IQ (`category`), else plain recall."""
@@ -470,7 +486,8 @@ def add_retrieval_evaluation(trainer, queries, gallery, processor=None, protocol
 
 
 __all__ = [
-    "BenchmarkRankings", "RetrievalEvalCallback", "add_retrieval_evaluation", "embed_gallery", "embed_queries",
-    "evaluate_benchmark", "format_metrics_table", "infer_protocol", "load_benchmark", "query_texts", "rank_benchmark",
-    "DEFAULT_TEXT_TEMPLATE", "SHARED_CONCEPT_TEMPLATE",
+    "BenchmarkRankings", "METRIC_PATH", "RetrievalEvalCallback", "add_retrieval_evaluation", "embed_gallery",
+    "embed_queries", "evaluate_benchmark", "evaluate_folder", "format_metrics_table", "infer_protocol",
+    "load_benchmark", "load_cir_metric", "query_texts", "rank_benchmark", "DEFAULT_TEXT_TEMPLATE",
+    "SHARED_CONCEPT_TEMPLATE",
 ]

@@ -228,6 +228,14 @@ def test_evaluate_load_offline_and_matches_functions(metric):
     assert got == circo_metrics([["a", "b"]], [["b", "c"]], k_values=[2], semantic_aspects=[["addition"]])
 
 
+def test_load_cir_metric_helper(tmp_path):
+    from collm_hf.evaluation import METRIC_PATH, load_cir_metric
+
+    assert os.path.samefile(METRIC_PATH, cir_metric.__file__)
+    metric = load_cir_metric(cache_dir=str(tmp_path))
+    assert metric.compute(predictions=[["a", "b"]], references=[["b"]], k_values=[1, 2]) == {"recall@1": 0.0, "recall@2": 100.0}
+
+
 def test_evaluate_add_batch(metric):
     metric.add_batch(predictions=[["a", "b"]], references=["b"])
     metric.add(prediction=["c", "d"], reference=["c"])
