@@ -182,7 +182,8 @@ class BenchmarkRankings:
 
 def _with_subset_members(ranking, members, reference_id, index: GalleryIndex, query_embed, query_name):
     """Append the subset members missing from a top-N ranking, ordered by their scores (ties: member order)."""
-    missing = [m for m in members if m != reference_id and m not in set(ranking)]
+    ranked = set(ranking)
+    missing = [m for m in members if m != reference_id and m not in ranked]
     if not missing:
         return ranking
     absent = [m for m in missing if m not in index.position]
