@@ -227,8 +227,8 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
         )
         with gr.Row():
             with gr.Column(scale=2, min_width=280):
-                image = reference_image_input(label="Reference image", type="filepath", sources=["upload", "clipboard"],
-                                              format="png", height=240, elem_id="reference-image")
+                image = reference_image_input(label="Reference image", type="filepath", format="png", height=240,
+                                              sources=["upload", "clipboard"], elem_id="reference-image")
                 text = gr.Textbox(label="Modification text", placeholder="e.g. make the circle blue and add a star",
                                   lines=2, elem_id="modification-text")
                 mode = gr.Radio(list(MODES), value="Image + text", label="Query", elem_id="query-mode")
@@ -242,12 +242,14 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
                     gr.Examples(sample_rows, inputs=[image, text], label="Sample queries", examples_per_page=NUM_SAMPLES)
             with gr.Column(scale=3, min_width=320):
                 status = gr.Markdown("Results appear here.", elem_id="status")
-                results = gr.Gallery(label="Top results (rank · cosine similarity · gallery id)", columns=4, height="auto",
-                                     object_fit="contain", format="png", elem_id="results", preview=False)
+                results = gr.Gallery(label="Top results (rank · cosine similarity · gallery id)", columns=4,
+                                     height="auto", object_fit="contain", format="png", elem_id="results",
+                                     preview=False)
         run = _handler(searcher)
         # One queue for both triggers: one query at a time through the model. The click is also the Space's API.
         for trigger, api_name in ((button.click, "search"), (text.submit, False)):
-            trigger(run, [image, text, mode, top_k, hide_reference], [results, status], api_name=api_name, concurrency_id="search")
+            trigger(run, [image, text, mode, top_k, hide_reference], [results, status], api_name=api_name,
+                    concurrency_id="search")
     demo.searcher, demo.samples = searcher, samples or []
     return demo
 

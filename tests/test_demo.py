@@ -162,9 +162,10 @@ def test_default_gallery_is_the_quickstarts_world(tmp_path):
     model, processor = tiny_model_and_processor()
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
-    write_world(tmp_path / "world", WorldConfig.tiny(seed=3), parts=("cirr",))
+    world = WorldConfig(seed=3, num_pairs=0, num_groups=0, num_cirr_queries=4, num_circo_queries=0)
+    write_world(tmp_path / "world", world, parts=("cirr",))
     demo = build_demo(str(tmp_path / "model"), device="cpu")
-    queries, gallery = cirr_scenes(WorldConfig.tiny(seed=3))  # the same world, unrendered
+    queries, gallery = cirr_scenes(world)  # the same world, unrendered
     assert demo.searcher.index.ids == sorted(gallery)
     assert [text for _, text in demo.samples] == [q["modification_text"] for q in queries[:len(demo.samples)]]
     items, _, warning = search_step(demo.searcher, demo.samples[0][0], demo.samples[0][1], "Image + text", 3)
