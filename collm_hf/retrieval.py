@@ -264,7 +264,8 @@ class GalleryIndex:
             query_embeds: (Q, D) L2-normalised query embeddings.
             k: results per query (at most the gallery size).
             exclude_ids: optional per-query lists of gallery ids never returned for that query.
-            backend: "torch" (exact, chunked), "faiss" (FAISS index), or "auto" (FAISS when installed).
+            backend: "torch" (exact, chunked), "faiss" (FAISS index), or "auto" (torch when the index is on a
+                GPU, else FAISS when installed, else torch).
             approximate: None (exact), "ivf" or "hnsw" (FAISS approximate index, built once and cached).
             max_block_bytes: torch backend: largest score block held at once (bounds memory).
             chunk_size: torch backend: gallery rows per block (default: from max_block_bytes).
@@ -285,7 +286,11 @@ class GalleryIndex:
         check_finite(query_embeds, "Query embeddings")
         excluded = self._excluded_positions(exclude_ids, query_embeds.shape[0])
         k = min(k, len(self))
-        use_faiss = backend == "faiss" or approximate is not None or (backend == "auto" and faiss_available())
+        on_gpu = self.embeddings.device.type != "cpu"
+        use_faiss = backend == "faiss" or approximate is not None or (backend == "auto" and not on_gpu and faiss_available())
+        if use_faiss and not faiss_available():
+            raise ImportError("backend='faiss' / approximate search needs FAISS: pip install faiss-cpu (or faiss-gpu), "
+                              "or use backend='torch'.")
         if use_faiss:
             scores, indices = self._search_faiss(query_embeds, k, excluded, approximate, nprobe, ef_search)
         else:

@@ -62,6 +62,13 @@ def test_auto_backend_is_faiss_when_installed(index, monkeypatch):
     assert calls == [1]
 
 
+def test_faiss_backend_without_faiss_is_a_clear_error(index, monkeypatch):
+    monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
+    with pytest.raises(ImportError, match="pip install faiss"):
+        index.search(_unit(1, 48, 2), 1, backend="faiss")
+    assert len(index.search(_unit(1, 48, 2), 3).ids[0]) == 3  # auto falls back to torch
+
+
 def test_torch_memory_is_bounded_by_chunks(index, monkeypatch):
     """Score blocks never exceed (query block) x (chunk) while the gallery is larger than the chunk."""
     shapes = []
