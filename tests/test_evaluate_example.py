@@ -210,3 +210,14 @@ def test_annotation_only_build_with_images_dir(saved_model, tmp_path, monkeypatc
     with pytest.raises(Exception, match="1.png|not found|missing"):
         (images_dir / "dev" / "1.png").unlink()
         example.main([saved_model, folder, "--images-dir", str(images_dir), "--no-progress"])
+
+
+def test_on_the_datasets_writer_output(saved_model, tmp_path):
+    """The seam with the datasets issue: folders written by `collm_hf.data.write_dataset` (synthetic world)."""
+    world = pytest.importorskip("collm_hf.data.synthetic_world")
+    written = world.write_world(tmp_path / "world", world.WorldConfig.tiny(), parts=("cirr", "circo"))
+    example = load_example()
+    cirr = example.main([saved_model, str(written["cirr"]), "--max-queries", "12", "--no-progress"])
+    assert cirr["protocol"] == "cirr" and 0.0 <= cirr["metrics"]["cirr_score"] <= 100.0
+    circo = example.main([saved_model, str(written["circo"]), "--max-queries", "12", "--no-progress"])
+    assert circo["protocol"] == "circo" and "map@5" in circo["metrics"]
