@@ -119,7 +119,7 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
 
 
 def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str | None = None, tiny: bool = False,
-                   retrain: bool = False, show_progress: bool = True) -> dict:
+                   retrain: bool = False, show_progress: bool = True, recipe=None) -> dict:
     """Run the quickstart; returns the metrics.json content.
 
     Args:
@@ -129,6 +129,7 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str
         tiny: a reduced run (small world, a few steps): the plumbing, not the learning.
         retrain: ignore a cached DIR/model.
         show_progress: progress bars.
+        recipe: a `QuickstartRecipe` overriding the default (or tiny) one; its world seed is set to `seed`.
     """
     import torch
     from transformers import AutoModel, AutoProcessor
@@ -141,7 +142,11 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str
     t0 = time.perf_counter()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = QuickstartRecipe.tiny(seed) if tiny else QuickstartRecipe(world=QuickstartRecipe().world.__class__(seed=seed))
+    from dataclasses import replace
+
+    if recipe is None:
+        recipe = QuickstartRecipe.tiny(seed) if tiny else QuickstartRecipe()
+    recipe = replace(recipe, world=replace(recipe.world, seed=seed))
     key = {"seed": seed, "llm": llm, "tiny": tiny, "recipe": recipe.to_dict()}
     state = _read_json(out / "model" / STATE_FILE)
     cached = (not retrain and state is not None and state.get("key") == key

@@ -1,0 +1,65 @@
+"""A saved CoLLM loads as a SentenceTransformer: encode_query = composed query, encode_document = gallery
+embedding, text-only strings = text-only queries; all equal to the transformers path."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from collm_hf.sentence_transformers import MODALITY_CONFIG, load_sentence_transformer, write_sentence_transformers_config
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    return tmp_path / "model", model, processor
+
+
+def _images(n=3):
+    return [Image.fromarray(np.random.RandomState(i).randint(0, 255, (40, 36, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def test_sentence_transformer_equals_transformers_path(saved):
+    folder, model, processor = saved
+    write_sentence_transformers_config(folder)
+    config = json.loads((folder / "sentence_bert_config.json").read_text())
+    assert config["modality_config"] == MODALITY_CONFIG
+    st = load_sentence_transformer(folder)
+    images, texts = _images(), ["make it red", "add a blue square at the top", "remove the circle"]
+    queries = st.encode_query([{"image": i, "text": t} for i, t in zip(images, texts)], convert_to_tensor=True)
+    documents = st.encode_document(images, convert_to_tensor=True)
+    text_only = st.encode_query(texts, convert_to_tensor=True)
+    with torch.no_grad():
+        expected_q = model.get_query_embeds(**processor(images=images, text=texts))
+        expected_d = model.get_image_embeds(processor(images=images)["pixel_values"])
+        expected_t = model.get_query_embeds(**processor(text=texts))
+    torch.testing.assert_close(queries.cpu(), expected_q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(documents.cpu(), expected_d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(text_only.cpu(), expected_t, atol=1e-5, rtol=1e-5)
+    scores = st.similarity(queries, documents)
+    assert scores.shape == (3, 3)
+
+
+def test_writing_the_config_leaves_the_model_files_alone(saved):
+    folder, _, _ = saved
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    write_sentence_transformers_config(folder)
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert all(after[name] == data for name, data in before.items())
+    assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"} <= set(after)
+
+
+def test_load_adds_the_config_when_missing(saved):
+    folder, _, _ = saved
+    st = load_sentence_transformer(folder)
+    assert (folder / "modules.json").is_file()
+    assert st.encode_document(_images(1)).shape[-1] == 24
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        write_sentence_transformers_config(tmp_path)
