@@ -13,8 +13,8 @@ def add_arguments(parser):
                         help="metric protocol (default: inferred from the queries' columns)")
     parser.add_argument("--refined", action="store_true", help="use the `queries_refined` config")
     parser.add_argument("--with-shared-concept", action="store_true",
-                        help="CIRCO: append the shared concept to the relative caption (default: caption only, "
-                             "as the official baseline)")
+                        help="CIRCO: query text '<shared concept> but <relative caption>' (default: the relative "
+                             "caption only, as the official baseline)")
     parser.add_argument("--text-template", default=None, help="query text from columns, e.g. '{modification_text}'")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-queries", type=int, default=None, help="only the first N queries (quick checks)")

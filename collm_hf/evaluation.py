@@ -23,8 +23,9 @@ from .retrieval import GalleryIndex, _load_images, check_finite
 
 SUBMISSION_TOP_K = 50  # what the CIRR and CIRCO test servers take
 DEFAULT_TEXT_TEMPLATE = "{modification_text}"
-# CIRCO with its shared concept (an explicit choice; the official baseline uses the relative caption only).
-SHARED_CONCEPT_TEMPLATE = "{modification_text}, {shared_concept}"
+# CIRCO with its shared concept, phrased as several public CIRCO code bases do ("<concept> but <caption>");
+# an explicit choice: the official baseline uses the relative caption only (DEFAULT_TEXT_TEMPLATE).
+SHARED_CONCEPT_TEMPLATE = "{shared_concept} but {modification_text}"
 
 
 METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cir_metric.py")

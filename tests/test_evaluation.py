@@ -44,7 +44,7 @@ def test_infer_protocol_and_query_texts():
     assert infer_protocol(["query_id"]) == "standard"
     queries = {"modification_text": [" is red "], "shared_concept": ["a dog"]}
     assert query_texts(queries) == ["is red"]
-    assert query_texts(queries, SHARED_CONCEPT_TEMPLATE) == ["is red, a dog"]
+    assert query_texts(queries, SHARED_CONCEPT_TEMPLATE) == ["a dog but is red"]
     with pytest.raises(ValueError, match="modification_text"):
         query_texts(queries, "{shared_concept}")
 
