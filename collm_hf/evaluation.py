@@ -243,7 +243,7 @@ def rank_benchmark(queries, index: GalleryIndex, query_embeds: torch.Tensor, pro
         found = sub_index.search(query_embeds[rows], k=min(fetch, len(sub_index)), backend=backend)
         for row, ids in zip(rows, found.ids):
             result.rankings[row] = ids
-    if protocol == "cirr":
+    if protocol == "cirr" and "subset_ids" in names:  # without it: recall@K only (no subset metrics)
         result.subset_ids = [[str(m) for m in members] for members in _column(queries, "subset_ids")]
         for i in range(n):
             result.rankings[i] = _with_subset_members(result.rankings[i], result.subset_ids[i],
