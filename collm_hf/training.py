@@ -240,7 +240,7 @@ def build_trainer(
     Returns:
         `Trainer` (`GradCacheTrainer` with `loss_args.gradient_cache_chunk_size`).
     """
-    from transformers import Trainer
+    from transformers import Trainer, set_seed
 
     from .training_gradcache import GradCacheTrainer
 
@@ -251,8 +251,10 @@ def build_trainer(
     if checkpointing and not training_args.activation_checkpointing_kwargs and not training_args.gradient_checkpointing_kwargs:
         training_args.activation_checkpointing_kwargs = {"use_reentrant": False}  # LoRA grads through frozen layers
     if model is None:
+        set_seed(training_args.seed)  # the new modules of a composed model are initialised from the seed
         model, processor = load_model_and_processor(model_args, lora_args)
     configure_loss(model, loss_args, synthesis_args if stage == "pairs" else None)
+    set_seed(training_args.seed)  # LoRA matrices are initialised from the seed: same seed, same run
     if lora_args.use_lora:
         model = apply_lora(model, stage, lora_args, gradient_checkpointing=bool(checkpointing))
     rows, images = load_training_data(stage, data_args)
@@ -372,7 +374,7 @@ def synthesis_overhead_benchmark(size: str = "tiny", batch_size: int = 32, devic
 
     Args:
         size: "tiny" (hidden 32, CPU-friendly) or "base" (CLIP-B/32-shaped tower, 16-layer 2048-wide Llama,
-            about 1B parameters; bf16 on CUDA). Real 7B LLMs make the share smaller still.
+            about 0.7B parameters; bf16 on CUDA; too slow for CPU). Real 7B LLMs make the share smaller still.
         batch_size: pairs per step (3 queries each).
         device: "cuda" or "cpu" (default: cuda when available).
         steps: timed repetitions.
@@ -383,7 +385,8 @@ def synthesis_overhead_benchmark(size: str = "tiny", batch_size: int = 32, devic
     import numpy as np
     from PIL import Image
 
-    from ._testing import tiny_config, tiny_image_processor, tiny_tokenizer
+    from ._testing import TEXT_CONFIGS, VISION_CONFIGS, tiny_config, tiny_image_processor, tiny_tokenizer
+    from .configuration_collm import CoLLMConfig
     from .modeling_collm import CoLLMModel
     from .processing_collm import CoLLMProcessor
 
@@ -392,17 +395,17 @@ def synthesis_overhead_benchmark(size: str = "tiny", batch_size: int = 32, devic
     torch.manual_seed(0)
     if size == "tiny":
         config, image_size, dtype = tiny_config(vocab_size=len(tokenizer)), 32, torch.float32
-    elif size == "base":
-        config = tiny_config(vocab_size=len(tokenizer))
-        config.vision_config.update({"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                                     "num_attention_heads": 12, "image_size": 224, "patch_size": 32})
-        config.text_config.update({"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16,
-                                   "num_attention_heads": 16, "num_key_value_heads": 8})
-        config = type(config)(**config.to_dict())
+    elif size == "base":  # CLIP-B/32-shaped tower, ~0.6B-parameter Llama (random weights)
+        vision = dict(VISION_CONFIGS["clip"], hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                      num_attention_heads=12, image_size=224, patch_size=32, projection_dim=512)
+        text = dict(TEXT_CONFIGS["llama"], hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+                    num_attention_heads=16, num_key_value_heads=8, vocab_size=len(tokenizer))
+        config = CoLLMConfig(vision_config=vision, text_config=text)
         image_size, dtype = 224, torch.bfloat16 if device.type == "cuda" else torch.float32
     else:
         raise ValueError(f"size must be 'tiny' or 'base', got {size!r}")
-    model = CoLLMModel(config).to(device=device, dtype=dtype)
+    with torch.device(device):
+        model = CoLLMModel(config).to(dtype)
     processor = CoLLMProcessor.for_model(tiny_image_processor(image_size), tokenizer, model.config)
     rng = np.random.default_rng(0)
     rows = [
