@@ -374,24 +374,24 @@ def fashioniq_metrics(predictions, references, categories=None, k_values=None) -
 
 def compute_cir_metrics(predictions, references, protocol: str = "standard", reference_ids=None, subset_ids=None,
                         categories=None, semantic_aspects=None, k_values=None, subset_k_values=None) -> dict:
-    """Dispatch to the protocol's metric function (the arguments a protocol does not use must be None).
+    """Dispatch to the protocol's metric function.
+
+    Per-query arguments a protocol does not use are ignored (they must still hold one entry per query): e.g.
+    `reference_ids` for CIRCO or Fashion-IQ, whose reference / candidate is never removed from the ranking.
 
     >>> compute_cir_metrics([["a", "b"]], [["b"]], protocol="standard", k_values=[1, 2])
     {'recall@1': 0.0, 'recall@2': 100.0}
+    >>> compute_cir_metrics([["r", "g"]], [["g"]], protocol="circo", reference_ids=["r"], k_values=[1])["map@1"]
+    0.0
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
-    unused = {
-        "cirr": ("categories", "semantic_aspects"),
-        "circo": ("reference_ids", "subset_ids", "categories", "subset_k_values"),
-        "fashioniq": ("reference_ids", "subset_ids", "semantic_aspects", "subset_k_values"),
-        "standard": ("reference_ids", "subset_ids", "categories", "semantic_aspects", "subset_k_values"),
-    }[protocol]
-    given = {"reference_ids": reference_ids, "subset_ids": subset_ids, "categories": categories,
-             "semantic_aspects": semantic_aspects, "subset_k_values": subset_k_values}
-    extra = [name for name in unused if given[name] is not None]
-    if extra:
-        raise ValueError(f"protocol {protocol!r} does not use {extra}; this would silently change the protocol.")
+    if predictions is not None and hasattr(predictions, "__len__"):
+        given = {"reference_ids": reference_ids, "subset_ids": subset_ids, "categories": categories,
+                 "semantic_aspects": semantic_aspects}
+        for name, values in given.items():
+            if values is not None:
+                _check_length(values, len(predictions), name)
     if protocol == "cirr":
         if reference_ids is None:
             raise ValueError("protocol 'cirr' needs reference_ids (the reference is removed from each ranking).")

@@ -197,7 +197,7 @@ def test_default_k_values_per_protocol():
         (lambda: cirr_metrics([["a"]], [["a"]], [None]), "reference_ids\\[0\\] is missing"),
         (lambda: cirr_metrics([["a", "b"]], [["a"]], ["r"], [["r", "a", "zz"]]), "lacks subset member.*zz"),
         (lambda: compute_cir_metrics([["a"]], [["a"]], protocol="cirr"), "needs reference_ids"),
-        (lambda: compute_cir_metrics([["a"]], [["a"]], protocol="circo", reference_ids=["r"]), "does not use"),
+        (lambda: compute_cir_metrics([["a"]], [["a"]], protocol="circo", reference_ids=["r", "s"]), "reference_ids has 2"),
         (lambda: compute_cir_metrics([["a"]], [["a"]], protocol="nope"), "protocol must be"),
         (lambda: circo_metrics([["a", "a"]], [["a"]]), "more than once"),
         (lambda: fashioniq_metrics([["a"]], [["a"]], categories=["x", "y"]), "categories has 2"),
@@ -255,8 +255,11 @@ def test_subset_k_values_and_tensor_ids():
                               k_values=[1], subset_k_values=[2])
     assert got == {"recall@1": 0.0, "recall_subset@2": 100.0, "cirr_score": 50.0}  # (R@5 = 100 + R_s@1 = 0) / 2
     assert recall_at_k([torch.tensor([3, 4])], [torch.tensor(4)], k_values=[2]) == {"recall@2": 100.0}
-    with pytest.raises(ValueError, match="does not use"):
-        compute_cir_metrics([["a"]], [["a"]], "circo", subset_k_values=[1])
+    # Arguments a protocol does not use are ignored: CIRCO and Fashion-IQ never remove the reference.
+    assert compute_cir_metrics([["r", "a"]], [["a"]], "circo", reference_ids=["r"], subset_k_values=[1],
+                               k_values=[1]) == {"map@1": 0.0, "recall@1": 0.0}
+    assert compute_cir_metrics([["r", "a"]], [["a"]], "fashioniq", reference_ids=["r"], subset_ids=[["r", "a"]],
+                               k_values=[1]) == {"recall@1": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
