@@ -128,6 +128,9 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __repr__(self) -> str:
+        return f"GalleryIndex(images={len(self)}, dim={self.dim}, device={self.embeddings.device})"
+
     @property
     def dim(self) -> int:
         return self.embeddings.shape[1]

@@ -28,7 +28,7 @@ def _font(size: int):
 def _thumbnail(image, size: int, name: str) -> Image.Image:
     if image is None:
         tile = Image.new("RGB", (size, size), (235, 235, 235))
-        ImageDraw.Draw(tile).text((6, size // 2 - 6), "missing", fill=RED, font=_font(12))
+        ImageDraw.Draw(tile).text((6, size // 2 - 6), "no image", fill=RED, font=_font(12))
         return tile
     if isinstance(image, (str, os.PathLike)):
         image = open_image(image, name)
