@@ -290,8 +290,17 @@ def load_script(name):
     return module
 
 
+@pytest.fixture
+def single_thread():
+    """Generation with a 135M model on 2 shared cores is many times slower with 2 threads than with 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.smollm2
-def test_make_mtcir_cli_with_real_smollm2(tmp_path, smollm2_path, tiny_model_and_processor):
+def test_make_mtcir_cli_with_real_smollm2(tmp_path, smollm2_path, tiny_model_and_processor, single_thread):
     from collm_hf.data.writer import write_dataset
 
     make_mtcir = load_script("make_mtcir")
