@@ -56,7 +56,7 @@ class ModelArguments:
 class DataArguments:
     """Training data: a hub dataset id or a local folder (a dataset folder with README configs, or Parquet files)."""
 
-    dataset_name_or_path: str = field(default=None, metadata={"help": "Hub dataset id or local folder."})
+    dataset_name_or_path: str | None = field(default=None, metadata={"help": "Hub dataset id or local folder."})
     # Config of the rows; default "pairs" or "triplets" by stage.
     dataset_config: str | None = None
     # Config of the images table for triplets (image_id, image); ignored when rows carry images.

@@ -13,7 +13,8 @@ Examples:
     # synthesis overhead (share of a training step spent assembling the synthesised queries)
     python examples/train_collm.py --measure-synthesis-overhead --size base --batch-size 64
 
-Every `TrainingArguments` option is accepted (`--help` lists them all). `accelerate launch` works the same way.
+Every `TrainingArguments` option is accepted (`--help` lists them all), or one JSON file with all options
+(`train_collm.py pairs options.json`). `accelerate launch` works the same way.
 """
 
 import argparse
@@ -62,8 +63,9 @@ def main(argv=None) -> int:
     stage, rest = argv[0], argv[1:]
     parser = HfArgumentParser(DATACLASSES)
     parser.set_defaults(**training_defaults())
-    if len(rest) == 1 and rest[0].endswith(".json"):
-        parsed = parser.parse_json_file(rest[0])
+    if len(rest) == 1 and rest[0].endswith(".json"):  # all options in one JSON file
+        with open(rest[0]) as handle:
+            parsed = parser.parse_dict({**training_defaults(), **json.load(handle)})
     else:
         parsed = parser.parse_args_into_dataclasses(args=rest)
     model_args, data_args, synthesis_args, loss_args, lora_args, training_args = parsed
