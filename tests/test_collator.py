@@ -148,3 +148,32 @@ def test_triplet_collator_pil_rows_single_text_and_errors(tiny_model_and_process
         CoLLMTripletCollator(processor, images=images)([dict(triplet_rows()[0], target_id="9")])
     with pytest.raises(ValueError, match="no non-empty modification"):
         CoLLMTripletCollator(processor, images=images)([dict(triplet_rows()[0], modifications=[])])
+
+
+def _cross_word_tokenizer():
+    """A BPE whose merges span spaces (no whitespace pre-split): piecewise ids cannot equal whole-string ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    corpus = [f"show {a} instead of {b}" for a in CAPTIONS for b in CAPTIONS] * 3
+    tokenizer.train_from_iterator(corpus, trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_tokenization_check_warns_only_when_pieces_differ(tiny_model_and_processor, images):
+    import copy
+    import warnings
+
+    _, processor = tiny_model_and_processor
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # byte-level BPE: pieces are exact, no warning
+        CoLLMPairCollator(processor, modification_rate=1.0)(pair_rows(images))
+    other = copy.deepcopy(processor)
+    other.tokenizer, other._pieces = _cross_word_tokenizer(), None
+    collator = CoLLMPairCollator(other, modification_rate=1.0)
+    with pytest.warns(UserWarning, match="differs from tokenising the whole text"):
+        collator(pair_rows(images))
+    assert collator.check_tokenization is False  # checked once
