@@ -17,6 +17,7 @@ def add_arguments(parser):
                              "caption only, as the official baseline)")
     parser.add_argument("--text-template", default=None, help="query text from columns, e.g. '{modification_text}'")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes for the gallery")
     parser.add_argument("--max-queries", type=int, default=None, help="only the first N queries (quick checks)")
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda when available)")
     parser.add_argument("--backend", choices=["auto", "torch", "faiss"], default="auto", help="search backend")
@@ -50,7 +51,7 @@ def evaluate_from_args(args) -> dict:
         model, processor, args.dataset, args.split, refined=args.refined, protocol=args.protocol,
         text_template=template, batch_size=args.batch_size, max_queries=args.max_queries, index_dir=args.index_dir,
         submission_dir=args.submission_dir, visualize_path=args.visualize, num_visualize=args.num_visualize,
-        output_json=args.output_json, backend=args.backend, images_dir=args.images_dir,
+        output_json=args.output_json, backend=args.backend, images_dir=args.images_dir, num_workers=args.num_workers,
         show_progress=not args.no_progress,
     )
     title = (f"{report['benchmark']} / {report['split']} ({report['protocol']}, {report['num_queries']} queries, "

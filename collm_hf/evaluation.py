@@ -84,11 +84,11 @@ def query_texts(queries, text_template: str = DEFAULT_TEXT_TEMPLATE) -> list[str
     return texts
 
 
-def embed_gallery(model, processor, gallery, batch_size: int = 64, accelerator=None,
-                  show_progress: bool = True) -> GalleryIndex:
+def embed_gallery(model, processor, gallery, batch_size: int = 64, accelerator=None, show_progress: bool = True,
+                  num_workers: int = 0) -> GalleryIndex:
     """Embed a benchmark `gallery` table (`image_id`, `image`) into a `GalleryIndex` (see `GalleryIndex.from_dataset`)."""
     return GalleryIndex.from_dataset(gallery, model=model, processor=processor, batch_size=batch_size,
-                                     accelerator=accelerator, show_progress=show_progress)
+                                     accelerator=accelerator, show_progress=show_progress, num_workers=num_workers)
 
 
 @torch.inference_mode()
@@ -222,6 +222,10 @@ def rank_benchmark(queries, index: GalleryIndex, query_embeds: torch.Tensor, pro
     targets = [[str(t) for t in (ts or [])] for ts in _column(queries, "target_ids", [[] for _ in range(n)])]
     if len(query_ids) != n:
         raise ValueError(f"{len(query_ids)} queries but {n} query embeddings.")
+    absent = [(q, t) for q, ts in zip(query_ids, targets) for t in ts if t not in index.position]
+    if absent:  # it could never be retrieved: a silent zero recall for that query
+        raise ValueError(f"{len(absent)} target id(s) are not in the gallery, e.g. query {absent[0][0]}: target "
+                         f"{absent[0][1]!r} (wrong gallery split, or a gallery built with --allow-missing?).")
     fetch = top_k or max(SUBMISSION_TOP_K, max(DEFAULT_K_VALUES[protocol])) + (1 if protocol == "cirr" else 0)
     result = BenchmarkRankings(protocol, query_ids, [None] * n, targets, reference_ids)
     groups = {None: list(range(n))}
@@ -256,7 +260,7 @@ def rank_benchmark(queries, index: GalleryIndex, query_embeds: torch.Tensor, pro
 def evaluate_benchmark(model, processor, queries, gallery, protocol: str | None = None, *, batch_size: int = 32,
                        text_template: str = DEFAULT_TEXT_TEMPLATE, k_values=None, index: GalleryIndex | None = None,
                        accelerator=None, backend: str = "auto", show_progress: bool = True,
-                       return_rankings: bool = False):
+                       return_rankings: bool = False, num_workers: int = 0):
     """Embed a benchmark split, rank the right gallery, and compute the protocol's metrics.
 
     Args:
@@ -271,6 +275,7 @@ def evaluate_benchmark(model, processor, queries, gallery, protocol: str | None 
         accelerator: split gallery embedding across processes.
         backend: search backend.
         return_rankings: also return the `BenchmarkRankings` (for submissions and pictures).
+        num_workers: image-decoding worker processes for the gallery.
 
     Returns:
         the metrics dict (percentages; empty on closed-label splits; Fashion-IQ adds `fashioniq_score` =
@@ -285,7 +290,7 @@ def evaluate_benchmark(model, processor, queries, gallery, protocol: str | None 
     try:
         if index is None:
             index = embed_gallery(model, processor, gallery, batch_size=batch_size, accelerator=accelerator,
-                                  show_progress=show_progress)
+                                  show_progress=show_progress, num_workers=num_workers)
         query_embeds = embed_queries(model, processor, queries, batch_size=batch_size, text_template=text_template,
                                      index=index, show_progress=show_progress)
     finally:
@@ -368,7 +373,8 @@ def evaluate_folder(model, processor, path: str, split: str | None = None, *, re
                     protocol: str | None = None, text_template: str = DEFAULT_TEXT_TEMPLATE, batch_size: int = 32,
                     max_queries: int | None = None, index_dir: str | None = None, submission_dir: str | None = None,
                     visualize_path: str | None = None, num_visualize: int = 8, output_json: str | None = None,
-                    backend: str = "auto", images_dir: str | None = None, show_progress: bool = True) -> dict:
+                    backend: str = "auto", images_dir: str | None = None, num_workers: int = 0,
+                    show_progress: bool = True) -> dict:
     """Evaluate a model on one split of a benchmark folder, with optional submission files, picture and JSON.
 
     Args:
@@ -381,6 +387,7 @@ def evaluate_folder(model, processor, path: str, split: str | None = None, *, re
         visualize_path: write a PNG grid of the first `num_visualize` queries there.
         output_json: write the report there (atomically).
         images_dir: for annotation-only (`--no-images`) builds: the local image folder their paths are relative to.
+        num_workers: image-decoding worker processes for the gallery.
 
     Returns:
         {"benchmark", "split", "protocol", "num_queries", "num_gallery", "text_template", "metrics", "files"}.
@@ -403,7 +410,8 @@ def evaluate_folder(model, processor, path: str, split: str | None = None, *, re
             raise ValueError(f"The gallery index in {index_dir} was built from another gallery (ids differ).")
     else:
         model.eval()
-        index = embed_gallery(model, processor, gallery, batch_size=batch_size, show_progress=show_progress)
+        index = embed_gallery(model, processor, gallery, batch_size=batch_size, show_progress=show_progress,
+                              num_workers=num_workers)
         if index_dir is not None:
             index.save(index_dir)
     metrics, rankings = evaluate_benchmark(model, processor, queries, gallery, protocol, batch_size=batch_size,

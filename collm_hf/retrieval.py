@@ -155,7 +155,7 @@ class GalleryIndex:
     @classmethod
     def from_dataset(cls, dataset, model=None, processor=None, embed_fn=None, batch_size: int = 64,
                      id_column: str = "image_id", image_column: str = "image", accelerator=None,
-                     show_progress: bool = True) -> "GalleryIndex":
+                     show_progress: bool = True, num_workers: int = 0) -> "GalleryIndex":
         """Embed a gallery in batches (bounded memory), split across processes when `accelerator` has several.
 
         Args:
@@ -167,6 +167,8 @@ class GalleryIndex:
             batch_size: images per forward pass.
             accelerator: an `accelerate.Accelerator`; each process embeds a contiguous shard, then all gather.
             show_progress: tqdm bar on the main process.
+            num_workers: DataLoader worker processes that read and decode images ahead of the model
+                (0: decode in this process).
 
         Returns:
             a `GalleryIndex` with all N images on every process, in dataset order (streaming with several
@@ -186,7 +188,7 @@ class GalleryIndex:
         rank = accelerator.process_index if accelerator is not None else 0
         start, end = shard_range(len(ids), num_shards, rank)
         local = _embed_rows(dataset, image_column, ids, start, end, embed_fn, batch_size,
-                            show_progress and (accelerator is None or accelerator.is_main_process))
+                            show_progress and (accelerator is None or accelerator.is_main_process), num_workers)
         if num_shards > 1:
             local = _gather_shards(local, len(ids), accelerator)
         return cls(local, ids)
@@ -436,13 +438,33 @@ def _load_images(values, ids) -> list:
     return images
 
 
-def _embed_rows(dataset, image_column, ids, start, end, embed_fn, batch_size, show_progress) -> torch.Tensor:
+class _ImageBatches(torch.utils.data.Dataset):
+    """Batch `i` = the decoded images of rows [start + i * batch_size, ...) (a DataLoader item, for workers)."""
+
+    def __init__(self, dataset, image_column, ids, start, end, batch_size):
+        self.dataset, self.image_column, self.ids = dataset, image_column, ids
+        self.start, self.end, self.batch_size = start, end, batch_size
+
+    def __len__(self):
+        return -(-(self.end - self.start) // self.batch_size)
+
+    def __getitem__(self, i):
+        b0 = self.start + i * self.batch_size
+        b1 = min(self.end, b0 + self.batch_size)
+        values = (self.dataset[self.image_column][b0:b1] if isinstance(self.dataset, dict)
+                  else self.dataset[b0:b1][self.image_column])
+        return b0, b1, _load_images(values, self.ids[b0:b1])
+
+
+def _embed_rows(dataset, image_column, ids, start, end, embed_fn, batch_size, show_progress,
+                num_workers: int = 0) -> torch.Tensor:
+    reader = _ImageBatches(dataset, image_column, ids, start, end, batch_size)
+    batches = (reader[i] for i in range(len(reader)))
+    if num_workers > 0:  # decode in worker processes, a few batches ahead; the model runs here
+        batches = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=num_workers, prefetch_factor=2)
     out = None
     with tqdm(total=end - start, desc="Embedding gallery", unit="img", disable=not show_progress) as bar:
-        for b0 in range(start, end, batch_size):
-            b1 = min(end, b0 + batch_size)
-            images = _load_images(dataset[image_column][b0:b1] if isinstance(dataset, dict) else
-                                  dataset[b0:b1][image_column], ids[b0:b1])
+        for b0, b1, images in batches:
             embeds = embed_fn(images).detach().float().cpu()  # (batch, D)
             check_finite(embeds, "Gallery embeddings", ids[b0:b1])
             if out is None:

@@ -88,7 +88,7 @@ def cirr_folder(tmp_path_factory):
 def test_cirr_val_metrics_json_picture_and_index_cache(saved_model, cirr_folder, tmp_path):
     example = load_example()
     out = tmp_path / "report.json"
-    argv = [saved_model, cirr_folder, "--split", "val", "--output-json", str(out), "--visualize",
+    argv = [saved_model, cirr_folder, "--split", "val", "--output-json", str(out), "--num-workers", "1", "--visualize",
             str(tmp_path / "grid.png"), "--index-dir", str(tmp_path / "index"), "--no-progress", "--batch-size", "4"]
     report = example.main(argv)
     assert report["protocol"] == "cirr" and report["num_queries"] == 6 and report["num_gallery"] == 14

@@ -245,6 +245,18 @@ def test_from_dataset_with_single_process_accelerator():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def test_from_dataset_with_decoding_workers():
+    import datasets
+
+    images = _images(9)
+    table = datasets.Dataset.from_dict({"image_id": [f"w{i}" for i in range(9)], "image": images})
+    built = GalleryIndex.from_dataset(table, embed_fn=colour_embed, batch_size=4, num_workers=2, show_progress=False)
+    assert built.ids == [f"w{i}" for i in range(9)] and torch.allclose(built.embeddings, colour_embed(images))
+    with pytest.raises(ValueError, match="'w1' is missing"):
+        GalleryIndex.from_dataset({"image_id": ["w0", "w1"], "image": [images[0], None]}, embed_fn=colour_embed,
+                                  num_workers=1, show_progress=False)
+
+
 def test_from_streaming_dataset_in_bounded_batches():
     import datasets
 
