@@ -196,6 +196,14 @@ class FixedEmbedder:
         return torch.stack([self.embeds[image.getpixel((0, 0))[0]] for image in images])
 
 
+class CountingEmbedder(FixedEmbedder):
+    calls = 0
+
+    def embed(self, images, total=None, progress=False):
+        self.calls += 1
+        return super().embed(images, total, progress)
+
+
 def _pairs_dataset(num_images, captions=None):
     rows = [{"image_id": f"img{i}", "image": Image.new("RGB", (8, 8), (i, 0, 0)),
              "caption": (captions or {}).get(i, f"a scene number {i}" + "!" * (i % 3))} for i in range(num_images)]
@@ -245,16 +253,23 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
         build_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(kill_after_calls=4), tmp_path / "resumed",
                     options=options)
     assert not (tmp_path / "resumed").exists()  # nothing half-written at the destination
-    assert len(list((tmp_path / "resumed.work" / "shards").glob("shard-*.json"))) >= 2
+    assert len(list((tmp_path / "resumed.work").glob("run-*/shards/shard-*.json"))) >= 2
     second = ScriptedGenerator()
     build_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "resumed", options=options)
     assert second.prompts < full.prompts  # finished shards were not generated again
     for config in ("triplets", "images"):
         assert _rows(tmp_path / "resumed", config) == _rows(tmp_path / "full", config)
-    # A run with other settings refuses to mix into the same work folder.
-    with pytest.raises(ValueError, match="other settings"):
-        build_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "resumed",
-                    options=MTCIROptions(low=0.1, high=0.999, shard_size=5))
+    # Other settings get their own run folder (nothing mixes in); the embeddings are computed once.
+    runs_before = set((tmp_path / "resumed.work").glob("run-*"))
+    counting = CountingEmbedder(embeds)
+    build_mtcir(pairs, counting, ScriptedGenerator(), tmp_path / "resumed", options=MTCIROptions(low=0.1, high=0.999))
+    assert len(set((tmp_path / "resumed.work").glob("run-*")) - runs_before) == 1 and counting.calls == 0
+
+
+def test_no_group_in_the_window_names_the_similarities(tmp_path):
+    with pytest.raises(ValueError, match="quantiles"):
+        build_mtcir(_pairs_dataset(12), FixedEmbedder(_clustered(2)), ScriptedGenerator(), tmp_path / "out",
+                    options=MTCIROptions(low=0.0, high=0.1))
 
 
 def test_bad_pairs_dataset_is_named(tmp_path):

@@ -1,16 +1,17 @@
 """Build an MTCIR-style triplet dataset from image-caption pairs, for any domain (CoLLM §4.1).
 
     pairs (image_id, image, caption)
-      --ImageEmbedder-->  embeddings                      work_dir/embeddings.pt
-      --group_images-->   groups of 6, pairs inside them  work_dir/plan.json
-      --generator-->      forward/backward texts per pair work_dir/shards/shard-XXXXX.json (one per shard)
+      --ImageEmbedder-->  embeddings                      work_dir/embeddings-<embedder, images>.pt
+      --group_images-->   groups of 6, pairs inside them  work_dir/run-<settings>/plan.json
+      --generator-->      forward/backward texts per pair work_dir/run-<settings>/shards/shard-XXXXX.json
       --write_dataset-->  triplets + images (+ card)      output_dir (atomic)
 
 Resuming: every stage's result is written atomically (temp file, then `os.replace`) and every later run
 reuses what exists, so a killed run continues at the first unfinished shard and loses at most the shard in
 flight. A shard's replies depend only on its own pairs (fixed batches, seeded retries), so a resumed run
-writes exactly what an uninterrupted run writes, with no duplicates. `work_dir/settings.json` records what
-the work was made with; a run with other settings refuses to mix into it (use a new `work_dir`).
+writes exactly what an uninterrupted run writes, with no duplicates. Work made with other settings (window,
+generator, prompt, ...) never mixes in: each set of settings has its own `run-<digest>` folder (with a
+`settings.json` saying what it was made with), and the embeddings are shared by all of them.
 
 Rows written (schema `triplet_features()`): one `triplets` row per (pair, direction, category), with every
 text of that category in `modifications`; `direction` is "forward" (a -> b) or "backward" (b -> a).
@@ -81,6 +82,7 @@ class MTCIRReport:
     dropped_pairs: dict = field(default_factory=dict)  # pairs without any usable text, per last reason
     retries: int = 0
     reply_status: dict = field(default_factory=dict)  # final replies: ok / partial / failed
+    similarity_quantiles: dict = field(default_factory=dict)  # pairwise image similarity (to choose the window)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,29 +129,37 @@ def _check_pairs(pairs) -> tuple[list[str], list[str]]:
     return ids, captions
 
 
-def _check_settings(work_dir: Path, settings: dict) -> None:
-    """Record the settings of the work folder, or refuse to mix different settings into it."""
-    path = work_dir / "settings.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
-        if changed:
-            raise ValueError(f"{work_dir} holds work made with other settings ({changed}); "
-                             "use a new work folder or delete this one")
-        return
-    _atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True))
+def run_folder(work_dir: Path, settings: dict) -> Path:
+    """The work folder of one set of settings (`run-<digest>`, with its `settings.json`)."""
+    folder = work_dir / f"run-{_digest(settings)}"
+    if not (folder / "settings.json").exists():
+        _atomic_write_text(folder / "settings.json", json.dumps(settings, indent=1, sort_keys=True))
+    return folder
 
 
-def plan_pairs(pairs, embedder, options: MTCIROptions, work_dir: Path, progress: bool = False) -> dict:
-    """Embed (once), group, and list the pairs to describe; cached in `work_dir`.
+def similarity_quantiles(embeds: torch.Tensor, sample: int = 2000) -> dict:
+    """Quantiles of the cosine similarity between distinct images (of the first `sample`): what to choose the
+    grouping window from when the tower is not CLIP (the paper's 0.5-0.95 is a CLIP window)."""
+    block = embeds[:sample]
+    sims = (block @ block.T)[~torch.eye(len(block), dtype=torch.bool)]  # (n * (n - 1),)
+    if sims.numel() == 0:
+        return {}
+    levels = (0.01, 0.1, 0.5, 0.9, 0.99)
+    values = torch.quantile(sims[:1_000_000].float(), torch.tensor(levels))
+    return {f"q{int(level * 100):02d}": round(float(value), 4) for level, value in zip(levels, values)}
+
+
+def plan_pairs(pairs, embedder, options: MTCIROptions, work_dir: Path, run_dir: Path, progress: bool = False) -> dict:
+    """Embed (once per embedder and images, in `work_dir`), group, list the pairs to describe (in `run_dir`).
 
     Returns:
         {"image_ids": [...], "captions": [...], "groups": [[id, ...]], "pairs": [[a, b], ...]}.
     """
-    plan_path, embeds_path = work_dir / "plan.json", work_dir / "embeddings.pt"
+    plan_path = run_dir / "plan.json"
     if plan_path.exists():
         return json.loads(plan_path.read_text())
     ids, captions = _check_pairs(pairs)
+    embeds_path = work_dir / f"embeddings-{_digest([getattr(embedder, 'name', '?'), ids])}.pt"
     if embeds_path.exists():
         embeds = torch.load(embeds_path)
     else:
@@ -161,7 +171,8 @@ def plan_pairs(pairs, embedder, options: MTCIROptions, work_dir: Path, progress:
     pair_list = [list(pair) for pair in pairs_from_groups(id_groups)]
     if options.max_pairs is not None:
         pair_list = pair_list[: options.max_pairs]
-    plan = {"image_ids": ids, "captions": captions, "groups": id_groups, "pairs": pair_list}
+    plan = {"image_ids": ids, "captions": captions, "groups": id_groups, "pairs": pair_list,
+            "similarity_quantiles": similarity_quantiles(embeds)}
     _atomic_write_text(plan_path, json.dumps(plan))
     return plan
 
@@ -272,6 +283,7 @@ def _card(report: MTCIRReport, options: MTCIROptions, generator_info: dict, embe
         "and first-to-every-member; texts written by an instruct LLM, forward and backward.", "",
         f"- images: {report.num_images:,}; groups: {report.num_groups:,}; pairs: {report.num_pairs:,} "
         f"(kept {report.num_pairs_kept:,}); triplet rows: {report.num_triplets:,}; texts: {report.num_texts:,}",
+        f"- pairwise image similarity quantiles: {json.dumps(report.similarity_quantiles)}",
         f"- privacy filter: {'on' if options.privacy_filter else 'off'}; word limit: fewer than {options.word_limit} "
         f"words; retries per pair: {options.max_retries} (used {report.retries:,})", "",
         "### Generator", "", "```json", json.dumps(generator_info, indent=1), "```", "",
@@ -300,7 +312,8 @@ def build_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, work_
         generator: `generate(conversations, attempt=0) -> list[str]`, e.g. `TransformersGenerator`; an
             optional `describe() -> dict` goes into the card.
         output_dir: the finished dataset folder (written atomically, at the end).
-        work_dir: resumable intermediate results (default: `<output_dir>.work` beside it).
+        work_dir: resumable intermediate results (default: `<output_dir>.work` beside it); safe to delete
+            once the dataset is written.
         options: `MTCIROptions`.
         progress: tqdm bars.
         push_to_hub: a dataset repo id to upload the result to.
@@ -315,11 +328,16 @@ def build_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, work_
     settings = {"options": asdict(options), "generator": generator_info, "embedder": getattr(embedder, "name", "?"),
                 "prompt": _digest(build_messages("a", "b", options.word_limit))}
     work_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(work_dir, settings)
-    plan = plan_pairs(pairs, embedder, options, work_dir, progress)
-    generate_shards(plan, generator, options, work_dir, progress)
-    report = MTCIRReport(num_images=len(plan["image_ids"]), num_groups=len(plan["groups"]), num_pairs=len(plan["pairs"]))
-    rows = triplet_rows(_load_records(plan, options, work_dir), report)
+    run_dir = run_folder(work_dir, settings)
+    plan = plan_pairs(pairs, embedder, options, work_dir, run_dir, progress)
+    generate_shards(plan, generator, options, run_dir, progress)
+    report = MTCIRReport(num_images=len(plan["image_ids"]), num_groups=len(plan["groups"]), num_pairs=len(plan["pairs"]),
+                         similarity_quantiles=plan.get("similarity_quantiles", {}))
+    if not plan["pairs"]:
+        raise ValueError(f"no group of {options.group_size} images has every member's similarity to its first image in "
+                         f"[{options.low}, {options.high}]; image similarities have quantiles "
+                         f"{report.similarity_quantiles}: choose the window from them (--low / --high)")
+    rows = triplet_rows(_load_records(plan, options, run_dir), report)
     used = set()
     for row in rows:
         used.update((row["reference_id"], row["target_id"]))
