@@ -258,6 +258,8 @@ def build_trainer(
     if lora_args.use_lora:
         model = apply_lora(model, stage, lora_args, gradient_checkpointing=bool(checkpointing))
     rows, images = load_training_data(stage, data_args)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("stage %s: %d rows, %d trainable parameters, loss %s", stage, len(rows), trainable, model.config.contrastive_loss)
     collator = build_collator(stage, processor, data_args, synthesis_args, images, seed=training_args.seed)
     kwargs = dict(model=model, args=training_args, train_dataset=rows, data_collator=collator, processing_class=processor)
     if loss_args.gradient_cache_chunk_size:

@@ -19,8 +19,10 @@ Every `TrainingArguments` option is accepted (`--help` lists them all), or one J
 
 import argparse
 import json
+import logging
 import sys
 
+import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
 from collm_hf.lora import LoraArguments
@@ -69,6 +71,11 @@ def main(argv=None) -> int:
     else:
         parsed = parser.parse_args_into_dataclasses(args=rest)
     model_args, data_args, synthesis_args, loss_args, lora_args, training_args = parsed
+    # Logging as in the transformers examples: info on the main process, warnings elsewhere.
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logging.getLogger("collm_hf").setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
     run_training(stage, model_args, data_args, synthesis_args, loss_args, lora_args, training_args)
     return 0
 
