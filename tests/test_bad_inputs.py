@@ -422,7 +422,7 @@ def test_triplet_collator_long_modification_warns(tiny_model_and_processor, imag
         ({"predictions": [["r", "a"]], "references": [["a"]], "protocol": "cirr"}, ValueError, "needs reference_ids"),
         ({"predictions": [["r", "a"]], "references": [["a"]], "protocol": "cirr", "reference_ids": ["r"],
           "subset_ids": [["r", "a", "zz"]]}, ValueError, r"lacks subset member\(s\) \['zz'\]"),
-        ({"predictions": [["a"]], "references": [["a"]], "reference_ids": ["r"]}, ValueError, "does not use"),
+        ({"predictions": [["a"]], "references": [["a"]], "reference_ids": ["r", "s"]}, ValueError, "reference_ids has 2"),
         ({"predictions": [["a", "b"]], "references": [["a", "a"]]}, ValueError, "repeats a target id"),
     ],
 )
