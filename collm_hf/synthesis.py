@@ -3,7 +3,7 @@
 For each pair (v_i, w_i) of a batch, v_i is the *target*; a reference embedding and a modification text are
 synthesised inside the (global) batch:
 
-    h'_i = f(t(v_i))                         augment_images (collator) + the vision tower (model)
+    h'_i = f(t(v_i))                         ImageAugmentation (collator) + the vision tower (model)
     j    = argmax_{j != i} cos(h'_i, h'_j)   nearest_neighbor_indices (never i, never a copy of image i)
     h*_i = slerp(h'_i, h'_j, alpha=0.5)      slerp
     w*_i = template(w_i, w_j) for 75 %, w_i for the rest    synthesize_modification_texts / token assembly
@@ -21,9 +21,10 @@ Llama-3, Qwen2, Mistral-Nemo) splitting at a space gives exactly the ids of the 
 pre-tokenizer splits there too. Two known differences: a caption ending in punctuation followed by a
 template comma ("cat." + ", show") may merge differently in the whole string; SentencePiece tokenizers that
 prepend "▁" to every call can differ at the piece borders. `CoLLMPairCollator` checks this on its first
-batch and warns with the mismatch rate (`template_tokenization_mismatches`).
+batch and warns with the mismatch count (`check_tokenization=True`).
 
-This module imports only torch, the standard library and its sibling `losses.py` (it travels with checkpoints for trust_remote_code).
+This module imports only torch, the standard library and its sibling `losses.py` (it travels with checkpoints
+for trust_remote_code).
 """
 
 import hashlib
@@ -315,6 +316,21 @@ def pad_id_lists(sequences: list[list[int]], pad_value: int = PAD_SLOT) -> torch
     return torch.tensor([s + [pad_value] * (longest - len(s)) for s in sequences], dtype=torch.long)
 
 
+def concat_padded_queries(groups: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack query batches of different lengths: pad each on the right (mask 0), then concatenate rows.
+
+    Extra right padding does not change an embedding (positions follow the mask; the last attended token is
+    pooled), also for left-padded inputs.
+
+    Returns:
+        input_ids (rows, longest), attention_mask (rows, longest).
+    """
+    longest = max(ids.shape[1] for ids, _ in groups)
+    ids = [F.pad(i, (0, longest - i.shape[1]), value=0) for i, _ in groups]
+    masks = [F.pad(m.to(i.device), (0, longest - m.shape[1]), value=0) for i, m in groups]
+    return torch.cat(ids), torch.cat(masks)
+
+
 @dataclass
 class SynthesizedQueries:
     """What `synthesize_composed_queries` returns for this process's rows.
@@ -423,21 +439,6 @@ class ImageAugmentation:
             mean = out.mean(dim=(1, 2, 3), keepdim=True)
             out = mean + (out - mean) * factor.to(out.device, out.dtype)
         return out
-
-
-def concat_padded_queries(groups: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack query batches of different lengths: pad each on the right (mask 0), then concatenate rows.
-
-    Extra right padding does not change an embedding (positions follow the mask; the last attended token is
-    pooled), also for left-padded inputs.
-
-    Returns:
-        input_ids (rows, longest), attention_mask (rows, longest).
-    """
-    longest = max(ids.shape[1] for ids, _ in groups)
-    ids = [F.pad(i, (0, longest - i.shape[1]), value=0) for i, _ in groups]
-    masks = [F.pad(m.to(i.device), (0, longest - m.shape[1]), value=0) for i, m in groups]
-    return torch.cat(ids), torch.cat(masks)
 
 
 __all__ = [
