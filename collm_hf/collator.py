@@ -87,6 +87,10 @@ def _text(row: dict, column: str, index: int) -> str:
     value = row[column]
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"Row {index}: column {column!r} must be a non-empty string, got {value!r}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate crashes the tokenizer
+        raise ValueError(f"Row {index}: column {column!r} is not valid Unicode ({error.reason}).") from error
     return value
 
 
@@ -174,7 +178,10 @@ class CoLLMPairCollator:
 
         # Captions tokenised once, as the processor tokenises a modification text (" " + text).
         capacity = processor.max_text_tokens
-        caption_ids = [c[:capacity] for c in processor.tokenizer([" " + c for c in captions], add_special_tokens=False)["input_ids"]]
+        tokenized = processor.tokenizer([" " + c for c in captions], add_special_tokens=False)["input_ids"]
+        if any(len(c) > capacity for c in tokenized):
+            warnings.warn(f"Captions longer than max_text_tokens={capacity} were truncated.", stacklevel=2)
+        caption_ids = [c[:capacity] for c in tokenized]
         image_only = pieces["prefix"] + pieces["image"] + pieces["end"]
         text_only = [pieces["prefix"] + pieces["text"] + c + pieces["end"] for c in caption_ids]
         frame = pieces["prefix"] + pieces["image"] + pieces["text"] + [TEXT_SLOT] * capacity + pieces["end"]

@@ -23,11 +23,13 @@ builder's annotation files check that no other exception type escapes.
 | model | return_loss without targets; targets and queries of different batch sizes | ValueError |
 | model | 1-channel, uint8, NaN or empty pixel_values, float/1-D input_ids, all-zero attention mask, NaN or wrong-width target_image_embeds | ValueError naming the input (collm_hf/input_checks.py) |
 | collators | unknown image id, missing column, empty/None caption or modification, corrupt image bytes, None image, empty batch, one-image pair batch | KeyError / ValueError / ImageReadError naming the row or id |
-| collators | 10,000-character caption / modification | truncated (triplets: with the processor's warning) |
+| collators | 10,000-character caption / modification | truncated, with a warning |
+| collators | caption with a lone surrogate | ValueError naming the row and column (crashed in the tokenizer) |
 | metric | duplicate ids in a ranking, empty or None target, K < 1 or not int, mismatched lengths, non-id types, CIRR subset member missing, unknown protocol | ValueError / TypeError naming the query or argument |
 | metric | K larger than the ranking / gallery | works: recall@K counts what is ranked |
 | index | duplicate gallery ids, NaN/inf gallery or query embeddings, wrong query shape, k < 1, malformed exclude_ids, ids/embeddings count mismatch, empty gallery | ValueError / TypeError naming the id or shape |
 | index | K larger than the gallery | works: the whole gallery, best first |
+| evaluation.rank_benchmark | a target id missing from the gallery | ValueError naming the query and target (was a silent zero recall) |
 | index | folder with a truncated embeddings file, ids not matching the embeddings, missing file | error naming the file, never a silently wrong index |
 | dataset builders | annotation file truncated, empty, not UTF-8, wrong top-level type; any key deleted or set to null/number/bool/list/dict/""/lone surrogate/10,000 chars/"../.." | DatasetBuildError / DatasetWriteError naming the file or entry, or a valid build; never another exception |
 | dataset builders | image path with ".." | refused ("outside the images folder"), never read |
@@ -328,6 +330,7 @@ def _pair_rows(n=3):
         (lambda rows: rows[1].update(caption=""), ValueError, r"Row 1: column 'caption'"),
         (lambda rows: rows[1].update(caption=None), ValueError, r"Row 1: column 'caption'"),
         (lambda rows: rows[1].update(caption=7), ValueError, r"Row 1: column 'caption'"),
+        (lambda rows: rows[1].update(caption="bad \ud800"), ValueError, r"Row 1: column 'caption' is not valid Unicode"),
         (lambda rows: rows[1].pop("caption"), KeyError, r"Row 1 has no column 'caption'"),
         (lambda rows: rows[1].update(image=None), ValueError, r"Row 1 has no image"),
         (lambda rows: rows[1].update(image=b"corrupt bytes"), ImageReadError, r"row 1 image"),
@@ -348,13 +351,14 @@ def test_pair_collator_bad_rows(tiny_model_and_processor, mutate, error, match):
         tiny_model_and_processor[0](**batch)  # a one-image batch fails at synthesis, naming the row
 
 
-def test_pair_collator_long_caption_is_cut_to_the_text_budget(tiny_model_and_processor):
+def test_pair_collator_long_caption_is_cut_with_a_warning(tiny_model_and_processor):
     from collm_hf.collator import CoLLMPairCollator
 
     _, processor = tiny_model_and_processor
     rows = _pair_rows()
     rows[0]["caption"] = "red " * 2500
-    batch = CoLLMPairCollator(processor, check_tokenization=False)(rows)
+    with pytest.warns(UserWarning, match="truncated"):
+        batch = CoLLMPairCollator(processor, check_tokenization=False)(rows)
     assert batch["caption_ids"].shape[1] <= processor.max_text_tokens
 
 
@@ -521,6 +525,18 @@ def test_index_folder_damage_is_detected(tmp_path):
         with pytest.raises(error, match=match) as info:
             GalleryIndex.load(folder)
         assert not isinstance(info.value, (AttributeError, IndexError, KeyError))
+
+
+def test_benchmark_target_missing_from_the_gallery_is_an_error():
+    from collm_hf.evaluation import rank_benchmark
+    from collm_hf.retrieval import GalleryIndex
+
+    index = GalleryIndex(_gallery(), list("abcd"))
+    queries = {"query_id": ["q0", "q1"], "reference_id": ["a", "b"], "target_ids": [["c"], ["zz"]]}
+    with pytest.raises(ValueError, match=r"query q1: target 'zz'"):
+        rank_benchmark(queries, index, _gallery()[:2], protocol="standard")
+    queries["target_ids"][1] = ["d"]
+    assert len(rank_benchmark(queries, index, _gallery()[:2], protocol="standard").rankings) == 2
 
 
 # ==============================================================================================================
