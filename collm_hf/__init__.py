@@ -24,3 +24,8 @@ CoLLMModel.register_for_auto_class("AutoModel")
 CoLLMProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = ["CoLLMConfig", "CoLLMModel", "CoLLMOutput", "CoLLMPreTrainedModel", "CoLLMProcessor", "DEFAULT_INSTRUCTION"]
+
+# The fast query path (same embeddings as CoLLMModel.get_query_embeds, instruction prefix cached).
+from .query_encoder import CoLLMQueryEncoder  # noqa: E402
+
+__all__ += ["CoLLMQueryEncoder"]

@@ -62,7 +62,7 @@ class BenchmarkSizes:
 
     @classmethod
     def quick(cls) -> "BenchmarkSizes":
-        return cls(llm_layers=4, num_queries=512, gallery_size=200_000, synthesis_batch=8, synthesis_steps=3,
+        return cls(llm_layers=4, num_queries=384, gallery_size=100_000, synthesis_batch=8, synthesis_steps=3,
                    pipeline_images=32, builder_images=(500, 2000), repeats=3)
 
     @classmethod
