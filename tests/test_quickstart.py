@@ -1,0 +1,88 @@
+"""`collm-hf quickstart --tiny` end to end: the files it writes, their shapes, and the cached second run."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from collm_hf.quickstart_eval import BASELINES, METHODS, error_ratio, results_table
+
+BENCHMARKS = {"synthetic-cirr": "recall@1", "synthetic-circo": "map@5"}
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory):
+    from collm_hf.cli import main
+
+    out = tmp_path_factory.mktemp("quickstart")
+    assert main(["quickstart", "--tiny", "--output-dir", str(out), "--seed", "3", "--no-progress"]) == 0
+    return out
+
+
+def test_metrics_json_shape(quickstart_dir):
+    report = json.loads((quickstart_dir / "metrics.json").read_text())
+    assert set(report["benchmarks"]) == set(BENCHMARKS)
+    for name, headline in BENCHMARKS.items():
+        methods = report["benchmarks"][name]
+        assert set(methods) == set(METHODS)
+        for method, metrics in methods.items():
+            assert 0.0 <= metrics[headline] <= 100.0, (name, method)
+        if name == "synthetic-cirr":
+            assert {"recall@1", "recall@5", "recall@10", "recall@50", "recall_subset@1"} <= set(methods["collm"])
+        else:
+            assert {"map@5", "map@10", "map@25", "map@50"} <= set(methods["collm"])
+        assert set(report["baseline_variants"][name]) == set(BASELINES)
+    timings = report["timings"]
+    assert {"world_s", "pair_training_s", "triplet_training_s", "evaluation_s", "total_s", "cold_run_s"} <= set(timings)
+    assert report["cached_model"] is False and report["seed"] == 3
+
+
+def test_model_folder_reloads_and_has_a_card(quickstart_dir):
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    model_dir = quickstart_dir / "model"
+    assert (model_dir / "model.safetensors").is_file() and not list(model_dir.glob("*.bin"))
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    image = Image.new("RGB", (48, 48), (128, 128, 128))
+    with torch.no_grad():
+        query = model.get_query_embeds(**processor(images=[image], text=["add a small red circle at the top"]))
+    assert query.shape == (1, model.config.projection_dim)
+    assert model.config.freeze_vision_tower is False
+    card = (model_dir / "README.md").read_text()
+    assert "model-index" in card and "synthetic-cirr" in card and "encode_query" in card
+    assert (quickstart_dir / "model_pairs_only" / "model.safetensors").is_file()
+
+
+def test_retrievals_picture(quickstart_dir):
+    with Image.open(quickstart_dir / "retrievals.png") as picture:
+        assert picture.width > 300 and picture.height > 300
+
+
+def test_second_run_reuses_the_model(quickstart_dir):
+    from collm_hf.quickstart import run_quickstart
+
+    weights = (quickstart_dir / "model" / "model.safetensors").stat().st_mtime_ns
+    report = run_quickstart(str(quickstart_dir), seed=3, tiny=True, show_progress=False)
+    assert report["cached_model"] is True
+    assert (quickstart_dir / "model" / "model.safetensors").stat().st_mtime_ns == weights
+    assert {"warm_run_s", "cold_run_s"} <= set(report["timings"])
+    first = json.loads((quickstart_dir / "metrics.json").read_text())
+    assert first["benchmarks"]["synthetic-cirr"]["collm"] == report["benchmarks"]["synthetic-cirr"]["collm"]
+
+
+def test_error_ratio_and_table():
+    metrics = {"collm": {"recall@1": 90.0}, "image_only": {"recall@1": 20.0}, "text_only": {"recall@1": 10.0},
+               "sum_fusion": {"recall@1": 60.0}}
+    assert error_ratio(metrics, "cirr") == pytest.approx(10.0 / 40.0)
+    table = results_table({"synthetic-circo": {m: {"map@5": 1.0, "map@10": 2.0} for m in METHODS}})
+    assert all(method in table for method in METHODS) and "map@5" in table
+
+
+def test_cli_help_lists_quickstart(capsys):
+    from collm_hf.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["quickstart", "--help"])
+    assert "--output-dir" in capsys.readouterr().out
