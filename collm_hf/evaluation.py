@@ -234,6 +234,12 @@ def rank_benchmark(queries, index: GalleryIndex, query_embeds: torch.Tensor, pro
         if gallery_categories is None:
             warnings.warn("Fashion-IQ gallery without categories: every query is ranked over the whole gallery.")
         else:
+            category_of = dict(zip(index.ids, (str(c) for c in gallery_categories)))
+            wrong = [(query_ids[i], t) for i, c in enumerate(result.categories) for t in targets[i]
+                     if category_of[t] != c]
+            if wrong:  # ranked within its own category, such a target could never be found
+                raise ValueError(f"{len(wrong)} target(s) are not in their query's category gallery, e.g. query "
+                                 f"{wrong[0][0]}: target {wrong[0][1]!r} is {category_of[wrong[0][1]]!r}.")
             groups = {}
             for i, category in enumerate(result.categories):
                 groups.setdefault(category, []).append(i)

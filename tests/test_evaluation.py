@@ -90,6 +90,9 @@ def test_fashioniq_ranks_only_within_the_query_category(tiny_model_and_processor
     for ranking, category in zip(rankings.rankings, rankings.categories):
         assert len(ranking) == 4 and {category_of[i] for i in ranking} == {category}
     assert {"dress/recall@10", "shirt/recall@50", "recall@10", "fashioniq_score"} <= set(metrics)
+    queries["target_ids"][0] = ["dev-1"]  # a shirt as the target of a dress query: never retrievable
+    with pytest.raises(ValueError, match="query 0: target 'dev-1' is 'shirt'"):
+        evaluate_benchmark(model, processor, queries, gallery, show_progress=False)
 
 
 def test_closed_labels_give_no_metrics_and_mixed_labels_raise(tiny_model_and_processor, bench):
