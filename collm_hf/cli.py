@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "search": ("collm_hf.search_cli", "Search a gallery with a reference image and/or a modification text."),
     "index": ("collm_hf.index_cli", "Embed a gallery dataset into a saved index for `collm-hf search`."),
     "build-dataset": ("collm_hf.data.build_cli", "Build CIRR / Fashion-IQ / CIRCO / MTCIR / pairs into Parquet + card."),
+    "train": ("collm_hf.training_cli", "Train CoLLM: pair pre-training with on-the-fly synthesis, or triplet fine-tuning."),
     "evaluate": ("collm_hf.evaluate_cli", "Evaluate a model on a CIRR / CIRCO / Fashion-IQ benchmark folder (+ submissions)."),
 }
 

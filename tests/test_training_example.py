@@ -105,12 +105,14 @@ def test_adapter_folder_restores_the_merged_model(workspace):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_json_options_file(workspace, tmp_path):
+def test_json_options_file_through_the_console_command(workspace, tmp_path):
     options = {"model_name_or_path": str(workspace / "model"), "dataset_name_or_path": str(workspace / "data"),
                "output_dir": str(tmp_path / "run"), "max_steps": 1, "per_device_train_batch_size": 4, "use_cpu": True,
                "lora_rank": 4, "loss_type": "info_nce", "save_strategy": "no", "report_to": "none"}
     (tmp_path / "options.json").write_text(json.dumps(options))
-    assert load_example().main(["triplets", str(tmp_path / "options.json")]) == 0
+    from collm_hf.cli import main as cli_main
+
+    assert cli_main(["train", "triplets", str(tmp_path / "options.json")]) == 0  # `collm-hf train`, the same code
     assert AutoModel.from_pretrained(tmp_path / "run").config.contrastive_loss["loss_type"] == "info_nce"
 
 
