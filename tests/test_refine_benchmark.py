@@ -176,3 +176,70 @@ def test_refine_rewrites_ambiguous_texts(tmp_path, tiny_benchmark):
     decisions = {d["query_id"]: d for d in decisions}
     assert decisions["1"]["passes"] == 0 and decisions["1"]["rewrite_passes"] == 3
     assert decisions["0"]["rewritten_text"] is None and decisions["0"]["decision"] == "removed"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A real image-text-to-text judge: a tiny random LLaVA (CLIP tower + Llama), built in memory
+# ------------------------------------------------------------------------------------------------------------
+def tiny_llava():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from collm_hf._testing import TEXT_CONFIGS, VISION_CONFIGS, tiny_image_processor, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    vision = {k: v for k, v in VISION_CONFIGS["clip"].items() if k != "model_type"}
+    text = {k: v for k, v in TEXT_CONFIGS["llama"].items() if k != "model_type"}
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**vision), text_config=LlamaConfig(**text, vocab_size=len(tokenizer)),
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    template = ("{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+                "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
+                "{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+    processor = LlavaProcessor(image_processor=tiny_image_processor(), tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", chat_template=template,
+                               num_additional_image_tokens=1)  # CLIP's class token
+    return model, processor
+
+
+def test_image_text_to_text_judge_picks_the_letter_with_the_highest_logit():
+    from collm_hf.pipelines.refinement import ImageTextToTextJudge
+
+    model, processor = tiny_llava()
+    images = {f"g{i}": _image(i) for i in range(4)}
+    judge = ImageTextToTextJudge(model, processor, images)
+    requests = [JudgeRequest(_image(9), "make it red", ["g0", "g1", "g2", "g3"]),
+                JudgeRequest(_image(8), "add a cat", ["g3", "g1", "g0", "g2"])]
+    picks = judge.choose(requests)
+    for request, pick in zip(requests, picks):  # oracle: the same prompt scored directly
+        prompt = processor.apply_chat_template(judge.messages(request), add_generation_prompt=True, tokenize=False)
+        assert prompt.count("<image>") == 5 and "D:" in prompt and request.text in prompt
+        inputs = processor(text=[prompt], images=[[request.reference_image] + [images[i] for i in request.candidate_ids]],
+                           return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits[0, -1]
+        letters = [processor.tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"]
+        assert pick == int(logits[letters].argmax())
+
+
+def test_refine_with_the_image_text_to_text_judge(tmp_path, tiny_benchmark):
+    from collm_hf.pipelines.refine import refine_benchmark
+    from collm_hf.pipelines.refinement import ImageTextToTextJudge
+
+    class Embedder:
+        name = "onehot"
+
+        def embed(self, images, total=None, progress=False):
+            return torch.eye(10)
+
+    model, processor = tiny_llava()
+    summary = refine_benchmark(tiny_benchmark, "val", ImageTextToTextJudge(model, processor), Embedder(),
+                               tmp_path / "refined")
+    assert sum(summary["decisions"].values()) == 7
+    for decision in _load(tmp_path / "refined", "refinement"):
+        if decision["decision"] != "unlabeled":
+            target = f"g{(int(decision['query_id']) + 3) % 10}"
+            assert decision["passes"] == sum(pick == target for pick in decision["picks"])
+            assert decision["decision"] == ("kept" if decision["passes"] >= 2 else "removed")
