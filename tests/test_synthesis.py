@@ -227,3 +227,27 @@ def test_augmentation_is_seeded_and_identity_when_disabled():
     torch.testing.assert_close(identity(images, torch.Generator().manual_seed(0)), images, atol=1e-5, rtol=0)
     flip = ImageAugmentation(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_probability=1.0)
     torch.testing.assert_close(flip(images), images.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_slerp_properties_hold_for_arbitrary_vectors():
+    pytest.importorskip("hypothesis")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    vectors = st.lists(st.floats(-10, 10, allow_nan=False, width=32), min_size=4, max_size=4).filter(
+        lambda v: sum(x * x for x in v) > 1e-6)
+
+    @settings(max_examples=60, deadline=None)
+    @given(vectors, vectors, st.floats(0, 1))
+    def check(a, b, alpha):
+        a, b = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+        out = slerp(a, b, alpha)
+        assert torch.isfinite(out).all()
+        assert abs(float(out.norm()) - 1) < 1e-9
+        ua, ub = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+        total = float(torch.arccos((ua * ub).sum().clamp(-1, 1)))
+        to_a = float(torch.arccos((out * ua).sum().clamp(-1, 1)))
+        if total < 3.1:  # away from the antipodal case the path is the unique great-circle arc
+            assert abs(to_a - alpha * total) < 1e-5
+
+    check()
