@@ -28,8 +28,14 @@ import time
 import torch
 
 from .losses import gather_padded
-from .synthesis import (KEEP_CAPTION, PAD_SLOT, TARGET_SLOT, apply_template, assemble_composed_queries,
-                        pad_id_lists)
+from .synthesis import (
+    KEEP_CAPTION,
+    PAD_SLOT,
+    TARGET_SLOT,
+    apply_template,
+    assemble_composed_queries,
+    pad_id_lists,
+)
 
 DEFAULT_WORD_LIMIT = 20
 WRITER_SYSTEM = "You write one short image-editing instruction. You answer with the instruction only."

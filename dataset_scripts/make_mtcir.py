@@ -11,7 +11,6 @@ import argparse
 import json
 from dataclasses import asdict
 
-
 DEFAULT_RESPONSE_PREFIX = '{"modifications": [{"category": "'
 
 

@@ -43,7 +43,11 @@ def main(argv=None) -> dict:
     from collm_hf.pipelines.embedding import ImageEmbedder
     from collm_hf.pipelines.generation import TransformersGenerator
     from collm_hf.pipelines.refine import RefineOptions, refine_benchmark
-    from collm_hf.pipelines.refinement import CoLLMProxyJudge, ImageTextToTextJudge, LLMTextRewriter
+    from collm_hf.pipelines.refinement import (
+        CoLLMProxyJudge,
+        ImageTextToTextJudge,
+        LLMTextRewriter,
+    )
 
     is_collm = AutoConfig.from_pretrained(args.judge).model_type == "collm"
     if is_collm:

@@ -1,13 +1,21 @@
 """LLM-written modification texts in pair pre-training: reply cleaning, the step hook, real SmolLM2, cost."""
 
+import subprocess
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from collm_hf.collator import CoLLMPairCollator
-from collm_hf.llm_synthesis import (LLMModificationWriter, attach_llm_writer, clean_reply, detach_llm_writer,
-                                    measure_llm_synthesis_cost, writer_messages)
+from collm_hf.llm_synthesis import (
+    LLMModificationWriter,
+    attach_llm_writer,
+    clean_reply,
+    detach_llm_writer,
+    measure_llm_synthesis_cost,
+    writer_messages,
+)
 from collm_hf.synthesis import MODIFICATION_TEMPLATES, PAD_SLOT, apply_template
 
 CAPTIONS = ["a red circle on the left", "a small blue square", "two yellow stars at the top",
@@ -90,7 +98,7 @@ def smollm2_writer():
 
     try:
         path = smollm2_folder()
-    except Exception as error:
+    except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as error:  # no cache, no PyPI
         pytest.skip(f"SmolLM2-135M-Instruct unavailable: {error}")
     return LLMModificationWriter.from_pretrained(str(path), max_new_tokens=10)
 

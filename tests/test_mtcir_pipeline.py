@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import subprocess
 
 import pytest
 import torch
@@ -10,8 +11,12 @@ from datasets import Dataset, Features, load_dataset
 from PIL import Image
 
 from collm_hf.data.schema import PAIRS_FEATURES
-from collm_hf.pipelines.generation import (ParsedReply, apply_privacy_filter, build_messages,
-                                           describes_personal_attributes, parse_modifications)
+from collm_hf.pipelines.generation import (
+    apply_privacy_filter,
+    build_messages,
+    describes_personal_attributes,
+    parse_modifications,
+)
 from collm_hf.pipelines.grouping import group_images, pairs_from_groups, pairs_in_group
 from collm_hf.pipelines.mtcir import MTCIROptions, build_mtcir
 
@@ -41,7 +46,7 @@ def test_group_members_in_window_sorted_by_similarity():
 def test_smaller_groups_are_dropped_and_the_seed_stays_available():
     # Seed 0 has one image in its window (row 5): no group, but row 0 stays in the pool. Seed 5 then finds
     # 0, 6, 7, 8, 9 (all at 0.6); rows 1-4 are unrelated; 0 and 6-9 are at 0.36 from each other.
-    axis = lambda k: torch.nn.functional.one_hot(torch.tensor(k), 64).float()  # noqa: E731
+    axis = lambda k: torch.nn.functional.one_hot(torch.tensor(k), 64).float()
     rows = [0.6 * axis(10) + 0.8 * axis(40)] + [axis(k) for k in (1, 2, 3, 4)] + [axis(10)]
     rows += [0.6 * axis(10) + 0.8 * axis(20 + k) for k in range(4)]
     embeds = torch.stack(rows)
@@ -289,7 +294,7 @@ def smollm2_path():
 
     try:
         return str(smollm2_folder())
-    except Exception as error:  # no cached copy and no PyPI access
+    except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as error:  # no cache, no PyPI
         pytest.skip(f"SmolLM2-135M-Instruct unavailable: {error}")
 
 

@@ -1,7 +1,6 @@
 """Benchmark refinement: the decision rule, negative mining, trials, and an end-to-end run with the proxy judge."""
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,13 @@ from PIL import Image
 
 from collm_hf.data.schema import gallery_features, queries_features
 from collm_hf.data.writer import write_dataset
-from collm_hf.pipelines.refinement import (CoLLMProxyJudge, JudgeRequest, LLMTextRewriter, mine_hard_negatives,
-                                           passes_rule, run_trials)
+from collm_hf.pipelines.refinement import (
+    JudgeRequest,
+    LLMTextRewriter,
+    mine_hard_negatives,
+    passes_rule,
+    run_trials,
+)
 
 
 def test_decision_rule_two_of_three():
@@ -182,9 +186,20 @@ def test_refine_rewrites_ambiguous_texts(tmp_path, tiny_benchmark):
 # A real image-text-to-text judge: a tiny random LLaVA (CLIP tower + Llama), built in memory
 # ------------------------------------------------------------------------------------------------------------
 def tiny_llava():
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
-    from collm_hf._testing import TEXT_CONFIGS, VISION_CONFIGS, tiny_image_processor, tiny_tokenizer
+    from collm_hf._testing import (
+        TEXT_CONFIGS,
+        VISION_CONFIGS,
+        tiny_image_processor,
+        tiny_tokenizer,
+    )
 
     tokenizer = tiny_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})

@@ -63,7 +63,7 @@ def nearest_candidates(embeds: torch.Tensor, num_candidates: int, batch_size: in
 
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
-        search = lambda block: index.search(block, k + 1)  # noqa: E731
+        search = lambda block: index.search(block, k + 1)
     except ImportError:  # pragma: no cover - faiss is a dependency, this is a fallback
         def search(block):
             sims = block @ vectors.T  # (block, n)

@@ -36,9 +36,22 @@ from tqdm.auto import tqdm
 
 from ..data.schema import IMAGES_CONFIG, TRIPLETS_CONFIG, triplet_features
 from ..data.writer import write_dataset
-from .generation import (CATEGORIES, DEFAULT_WORD_LIMIT, ParsedReply, apply_privacy_filter, build_messages,
-                         parse_modifications)
-from .grouping import DEFAULT_GROUP_SIZE, DEFAULT_HIGH, DEFAULT_LOW, DEFAULT_NUM_CANDIDATES, group_images, pairs_from_groups
+from .generation import (
+    CATEGORIES,
+    DEFAULT_WORD_LIMIT,
+    ParsedReply,
+    apply_privacy_filter,
+    build_messages,
+    parse_modifications,
+)
+from .grouping import (
+    DEFAULT_GROUP_SIZE,
+    DEFAULT_HIGH,
+    DEFAULT_LOW,
+    DEFAULT_NUM_CANDIDATES,
+    group_images,
+    pairs_from_groups,
+)
 
 
 @dataclass
@@ -277,15 +290,15 @@ def _card(report: MTCIRReport, options: MTCIROptions, generator_info: dict, embe
     total = max(1, report.num_texts)
     lines = [
         "## How it was made", "",
-        f"MTCIR-style pipeline of `collm_hf.pipelines.mtcir` (CoLLM §4.1): images embedded with `{embedder_name}`, "
+        (f"MTCIR-style pipeline of `collm_hf.pipelines.mtcir` (CoLLM §4.1): images embedded with `{embedder_name}`, "
         f"greedy groups of {options.group_size} (similarity to the group's first image in "
         f"[{options.low}, {options.high}], {options.num_candidates} candidates per seed), pairs = consecutive members "
-        "and first-to-every-member; texts written by an instruct LLM, forward and backward.", "",
-        f"- images: {report.num_images:,}; groups: {report.num_groups:,}; pairs: {report.num_pairs:,} "
-        f"(kept {report.num_pairs_kept:,}); triplet rows: {report.num_triplets:,}; texts: {report.num_texts:,}",
+        "and first-to-every-member; texts written by an instruct LLM, forward and backward."), "",
+        (f"- images: {report.num_images:,}; groups: {report.num_groups:,}; pairs: {report.num_pairs:,} "
+        f"(kept {report.num_pairs_kept:,}); triplet rows: {report.num_triplets:,}; texts: {report.num_texts:,}"),
         f"- pairwise image similarity quantiles: {json.dumps(report.similarity_quantiles)}",
-        f"- privacy filter: {'on' if options.privacy_filter else 'off'}; word limit: fewer than {options.word_limit} "
-        f"words; retries per pair: {options.max_retries} (used {report.retries:,})", "",
+        (f"- privacy filter: {'on' if options.privacy_filter else 'off'}; word limit: fewer than {options.word_limit} "
+        f"words; retries per pair: {options.max_retries} (used {report.retries:,})"), "",
         "### Generator", "", "```json", json.dumps(generator_info, indent=1), "```", "",
         "### Prompt", "", "```json", json.dumps(prompt, indent=1), "```", "",
         "### Texts per category", "", "| category | texts | share |", "|---|---|---|",

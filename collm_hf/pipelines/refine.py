@@ -16,10 +16,22 @@ from pathlib import Path
 import numpy as np
 from datasets import Features, Image, List, Value, load_dataset
 
-from ..data.schema import GALLERY_CONFIG, QUERIES_CONFIG, QUERIES_REFINED_CONFIG, queries_refined_features
+from ..data.schema import (
+    GALLERY_CONFIG,
+    QUERIES_CONFIG,
+    QUERIES_REFINED_CONFIG,
+    queries_refined_features,
+)
 from ..data.writer import write_dataset
-from .refinement import (DEFAULT_MIN_PASSES, DEFAULT_NUM_NEGATIVES, DEFAULT_TRIALS, Decision, mine_hard_negatives,
-                         passes_rule, run_trials)
+from .refinement import (
+    DEFAULT_MIN_PASSES,
+    DEFAULT_NUM_NEGATIVES,
+    DEFAULT_TRIALS,
+    Decision,
+    mine_hard_negatives,
+    passes_rule,
+    run_trials,
+)
 
 REFINEMENT_CONFIG = "refinement"
 REFINEMENT_FEATURES = Features({
@@ -166,10 +178,10 @@ def _card_text(judge, options: RefineOptions, counts: Counter) -> str:
     info = judge.describe() if hasattr(judge, "describe") else {"judge": type(judge).__name__}
     return "\n".join([
         "## Refinement", "",
-        f"Each labelled triplet was judged against its {options.num_negatives} hardest negatives (gallery images most "
+        (f"Each labelled triplet was judged against its {options.num_negatives} hardest negatives (gallery images most "
         f"similar to the target), {options.trials} times with shuffled candidates; kept when the judge found the "
-        f"target at least {options.min_passes} times (CoLLM §4.2). Judge: `{info}`.", "",
+        f"target at least {options.min_passes} times (CoLLM §4.2). Judge: `{info}`."), "",
         "| decision | queries |", "|---|---|", *[f"| {k} | {v:,} |" for k, v in sorted(counts.items())], "",
-        "`queries_refined` holds the kept triplets (`is_refined`: the text was rewritten; `original_text`); "
-        "`refinement` holds the decision, the negatives and the judge's picks for every query.",
+        ("`queries_refined` holds the kept triplets (`is_refined`: the text was rewritten; `original_text`); "
+        "`refinement` holds the decision, the negatives and the judge's picks for every query."),
     ])
