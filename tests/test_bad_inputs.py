@@ -34,11 +34,12 @@ builder's annotation files check that no other exception type escapes.
 | dataset builders | annotation file truncated, empty, not UTF-8, wrong top-level type; any key deleted or set to null/number/bool/list/dict/""/lone surrogate/10,000 chars/"../.." | DatasetBuildError / DatasetWriteError naming the file or entry, or a valid build; never another exception |
 | dataset builders | image path with ".." | refused ("outside the images folder"), never read |
 | dataset builders | duplicate ids, target missing from the gallery, missing or corrupt images | DatasetBuildError listing every offending item; nothing written |
+| dataset builders | null / bool / list / dict ids, null or non-string captions, empty modifications | DatasetBuildError naming the entry and key (was written as "None" / null) |
 | CLI | missing source folder, malformed annotations, missing model/index, -k 0 | exit status != 0 and one "error:" line naming it, no traceback |
 | from_pretrained | pickle-only checkpoint, missing / extra weights, unknown model_type | see tests/test_safe_loading.py |
 
-Known gaps (documented, not silently passed): non-string ids and captions in annotation files are coerced to
-strings by the builders (e.g. a null CIRR caption is written as null and fails later, in the processor).
+Accepted as they are (documented): an integer id becomes its string (ids are strings everywhere); optional
+fields the benchmarks leave empty (CIRR test `target_hard`, CIRCO `shared_concept`) are written as given.
 """
 
 import io
@@ -730,6 +731,31 @@ def test_cirr_annotation_errors_name_every_item(tmp_path, edit, match):
     captions_path.write_text(json.dumps(captions))
     split_path.write_text(json.dumps(split))
     with pytest.raises(DatasetBuildError, match=match):
+        build(BuildOptions(output_dir=tmp_path / "out", images_dir=images))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "name,key,value",
+    [("cirr", "caption", None), ("cirr", "pairid", None), ("cirr", "reference", {"a": 1}), ("circo", "relative_caption", 7),
+     ("circo", "id", True), ("fashioniq", "candidate", None), ("mtcir", "id", None), ("mtcir", "modifications", ""),
+     ("pairs", "id", ["x"])],
+)
+def test_builders_refuse_null_or_mistyped_ids_and_texts(tmp_path, name, key, value):
+    """Written as "None" or null they would be silently wrong rows; the error names the entry and the key."""
+    from collm_hf.data._build import BuildOptions, DatasetBuildError
+
+    build, images, files = BUILDERS[name](tmp_path)
+    path = files[0]
+    if path.suffix == ".jsonl":
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        lines[0][key] = value
+        path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    else:
+        entries = json.loads(path.read_text())
+        entries[0][key] = value
+        path.write_text(json.dumps(entries))
+    with pytest.raises(DatasetBuildError, match=key):
         build(BuildOptions(output_dir=tmp_path / "out", images_dir=images))
     assert not (tmp_path / "out").exists()
 

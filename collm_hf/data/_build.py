@@ -115,8 +115,20 @@ def read_json(path: str | os.PathLike, what: str):
         raise DatasetBuildError(f"{what} {path} is not valid JSON ({error})") from error
 
 
-def expect_list_of_dicts(data, path, required: Iterable[str]) -> list[dict]:
-    """Check `data` is a list of dicts each holding `required` keys; raise one error naming every bad entry."""
+def value_problem(value, kind: str) -> str | None:
+    """Why `value` is not a valid `kind` ("id": an int or a non-empty string; "text": a non-empty string)."""
+    if kind == "id":
+        if (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.strip()):
+            return None
+        return f"must be an id (an integer or a non-empty string), got {value!r:.60}"
+    if isinstance(value, str) and value.strip():
+        return None
+    return f"must be a non-empty string, got {value!r:.60}"
+
+
+def expect_list_of_dicts(data, path, required: Iterable[str], kinds: Mapping[str, str] | None = None) -> list[dict]:
+    """Check `data` is a list of dicts each holding `required` keys, and that the keys in `kinds` hold ids or
+    texts (`value_problem`): a null id or caption is never written as "None"; raise one error naming every bad entry."""
     if not isinstance(data, list):
         raise DatasetBuildError(f"{path}: expected a JSON list, got {type(data).__name__}")
     required = list(required)
@@ -128,6 +140,10 @@ def expect_list_of_dicts(data, path, required: Iterable[str]) -> list[dict]:
         missing = [key for key in required if key not in entry]
         if missing:
             problems.append(f"[{index}] lacks {missing}")
+        for key, kind in (kinds or {}).items():
+            problem = value_problem(entry[key], kind) if key in entry else None
+            if problem:
+                problems.append(f"[{index}] {key} {problem}")
     raise_problems(problems, f"{path}: malformed entries")
     return data
 

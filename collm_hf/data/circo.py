@@ -58,7 +58,7 @@ def read_image_info(path: str | os.PathLike) -> dict[str, str]:
     images = info.get("images") if isinstance(info, dict) else None
     if images is None:
         raise DatasetBuildError(f"{path}: expected a COCO image info object with an 'images' list")
-    images = expect_list_of_dicts(images, f"{path} images", ["id", "file_name"])
+    images = expect_list_of_dicts(images, f"{path} images", ["id", "file_name"], {"id": "id", "file_name": "text"})
     repeated = duplicates(str(image["id"]) for image in images)
     raise_problems([f"image id {image_id} is listed twice" for image_id in repeated], f"{path}: duplicated ids")
     return {str(image["id"]): normalise_relative(image["file_name"]) for image in images}
@@ -68,7 +68,8 @@ def read_queries(root: Path, split: str, gallery: dict[str, str]) -> list[dict]:
     """Read and check `annotations/<split>.json` against the gallery ids."""
     path = root / "annotations" / f"{split}.json"
     entries = expect_list_of_dicts(read_json(path, "CIRCO annotation file"), path,
-                                   ["id", "reference_img_id", "relative_caption", "shared_concept"])
+                                   ["id", "reference_img_id", "relative_caption", "shared_concept"],
+                                   {"id": "id", "reference_img_id": "id", "relative_caption": "text"})
     problems = [f"id {query_id} is repeated" for query_id in duplicates(str(e["id"]) for e in entries)]
     for entry in entries:
         malformed = [key for key in ("gt_img_ids", "semantic_aspects")

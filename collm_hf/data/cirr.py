@@ -59,7 +59,8 @@ def read_split(root: Path, split: str) -> tuple[list[dict], dict[str, str]]:
     captions_path = root / "captions" / f"cap.{VERSION}.{split}.json"
     gallery_path = root / "image_splits" / f"split.{VERSION}.{split}.json"
     captions = expect_list_of_dicts(read_json(captions_path, "CIRR captions file"), captions_path,
-                                    ["pairid", "reference", "caption", "img_set"])
+                                    ["pairid", "reference", "caption", "img_set"],
+                                    {"pairid": "id", "reference": "id", "caption": "text"})
     gallery = read_json(gallery_path, "CIRR image split file")
     if not isinstance(gallery, dict) or not all(isinstance(value, str) for value in gallery.values()):
         raise DatasetBuildError(f"{gallery_path}: expected an object {{image name: relative path}}")

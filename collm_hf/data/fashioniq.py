@@ -69,7 +69,7 @@ def read_category(root: Path, category: str, split: str) -> tuple[list[dict], li
     captions_path = root / "captions" / f"cap.{category}.{split}.json"
     gallery_path = root / "image_splits" / f"split.{category}.{split}.json"
     captions = expect_list_of_dicts(read_json(captions_path, "Fashion-IQ captions file"), captions_path,
-                                    ["candidate", "captions"])
+                                    ["candidate", "captions"], {"candidate": "id"})
     gallery = read_json(gallery_path, "Fashion-IQ image split file")
     if not isinstance(gallery, list) or not all(isinstance(asin, (str, int)) for asin in gallery):
         raise DatasetBuildError(f"{gallery_path}: expected a JSON list of image names (ASINs)")

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._build import (MAX_LISTED_PROBLEMS, BuildOptions, DatasetBuildError, base_card, check_image_files,
-                     choose_image_root, normalise_relative, raise_problems, settle_missing, utf8_errors)
+                     choose_image_root, normalise_relative, raise_problems, settle_missing, utf8_errors,
+                     value_problem)
 from .schema import IMAGES_CONFIG, TRIPLETS_CONFIG, triplet_features
 from .writer import write_dataset
 
@@ -61,10 +62,15 @@ def _check_entry(entry) -> str | None:
     missing = [key for key in ("id", "image", "target_image", "modifications") if key not in entry]
     if missing:
         return f"lacks {missing}"
+    for key, kind in (("id", "id"), ("image", "text"), ("target_image", "text")):
+        problem = value_problem(entry[key], kind)
+        if problem:
+            return f"{key} {problem}"
     modifications = entry["modifications"]
     if isinstance(modifications, str):
-        return None
-    if not isinstance(modifications, list) or not modifications or not all(isinstance(m, str) for m in modifications):
+        modifications = [modifications]
+    if (not isinstance(modifications, list) or not all(isinstance(m, str) for m in modifications)
+            or not any(m.strip() for m in modifications)):
         return "modifications must be a non-empty list of strings"
     return None
 

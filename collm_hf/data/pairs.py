@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._build import (BuildOptions, DatasetBuildError, base_card, check_image_files, choose_image_root, duplicates,
-                     normalise_relative, raise_problems, settle_missing, utf8_errors)
+                     normalise_relative, raise_problems, settle_missing, utf8_errors, value_problem)
 from .schema import PAIRS_CONFIG, PAIRS_FEATURES
 from .writer import write_dataset
 
@@ -84,6 +84,10 @@ def _pair_from_entry(entry, where: str) -> dict:
     if not image or not isinstance(caption, str):
         raise DatasetBuildError(f"{where}: needs an image path ({IMAGE_KEYS[0]}) and a caption "
                                 f"({', '.join(CAPTION_KEYS)} or a 'gpt' turn in conversations)")
+    for key, value, kind in (("image", image, "text"), ("id", entry.get("id"), "id")):
+        problem = None if value is None else value_problem(value, kind)
+        if problem:
+            raise DatasetBuildError(f"{where}: {key} {problem}")
     relative = normalise_relative(image)
     return {"image_id": str(entry["id"]) if entry.get("id") is not None else relative,
             "image": relative, "caption": caption.strip()}
