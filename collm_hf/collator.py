@@ -69,7 +69,9 @@ class ImageTable:
         keys = [str(i) for i in image_ids]
         unknown = [k for k in keys if k not in self]
         if unknown:
-            raise KeyError(f"Image id {unknown[0]!r} is not in the images table ({len(unknown)} unknown in this batch).")
+            raise KeyError(
+                f"Image id {unknown[0]!r} is not in the images table ({len(unknown)} unknown in this batch)."
+            )
         if self.index is None:
             return [self.images[k] for k in keys]
         return self.images[[self.index[k] for k in keys]][self.image_column]
@@ -166,10 +168,14 @@ class CoLLMPairCollator:
         if self.image_id_column is not None:
             missing = [i for i, row in enumerate(features) if self.image_id_column not in row]
             if missing:
-                raise KeyError(f"Row {missing[0]} has no column {self.image_id_column!r} (set image_id_column=None to skip).")
+                raise KeyError(
+                    f"Row {missing[0]} has no column {self.image_id_column!r} (set image_id_column=None to skip)."
+                )
             ids = [str(row[self.image_id_column]) for row in features]
         generator = batch_generator(self.seed, ids if ids is not None else captions)
-        images = [_image(row, self.image_column, self.image_id_column, self.images, i) for i, row in enumerate(features)]
+        images = [
+            _image(row, self.image_column, self.image_id_column, self.images, i) for i, row in enumerate(features)
+        ]
         target_pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]  # (batch, 3, H, W)
         if self.augmentation is not None:
             augmented = self.augmentation(target_pixel_values, generator)  # (batch, 3, H, W)
@@ -216,7 +222,10 @@ class CoLLMPairCollator:
             j = (i + 1) % n
             probe = choice if choice != KEEP_CAPTION else i % len(MODIFICATION_TEMPLATES)
             expected = self._tokenize(" " + apply_template(probe, captions[i], captions[j]))
-            differ += assemble_text_ids(self.template_ids(probe), caption_ids[i], caption_ids[j]) != expected[: self.processor.max_text_tokens]
+            differ += (
+                assemble_text_ids(self.template_ids(probe), caption_ids[i], caption_ids[j])
+                != expected[: self.processor.max_text_tokens]
+            )
             checked += 1
         if differ:
             warnings.warn(
@@ -274,11 +283,19 @@ class CoLLMTripletCollator:
     def __call__(self, features: list[dict]) -> dict:
         if not features:
             raise ValueError("CoLLMTripletCollator got an empty batch.")
-        keys = [row.get("id", f"{row.get(self.reference_id_column)}>{row.get(self.target_id_column)}") for row in features]
+        keys = [
+            row.get("id", f"{row.get(self.reference_id_column)}>{row.get(self.target_id_column)}") for row in features
+        ]
         generator = batch_generator(self.seed, keys)
         texts = [self._modification(row, i, generator) for i, row in enumerate(features)]
-        references = [_image(row, self.reference_image_column, self.reference_id_column, self.images, i) for i, row in enumerate(features)]
-        targets = [_image(row, self.target_image_column, self.target_id_column, self.images, i) for i, row in enumerate(features)]
+        references = [
+            _image(row, self.reference_image_column, self.reference_id_column, self.images, i)
+            for i, row in enumerate(features)
+        ]
+        targets = [
+            _image(row, self.target_image_column, self.target_id_column, self.images, i)
+            for i, row in enumerate(features)
+        ]
         pixel_values = self.processor.image_processor(references + targets, return_tensors="pt")["pixel_values"]
         queries = self.processor.queries(texts, with_image=True)
         n = len(features)

@@ -81,8 +81,11 @@ def lora_config_for(model: nn.Module, stage: str, args: LoraArguments):
     rank = args.lora_rank or rank
     alpha = args.lora_alpha or (rank if args.lora_rank else alpha)
     return LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=args.lora_dropout,
-        target_modules=lora_target_regex(model, vision=args.lora_vision_tower), modules_to_save=list(NEW_MODULES),
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=lora_target_regex(model, vision=args.lora_vision_tower),
+        modules_to_save=list(NEW_MODULES),
     )
 
 
@@ -102,7 +105,8 @@ def apply_lora(model, stage: str, args: LoraArguments, gradient_checkpointing: b
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     model.config.learnable_logit_scale = False  # see the module docstring
@@ -127,8 +131,11 @@ def quantization_config(compute_dtype: torch.dtype = torch.bfloat16):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
     )
 
 

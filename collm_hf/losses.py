@@ -163,7 +163,9 @@ def false_negative_mask(target_ids: torch.Tensor | None, size: int, device=None)
 
 
 def _scaled_logits(query_embeds, target_embeds, logit_scale) -> torch.Tensor:
-    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
+    scale = (
+        logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
+    )
     dtype = torch.promote_types(query_embeds.dtype, torch.float32)  # half precision -> fp32 logits
     return scale * query_embeds.to(dtype) @ target_embeds.to(dtype).t()  # (queries, targets)
 
@@ -278,7 +280,9 @@ def contrastive_loss(
     """
     config = config or ContrastiveLossConfig()
     if query_embeds.shape != target_embeds.shape:
-        raise ValueError(f"query_embeds {tuple(query_embeds.shape)} and target_embeds {tuple(target_embeds.shape)} differ")
+        raise ValueError(
+            f"query_embeds {tuple(query_embeds.shape)} and target_embeds {tuple(target_embeds.shape)} differ"
+        )
     if config.temperature is not None:
         logit_scale = math.log(1.0 / config.temperature)
     if config.gather:
@@ -287,7 +291,9 @@ def contrastive_loss(
         if target_ids is not None:
             target_ids, _ = gather_rows(target_ids.to(query_embeds.device), with_grad=False)
     if config.loss_type == "hn_nce":
-        return hn_nce_loss(query_embeds, target_embeds, logit_scale, config.hn_alpha, config.hn_beta, target_ids, config.two_way)
+        return hn_nce_loss(
+            query_embeds, target_embeds, logit_scale, config.hn_alpha, config.hn_beta, target_ids, config.two_way
+        )
     return info_nce_loss(query_embeds, target_embeds, logit_scale, target_ids, config.two_way)
 
 

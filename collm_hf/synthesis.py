@@ -82,7 +82,9 @@ def _orthogonal_unit(vectors: torch.Tensor) -> torch.Tensor:
     return F.normalize(ortho, dim=-1)
 
 
-def slerp(start: torch.Tensor, end: torch.Tensor, alpha: float = DEFAULT_SLERP_ALPHA, eps: float = 1e-6) -> torch.Tensor:
+def slerp(
+    start: torch.Tensor, end: torch.Tensor, alpha: float = DEFAULT_SLERP_ALPHA, eps: float = 1e-6
+) -> torch.Tensor:
     """Spherical interpolation of unit vectors (CoLLM §3.2, Shoemake 1985).
 
     `slerp(a, b, alpha) = sin((1-alpha) θ)/sin θ · a + sin(alpha θ)/sin θ · b`, θ = arccos(a·b), computed in the
@@ -162,7 +164,9 @@ def hash_ids(ids) -> torch.Tensor:
     Returns:
         (len(ids),) long tensor.
     """
-    values = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little", signed=True) for i in ids]
+    values = [
+        int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little", signed=True) for i in ids
+    ]
     return torch.tensor(values, dtype=torch.long)
 
 
@@ -223,7 +227,9 @@ def synthesize_modification_texts(
         raise ValueError(f"{len(target_captions)} target captions but {len(neighbor_captions)} neighbour captions")
     if choices is None:
         choices = sample_template_choices(len(target_captions), rate, generator)
-    return [apply_template(int(c), w_i, w_j) for c, w_i, w_j in zip(choices.tolist(), target_captions, neighbor_captions)]
+    return [
+        apply_template(int(c), w_i, w_j) for c, w_i, w_j in zip(choices.tolist(), target_captions, neighbor_captions)
+    ]
 
 
 _SLOT_PATTERN = re.compile(r" ?\{(w_i|w_j)\}")
@@ -244,7 +250,7 @@ def template_token_ids(tokenize, choice: int) -> list[int]:
     ids, position, text = [], 0, " " + MODIFICATION_TEMPLATES[choice]
     for match in _SLOT_PATTERN.finditer(text):
         if match.start() > position:
-            ids += tokenize(text[position:match.start()])
+            ids += tokenize(text[position : match.start()])
         ids.append(TARGET_SLOT if match.group(1) == "w_i" else NEIGHBOR_SLOT)
         position = match.end()
     if position < len(text):
@@ -299,7 +305,7 @@ def assemble_composed_queries(
         capacity = frame.count(TEXT_SLOT)
         text = assemble_text_ids(template, target, neighbor)[:capacity]
         first = frame.index(TEXT_SLOT)
-        sequences.append(frame[:first] + text + frame[first + capacity:])
+        sequences.append(frame[:first] + text + frame[first + capacity :])
     longest = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
@@ -419,9 +425,9 @@ class ImageAugmentation:
         batch = pixel_values.shape[0]
         low, high = self.crop_scale
         area = low + (high - low) * torch.rand(batch, generator=generator)
-        log_ratio = math.log(self.crop_ratio[0]) + (math.log(self.crop_ratio[1]) - math.log(self.crop_ratio[0])) * torch.rand(
-            batch, generator=generator
-        )
+        log_ratio = math.log(self.crop_ratio[0]) + (
+            math.log(self.crop_ratio[1]) - math.log(self.crop_ratio[0])
+        ) * torch.rand(batch, generator=generator)
         ratio = log_ratio.exp()
         scale_x = (area * ratio).sqrt().clamp(max=1.0)  # crop width / image width
         scale_y = (area / ratio).sqrt().clamp(max=1.0)

@@ -23,7 +23,13 @@ import torch
 from .collator import CoLLMPairCollator, CoLLMTripletCollator, ImageTable
 from .lora import LoraArguments, apply_lora, merge_lora, quantization_config
 from .losses import ContrastiveLossConfig
-from .synthesis import DEFAULT_MODIFICATION_RATE, DEFAULT_SLERP_ALPHA, ImageAugmentation, concat_padded_queries, synthesize_composed_queries
+from .synthesis import (
+    DEFAULT_MODIFICATION_RATE,
+    DEFAULT_SLERP_ALPHA,
+    ImageAugmentation,
+    concat_padded_queries,
+    synthesize_composed_queries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +139,11 @@ def load_model_and_processor(args: ModelArguments, lora_args: LoraArguments | No
 
     dtype = _dtype(args.dtype)
     quantize = lora_args is not None and lora_args.use_lora and lora_args.load_in_4bit
-    quant = {"quantization_config": quantization_config(dtype if dtype != torch.float32 else torch.bfloat16)} if quantize else {}
+    quant = (
+        {"quantization_config": quantization_config(dtype if dtype != torch.float32 else torch.bfloat16)}
+        if quantize
+        else {}
+    )
     if args.model_name_or_path:
         model = AutoModel.from_pretrained(args.model_name_or_path, dtype=dtype, **quant)
         processor = AutoProcessor.from_pretrained(args.model_name_or_path)
@@ -141,12 +151,18 @@ def load_model_and_processor(args: ModelArguments, lora_args: LoraArguments | No
         if quantize:
             quant["quantization_config"].llm_int8_skip_modules = None  # the LLM alone is loaded here
         model = CoLLMModel.from_backbones(
-            args.vision_name_or_path, args.llm_name_or_path, dtype=dtype, llm_kwargs=quant, adapter_type=args.adapter_type
+            args.vision_name_or_path,
+            args.llm_name_or_path,
+            dtype=dtype,
+            llm_kwargs=quant,
+            adapter_type=args.adapter_type,
         )
         parts = CoLLMProcessor.from_backbones(args.vision_name_or_path, args.llm_name_or_path)
         processor = CoLLMProcessor.for_model(parts.image_processor, parts.tokenizer, model.config)
     else:
-        raise ValueError("Give --model_name_or_path (a saved CoLLM) or both --vision_name_or_path and --llm_name_or_path.")
+        raise ValueError(
+            "Give --model_name_or_path (a saved CoLLM) or both --vision_name_or_path and --llm_name_or_path."
+        )
     processor.max_text_tokens = args.max_text_tokens
     if args.train_vision_tower:
         model.config.freeze_vision_tower = False
@@ -187,26 +203,38 @@ def load_training_data(stage: str, args: DataArguments):
     return rows, images
 
 
-def build_collator(stage: str, processor, data_args: DataArguments, synthesis_args: SynthesisArguments, images=None, seed: int = 0):
+def build_collator(
+    stage: str, processor, data_args: DataArguments, synthesis_args: SynthesisArguments, images=None, seed: int = 0
+):
     """The stage's collator with the named columns of `data_args`."""
     if stage == "pairs":
         augmentation = {"crop_flip": ImageAugmentation(), "none": None}
         if synthesis_args.augmentation not in augmentation:
             raise ValueError(f"augmentation must be one of {sorted(augmentation)}, got {synthesis_args.augmentation!r}")
         return CoLLMPairCollator(
-            processor, image_column=data_args.image_column, caption_column=data_args.caption_column,
-            image_id_column=data_args.image_id_column, images=images, modification_rate=synthesis_args.modification_rate,
-            augmentation=augmentation[synthesis_args.augmentation], seed=seed,
+            processor,
+            image_column=data_args.image_column,
+            caption_column=data_args.caption_column,
+            image_id_column=data_args.image_id_column,
+            images=images,
+            modification_rate=synthesis_args.modification_rate,
+            augmentation=augmentation[synthesis_args.augmentation],
+            seed=seed,
         )
-    return CoLLMTripletCollator(processor, images=images, modifications_column=data_args.modifications_column, seed=seed)
+    return CoLLMTripletCollator(
+        processor, images=images, modifications_column=data_args.modifications_column, seed=seed
+    )
 
 
 def configure_loss(model, loss_args: LossArguments, synthesis_args: SynthesisArguments | None = None):
     """Write the loss (and Slerp) options into the model config, where `forward` reads them (and saves them)."""
     config = model.config
     config.contrastive_loss = ContrastiveLossConfig(
-        loss_type=loss_args.loss_type, two_way=loss_args.two_way, hn_alpha=loss_args.hn_alpha,
-        hn_beta=loss_args.hn_beta, temperature=loss_args.temperature,
+        loss_type=loss_args.loss_type,
+        two_way=loss_args.two_way,
+        hn_alpha=loss_args.hn_alpha,
+        hn_beta=loss_args.hn_beta,
+        temperature=loss_args.temperature,
     ).to_dict()
     if loss_args.temperature is not None:  # a fixed temperature leaves the logit scale unused
         config.learnable_logit_scale = False
@@ -248,7 +276,11 @@ def build_trainer(
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     training_args.remove_unused_columns = False
     checkpointing = training_args.activation_checkpointing or training_args.gradient_checkpointing
-    if checkpointing and not training_args.activation_checkpointing_kwargs and not training_args.gradient_checkpointing_kwargs:
+    if (
+        checkpointing
+        and not training_args.activation_checkpointing_kwargs
+        and not training_args.gradient_checkpointing_kwargs
+    ):
         training_args.activation_checkpointing_kwargs = {"use_reentrant": False}  # LoRA grads through frozen layers
     if model is None:
         set_seed(training_args.seed)  # the new modules of a composed model are initialised from the seed
@@ -259,9 +291,17 @@ def build_trainer(
         model = apply_lora(model, stage, lora_args, gradient_checkpointing=bool(checkpointing))
     rows, images = load_training_data(stage, data_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("stage %s: %d rows, %d trainable parameters, loss %s", stage, len(rows), trainable, model.config.contrastive_loss)
+    logger.info(
+        "stage %s: %d rows, %d trainable parameters, loss %s",
+        stage,
+        len(rows),
+        trainable,
+        model.config.contrastive_loss,
+    )
     collator = build_collator(stage, processor, data_args, synthesis_args, images, seed=training_args.seed)
-    kwargs = dict(model=model, args=training_args, train_dataset=rows, data_collator=collator, processing_class=processor)
+    kwargs = dict(
+        model=model, args=training_args, train_dataset=rows, data_collator=collator, processing_class=processor
+    )
     if loss_args.gradient_cache_chunk_size:
         return GradCacheTrainer(chunk_size=loss_args.gradient_cache_chunk_size, **kwargs)
     return Trainer(**kwargs)
@@ -334,11 +374,20 @@ def measure_synthesis_overhead(model, batch: dict, steps: int = 5, warmup: int =
 
     def synthesis():
         out = synthesize_composed_queries(
-            augmented, batch["caption_ids"], batch["modification_template_ids"], batch["query_frame_ids"],
-            batch.get("target_image_ids"), alpha,
+            augmented,
+            batch["caption_ids"],
+            batch["modification_template_ids"],
+            batch["query_frame_ids"],
+            batch.get("target_image_ids"),
+            alpha,
         )
-        concat_padded_queries([(batch["input_ids"], batch["attention_mask"]),
-                               (batch["text_input_ids"], batch["text_attention_mask"]), (out.input_ids, out.attention_mask)])
+        concat_padded_queries(
+            [
+                (batch["input_ids"], batch["attention_mask"]),
+                (batch["text_input_ids"], batch["text_attention_mask"]),
+                (out.input_ids, out.attention_mask),
+            ]
+        )
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -371,7 +420,9 @@ BENCHMARK_WORDS = (
 ).split()
 
 
-def synthesis_overhead_benchmark(size: str = "tiny", batch_size: int = 32, device: str | None = None, steps: int = 5) -> dict:
+def synthesis_overhead_benchmark(
+    size: str = "tiny", batch_size: int = 32, device: str | None = None, steps: int = 5
+) -> dict:
     """`measure_synthesis_overhead` on a random model and random pairs (no downloads).
 
     Args:
@@ -398,10 +449,25 @@ def synthesis_overhead_benchmark(size: str = "tiny", batch_size: int = 32, devic
     if size == "tiny":
         config, image_size, dtype = tiny_config(vocab_size=len(tokenizer)), 32, torch.float32
     elif size == "base":  # CLIP-B/32-shaped tower, ~0.6B-parameter Llama (random weights)
-        vision = dict(VISION_CONFIGS["clip"], hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                      num_attention_heads=12, image_size=224, patch_size=32, projection_dim=512)
-        text = dict(TEXT_CONFIGS["llama"], hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-                    num_attention_heads=16, num_key_value_heads=8, vocab_size=len(tokenizer))
+        vision = dict(
+            VISION_CONFIGS["clip"],
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+            projection_dim=512,
+        )
+        text = dict(
+            TEXT_CONFIGS["llama"],
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=16,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            vocab_size=len(tokenizer),
+        )
         config = CoLLMConfig(vision_config=vision, text_config=text)
         image_size, dtype = 224, torch.bfloat16 if device.type == "cuda" else torch.float32
     else:
@@ -411,8 +477,11 @@ def synthesis_overhead_benchmark(size: str = "tiny", batch_size: int = 32, devic
     processor = CoLLMProcessor.for_model(tiny_image_processor(image_size), tokenizer, model.config)
     rng = np.random.default_rng(0)
     rows = [
-        {"image_id": str(i), "image": Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)),
-         "caption": " ".join(rng.choice(BENCHMARK_WORDS, size=int(rng.integers(6, 16))))}
+        {
+            "image_id": str(i),
+            "image": Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)),
+            "caption": " ".join(rng.choice(BENCHMARK_WORDS, size=int(rng.integers(6, 16)))),
+        }
         for i in range(batch_size)
     ]
     batch = CoLLMPairCollator(processor, check_tokenization=False)(rows)

@@ -12,7 +12,9 @@ import sys
 
 from .training import STAGES
 
-USAGE = f"usage: train {{{','.join(STAGES)}}} [options] | --measure-synthesis-overhead [--size tiny|base] [--batch-size N]"
+USAGE = (
+    f"usage: train {{{','.join(STAGES)}}} [options] | --measure-synthesis-overhead [--size tiny|base] [--batch-size N]"
+)
 
 
 def option_parser():
@@ -22,7 +24,9 @@ def option_parser():
     from .lora import LoraArguments
     from .training import DataArguments, LossArguments, ModelArguments, SynthesisArguments, training_defaults
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, SynthesisArguments, LossArguments, LoraArguments, TrainingArguments))
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, SynthesisArguments, LossArguments, LoraArguments, TrainingArguments)
+    )
     parser.set_defaults(**training_defaults())
     return parser
 
@@ -39,9 +43,14 @@ def parse_options(argv: list[str]) -> tuple:
 
 
 def _add_measure_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--measure-synthesis-overhead", action="store_true",
-                        help="print the share of a pair training step spent in the in-step synthesis, then exit")
-    parser.add_argument("--size", choices=["tiny", "base"], default="tiny", help="random model size for the measurement")
+    parser.add_argument(
+        "--measure-synthesis-overhead",
+        action="store_true",
+        help="print the share of a pair training step spent in the in-step synthesis, then exit",
+    )
+    parser.add_argument(
+        "--size", choices=["tiny", "base"], default="tiny", help="random model size for the measurement"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per measured step")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=5, help="timed repetitions")
@@ -58,8 +67,10 @@ def _measure(args) -> int:
 
     result = synthesis_overhead_benchmark(args.size, args.batch_size, args.device, args.steps)
     print(json.dumps(result))
-    print(f"synthesis overhead: {100 * result['share']:.2f} % of a training step "
-          f"({result['size']} model, batch {result['batch_size']}, {result['device']})")
+    print(
+        f"synthesis overhead: {100 * result['share']:.2f} % of a training step "
+        f"({result['size']} model, batch {result['batch_size']}, {result['device']})"
+    )
     return 0
 
 
@@ -80,7 +91,9 @@ def main(argv=None) -> int:
 
     model_args, data_args, synthesis_args, loss_args, lora_args, training_args = parse_options(argv[1:])
     # Logging as in the transformers examples: info on the main process, warnings elsewhere.
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
     log_level = training_args.get_process_log_level()
     logging.getLogger("collm_hf").setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
@@ -91,7 +104,9 @@ def main(argv=None) -> int:
 def add_arguments(parser: argparse.ArgumentParser):
     """`collm-hf train`: the stage, then the options of examples/train_collm.py (`collm-hf train pairs --help`)."""
     parser.add_argument("stage", nargs="?", choices=STAGES, help="training stage")
-    parser.add_argument("options", nargs=argparse.REMAINDER, help="training options (`collm-hf train pairs --help` lists them)")
+    parser.add_argument(
+        "options", nargs=argparse.REMAINDER, help="training options (`collm-hf train pairs --help` lists them)"
+    )
     _add_measure_arguments(parser)
 
 

@@ -53,7 +53,9 @@ def _image_rows(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
     return torch.where(has_image, has_image.long().cumsum(0) - 1, torch.full_like(has_image, -1, dtype=torch.long))
 
 
-def grad_cache_step(model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext) -> torch.Tensor:
+def grad_cache_step(
+    model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext
+) -> torch.Tensor:
     """One GradCache forward/backward of a `CoLLMModel` batch; gradients accumulate into `.grad` as after
     `(model(**inputs).loss * loss_scale).backward()`.
 
@@ -85,7 +87,9 @@ def grad_cache_step(model, inputs: dict, chunk_size: int, loss_scale: float = 1.
         rows = image_rows[chunk]
         chunk_images = None if image_leaf is None or not bool((rows >= 0).any()) else image_leaf[rows[rows >= 0]]
         with autocast():
-            return model.get_query_embeds(prepared.input_ids[chunk], prepared.attention_mask[chunk], image_embeds=chunk_images)
+            return model.get_query_embeds(
+                prepared.input_ids[chunk], prepared.attention_mask[chunk], image_embeds=chunk_images
+            )
 
     states = []
     with torch.no_grad():  # pass 1: embeddings only
@@ -111,7 +115,9 @@ def grad_cache_step(model, inputs: dict, chunk_size: int, loss_scale: float = 1.
     return loss.detach()
 
 
-def wrapped_grad_cache_step(model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext) -> torch.Tensor:
+def wrapped_grad_cache_step(
+    model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext
+) -> torch.Tensor:
     """`grad_cache_step` for a model that may be wrapped in DDP and/or peft.
 
     DDP's gradient hooks expect one forward per backward, so the step runs under `no_sync()` and averages the
@@ -160,7 +166,9 @@ class GradCacheTrainer(Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
-        loss = wrapped_grad_cache_step(model, inputs, self.chunk_size, scale, autocast=self.compute_loss_context_manager)
+        loss = wrapped_grad_cache_step(
+            model, inputs, self.chunk_size, scale, autocast=self.compute_loss_context_manager
+        )
         return loss * scale
 
 

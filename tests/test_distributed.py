@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 SPLIT = (5, 3)  # rows of rank 0 and rank 1
