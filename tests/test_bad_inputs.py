@@ -33,6 +33,7 @@ builder's annotation files check that no other exception type escapes.
 | index | folder with a truncated embeddings file, ids not matching the embeddings, missing file | error naming the file, never a silently wrong index |
 | dataset builders | annotation file truncated, empty, not UTF-8, wrong top-level type; any key deleted or set to null/number/bool/list/dict/""/lone surrogate/10,000 chars/"../.." | DatasetBuildError / DatasetWriteError naming the file or entry, or a valid build; never another exception |
 | dataset builders | image path with ".." | refused ("outside the images folder"), never read |
+| data.local_images.attach_images | a published annotation-only dataset with absolute or ".." image paths | ValueError naming the path, never resolved outside the folder |
 | dataset builders | duplicate ids, target missing from the gallery, missing or corrupt images | DatasetBuildError listing every offending item; nothing written |
 | dataset builders | null / bool / list / dict ids, null or non-string captions, empty modifications | DatasetBuildError naming the entry and key (was written as "None" / null) |
 | CLI | missing source folder, malformed annotations, missing model/index, -k 0 | exit status != 0 and one "error:" line naming it, no traceback |
@@ -712,6 +713,26 @@ def test_builder_refuses_image_paths_leaving_the_images_folder(tmp_path):
         build(BuildOptions(output_dir=tmp_path / "out", images_dir=images))
     with pytest.raises(DatasetBuildError, match="'..'"):
         BuildOptions(output_dir=tmp_path / "o", images_dir=images).image_value("a/../../secret.png")
+
+
+@pytest.mark.parametrize("bad_path", ["../secret.png", "/etc/passwd", "dev/../../secret.png"])
+def test_attach_images_refuses_paths_leaving_the_folder(tmp_path, bad_path):
+    """A published annotation-only dataset must not point `attach_images` at files outside the images folder."""
+    import datasets
+
+    from collm_hf.data.local_images import attach_images
+
+    _png(tmp_path / "secret.png", 1)
+    _png(tmp_path / "images" / "dev" / "ok.png", 2)
+    features = datasets.Features({"image_id": datasets.Value("string"), "image": datasets.Image()})
+    rows = datasets.Dataset.from_dict(
+        {"image_id": ["a", "b"], "image": [{"bytes": None, "path": "dev/ok.png"}, {"bytes": None, "path": bad_path}]},
+        features=features)
+    for check in (True, False):
+        with pytest.raises(ValueError, match="leaves the images folder"):
+            attach_images(rows, tmp_path / "images", check=check)
+    good = attach_images(rows.select([0]), tmp_path / "images")
+    assert good[0]["image"].size == (5, 6)
 
 
 @pytest.mark.parametrize(

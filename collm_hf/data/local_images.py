@@ -51,7 +51,7 @@ def attach_images(dataset, images_dir: str | os.PathLike, columns: list[str] | N
         for column in columns:
             for value in undecoded.select_columns([column])[column]:
                 if value and value.get("bytes") is None and value.get("path"):
-                    path = root / value["path"]
+                    path = _local_path(root, value["path"])
                     if not path.is_file():
                         missing[str(path)] = f"missing (column {column})"
         if missing:
@@ -77,7 +77,15 @@ def attach_images(dataset, images_dir: str | os.PathLike, columns: list[str] | N
     return resolved
 
 
+def _local_path(root: Path, relative: str) -> Path:
+    """`root / relative`, refusing paths that leave `root` (a published dataset must not point at other files)."""
+    parts = str(relative).replace("\\", "/").split("/")
+    if parts[0] == "" or ".." in parts or (len(parts[0]) > 1 and parts[0][1] == ":"):
+        raise ValueError(f"image path {relative!r} leaves the images folder {root} (absolute or with '..'); refused")
+    return root / relative
+
+
 def _resolve(value, root: Path):
     if not value or value.get("bytes") is not None or not value.get("path"):
         return value
-    return {"bytes": None, "path": str(root / value["path"])}
+    return {"bytes": None, "path": str(_local_path(root, value["path"]))}
