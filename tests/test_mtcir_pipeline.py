@@ -137,6 +137,7 @@ def test_privacy_filter():
     assert describes_personal_attributes("turn the man into a woman")
     assert describes_personal_attributes("give him a beard")
     assert not describes_personal_attributes("add a man on the bench")
+    assert not describes_personal_attributes("add two men next to the man")  # same gender, no swap
     assert not describes_personal_attributes("make the car red")
     parsed = parse_modifications('{"modifications": [{"category": "attribute", "forward": "make the girl blonde",'
                                  ' "backward": "make her hair dark"}, {"category": "object_added", "forward":'

@@ -224,6 +224,7 @@ _PERSONAL = (r"old|older|young|younger|elderly|age|aged|teen|teenage|race|racial
              r"handsome|gender|male|female|feminine|masculine|sexy|body|face|facial")
 _PEOPLE_RE = re.compile(rf"\b({_PEOPLE})\b", re.IGNORECASE)
 _PERSONAL_RE = re.compile(rf"\b({_PERSONAL})\b", re.IGNORECASE)
+_GENDER = {"man": "m", "men": "m", "boy": "m", "woman": "f", "women": "f", "girl": "f"}
 _GENDER_SWAP_RE = re.compile(r"\b(man|woman|boy|girl|men|women)\b.*\b(man|woman|boy|girl|men|women)\b", re.IGNORECASE)
 
 
@@ -234,7 +235,7 @@ def describes_personal_attributes(text: str) -> bool:
     if _PEOPLE_RE.search(text) and _PERSONAL_RE.search(text):
         return True
     match = _GENDER_SWAP_RE.search(text)
-    return bool(match and match.group(1).lower().rstrip("s") != match.group(2).lower().rstrip("s"))
+    return bool(match and _GENDER[match.group(1).lower()] != _GENDER[match.group(2).lower()])
 
 
 def apply_privacy_filter(parsed: ParsedReply) -> ParsedReply:

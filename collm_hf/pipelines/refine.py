@@ -143,7 +143,7 @@ def refine_benchmark(benchmark, split: str, judge, embedder, output_dir: str | o
                     decision.rewritten_text, decision.rewrite_passes = text, n
                     if passes_rule(n, options.trials, options.min_passes):
                         decision.decision = "rewritten"
-    for i, row in enumerate(queries.select_columns(["query_id"])):
+    for row in queries.select_columns(["query_id"]):
         decisions.setdefault(str(row["query_id"]), Decision(str(row["query_id"]), "unlabeled"))
 
     raw_queries = queries.cast_column("reference_image", Image(decode=False))
@@ -158,10 +158,11 @@ def refine_benchmark(benchmark, split: str, judge, embedder, output_dir: str | o
                        "original_text": row["modification_text"]}
 
     order = [str(q) for q in queries["query_id"]]
+    # The source's own query columns (whatever extras it has), plus `is_refined` and `original_text`.
+    refined_extra = {k: v for k, v in queries_refined_features(style).items() if k not in queries.features}
     features = {QUERIES_CONFIG: queries.features, GALLERY_CONFIG: gallery.features,
-                QUERIES_REFINED_CONFIG: queries_refined_features(style), REFINEMENT_CONFIG: REFINEMENT_FEATURES}
-    features[QUERIES_REFINED_CONFIG] = Features({**queries.features, **{
-        k: v for k, v in queries_refined_features(style).items() if k not in queries.features}})
+                QUERIES_REFINED_CONFIG: Features({**queries.features, **refined_extra}),
+                REFINEMENT_CONFIG: REFINEMENT_FEATURES}
     counts = Counter(d.decision for d in decisions.values())
     card = {"pretty_name": f"{Path(str(benchmark)).name} ({split}, refined)", "extra": _card_text(judge, options, counts)}
     write_dataset(output_dir, {

@@ -19,7 +19,6 @@ Judges (`choose(requests) -> list[int]`, one picked candidate index per request)
       (no free-text parsing, one forward pass per trial).
 """
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -252,7 +251,3 @@ def run_trials(judge, queries: list[dict], negatives: list[list[str]], texts: li
         per_query.append(ids)
         passes.append(sum(pid == t for pid, t in zip(ids, targets[q * trials:(q + 1) * trials])))
     return passes, per_query
-
-
-def _json(value) -> str:
-    return json.dumps(value, sort_keys=True)
