@@ -115,6 +115,10 @@ class CoLLMProcessor(ProcessorMixin):
         if with_image:
             ids += self.pieces["image"]
         if text is not None:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:  # the tokenizer would fail with an opaque TypeError
+                raise ValueError(f"modification text {text[:40]!r} is not valid Unicode ({error.reason}).") from error
             text_ids = self._encode(" " + text.strip())
             truncated = len(text_ids) > self.max_text_tokens
             ids += self.pieces["text"] + text_ids[: self.max_text_tokens]

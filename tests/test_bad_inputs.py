@@ -19,6 +19,8 @@ builder's annotation files check that no other exception type escapes.
 | processor | 10,000-character text | truncated to max_text_tokens, with a warning naming the row |
 | processor | non-string text (int, None, bytes, list), lone surrogate | TypeError / ValueError naming text[i] |
 | processor | mismatched images/texts lengths, empty list | ValueError with both counts |
+| query_encoder.CoLLMQueryEncoder.encode | empty / non-string / None-without-image texts, lone surrogate, count mismatch, None or junk image, NaN or mis-sized image_embeds, nothing | ValueError / ImageReadError naming texts[i] / images[i] (the surrogate crashed in the tokenizer) |
+| query_encoder | 10,000-character text | truncated, with a warning |
 | model | image placeholders vs images mismatch; image_embeds wrong dim / NaN / inf; 3-D pixel_values; list input | ValueError saying what is wrong |
 | model | return_loss without targets; targets and queries of different batch sizes | ValueError |
 | model | 1-channel, uint8, NaN or empty pixel_values, float/1-D input_ids, all-zero attention mask, NaN or wrong-width target_image_embeds | ValueError naming the input (collm_hf/input_checks.py) |
@@ -255,6 +257,34 @@ def test_long_text_is_truncated_with_a_warning(tiny_model_and_processor):
     with torch.no_grad():
         embeds = model.get_query_embeds(**out)
     assert torch.isfinite(embeds).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"texts": ["ok", ""]}, r"texts\[1\] must be a non-empty string"), ({"texts": ["ok", 5]}, r"texts\[1\]"),
+     ({"texts": [None]}, r"texts\[0\] is None and no image"), ({"texts": ["a \ud800"]}, "not valid Unicode"),
+     ({"texts": ["a", "b"], "images": [_rgb()]}, "one entry per query"),
+     ({"texts": ["a"], "images": [None]}, r"images\[0\] is None"),
+     ({"texts": ["a"], "images": [b"junk"]}, r"images\[0\]"),
+     ({"texts": ["a"], "image_embeds": torch.full((1, 24), float("nan"))}, "NaN or infinite"),
+     ({"texts": ["a"], "image_embeds": torch.randn(1, 7)}, "image_embeds must be"),
+     ({}, "needs texts, images or image_embeds")],
+)
+def test_fast_query_encoder_bad_inputs(tiny_model_and_processor, kwargs, match):
+    from collm_hf.query_encoder import CoLLMQueryEncoder
+
+    model, processor = tiny_model_and_processor
+    with pytest.raises(ValueError, match=match):
+        CoLLMQueryEncoder(model, processor).encode(**kwargs)
+
+
+def test_fast_query_encoder_long_text_warns(tiny_model_and_processor):
+    from collm_hf.query_encoder import CoLLMQueryEncoder
+
+    model, processor = tiny_model_and_processor
+    with pytest.warns(UserWarning, match="truncated"):
+        embeds = CoLLMQueryEncoder(model, processor).encode(texts=["short", "red " * 2500])
+    assert embeds.shape == (2, 24) and torch.isfinite(embeds).all()
 
 
 # ==============================================================================================================
