@@ -332,6 +332,8 @@ class GallerySearcher:
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise SearchInputError(f"k must be a positive integer, got {k!r}.")
+        if isinstance(exclude_ids, (str, bytes, int)):  # "abc" would silently exclude "a", "b" and "c"
+            raise SearchInputError(f"exclude_ids must be a list of gallery ids, got {exclude_ids!r}.")
         query, image_embeds = self.encode_query(image, text, return_image_embeds=True)
         excluded = list(exclude_ids or [])
         if exclude_reference and image_embeds is not None:

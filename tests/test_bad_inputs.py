@@ -31,6 +31,7 @@ builder's annotation files check that no other exception type escapes.
 | metric | K larger than the ranking / gallery | works: recall@K counts what is ranked |
 | index | duplicate gallery ids, NaN/inf gallery or query embeddings, wrong query shape, k < 1, malformed exclude_ids, ids/embeddings count mismatch, empty gallery | ValueError / TypeError naming the id or shape |
 | index | K larger than the gallery | works: the whole gallery, best first |
+| search.GallerySearcher.search | no query, blank text, k < 1, a string as exclude_ids, missing or junk image, non-string text | SearchInputError / ImageReadError / ValueError naming it (a string exclude_ids silently excluded its characters) |
 | evaluation.rank_benchmark | a target id missing from the gallery | ValueError naming the query and target (was a silent zero recall) |
 | index | folder with a truncated embeddings file, ids not matching the embeddings, missing file | error naming the file, never a silently wrong index |
 | dataset builders | annotation file truncated, empty, not UTF-8, wrong top-level type; any key deleted or set to null/number/bool/list/dict/""/lone surrogate/10,000 chars/"../.." | DatasetBuildError / DatasetWriteError naming the file or entry, or a valid build; never another exception |
@@ -569,6 +570,28 @@ def test_benchmark_target_missing_from_the_gallery_is_an_error():
         rank_benchmark(queries, index, _gallery()[:2], protocol="standard")
     queries["target_ids"][1] = ["d"]
     assert len(rank_benchmark(queries, index, _gallery()[:2], protocol="standard").rankings) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [({}, "SearchInputError", "needs a reference image, a modification text"),
+     ({"text": "   "}, "SearchInputError", "needs a reference image"),
+     ({"text": "red", "k": 0}, "SearchInputError", "k must be a positive integer"),
+     ({"text": "red", "exclude_ids": "abc"}, "SearchInputError", "exclude_ids must be a list"),
+     ({"image": "/nonexistent/ref.jpg"}, "ImageReadError", "ref.jpg"),
+     ({"image": b"junk", "text": "red"}, "ImageReadError", "reference image"),
+     ({"text": 5}, "ValueError", r"texts\[0\]")],
+)
+def test_search_api_bad_queries(tiny_model_and_processor, kwargs, error, match):
+    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.search import GallerySearcher
+
+    model, processor = tiny_model_and_processor
+    searcher = GallerySearcher(model, processor, GalleryIndex(_gallery(3, 24), ["a", "b", "c"]))
+    with pytest.raises(ValueError, match=match) as info:
+        searcher.search(**kwargs)
+    assert type(info.value).__name__ == error
+    assert len(searcher.search(text="red", k=100)) == 3  # K larger than the gallery: all of it
 
 
 # ==============================================================================================================
