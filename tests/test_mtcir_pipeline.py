@@ -344,3 +344,58 @@ def test_make_mtcir_cli_with_real_smollm2(tmp_path, smollm2_path, tiny_model_and
     if report["num_triplets"]:  # a 135M model's JSON is often unusable: the pipeline must be real, not good
         triplets = _rows(tmp_path / "mtcir", "triplets")
         assert all(t["modifications"] and t["direction"] in ("forward", "backward") for t in triplets)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A real SIGKILL in the middle of the generation stage
+# ------------------------------------------------------------------------------------------------------------
+KILL_CHILD = """
+import sys, time, importlib.util, torch
+from datasets import load_dataset
+spec = importlib.util.spec_from_file_location("helpers", sys.argv[1]); helpers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(helpers)
+from collm_hf.pipelines.mtcir import MTCIROptions, build_mtcir
+
+class Slow(helpers.ScriptedGenerator):
+    def generate(self, conversations, attempt=0):
+        time.sleep(0.5)
+        return super().generate(conversations, attempt)
+
+pairs = load_dataset(sys.argv[2], "pairs", split="train", download_mode="force_redownload")
+build_mtcir(pairs, helpers.FixedEmbedder(torch.load(sys.argv[3])), Slow(), sys.argv[4],
+            options=MTCIROptions(low=0.0, high=0.999, shard_size=3, max_retries=1))
+"""
+
+
+def test_sigkill_during_generation_then_resume_equals_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from collm_hf.data.writer import write_dataset
+
+    embeds = _clustered(3)
+    torch.save(embeds, tmp_path / "embeds.pt")
+    write_dataset(tmp_path / "pairs", {"pairs": {"train": _pairs_dataset(18, {4: "a broken one"}).to_list()}},
+                  {"pairs": PAIRS_FEATURES})
+    pairs = load_dataset(str(tmp_path / "pairs"), "pairs", split="train", download_mode="force_redownload")
+    options = MTCIROptions(low=0.0, high=0.999, shard_size=3, max_retries=1)
+    build_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "full", options=options)
+
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, __file__, str(tmp_path / "pairs"),
+                              str(tmp_path / "embeds.pt"), str(tmp_path / "killed")])
+    deadline = time.time() + 120
+    while len(list((tmp_path / "killed.work").glob("run-*/shards/shard-*.json"))) < 2:
+        assert child.poll() is None and time.time() < deadline, "the child ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = len(list((tmp_path / "killed.work").glob("run-*/shards/shard-*.json")))
+    assert not (tmp_path / "killed").exists() and done < 9  # killed mid-way (9 shards in all)
+    resumed = ScriptedGenerator()
+    build_mtcir(pairs, FixedEmbedder(embeds), resumed, tmp_path / "killed", options=options)
+    assert 0 < resumed.calls
+    for config in ("triplets", "images"):
+        assert _rows(tmp_path / "killed", config) == _rows(tmp_path / "full", config)
