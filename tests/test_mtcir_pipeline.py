@@ -399,3 +399,23 @@ def test_sigkill_during_generation_then_resume_equals_uninterrupted(tmp_path):
     assert 0 < resumed.calls
     for config in ("triplets", "images"):
         assert _rows(tmp_path / "killed", config) == _rows(tmp_path / "full", config)
+
+
+def test_image_embedder_from_a_vision_checkpoint_equals_the_source_model(tmp_path, rgb_images):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from collm_hf._testing import VISION_CONFIGS, tiny_image_processor
+    from collm_hf.pipelines.embedding import ImageEmbedder
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(**{k: v for k, v in VISION_CONFIGS["clip"].items() if k != "model_type"})
+    source = CLIPVisionModelWithProjection(config).eval()
+    source.save_pretrained(tmp_path / "clip")
+    tiny_image_processor().save_pretrained(tmp_path / "clip")
+    embedder = ImageEmbedder.from_pretrained(tmp_path / "clip", batch_size=3)
+    embeds = embedder.embed(rgb_images)  # 4 images in batches of 3
+    pixels = tiny_image_processor()(rgb_images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(source(pixel_values=pixels).image_embeds, dim=-1)
+    assert embeds.shape == (4, config.projection_dim)
+    torch.testing.assert_close(embeds, expected, atol=1e-5, rtol=1e-5)
