@@ -4,7 +4,8 @@
         --generator HuggingFaceTB/SmolLM2-1.7B-Instruct --output-dir data/mtcir
 
 A killed run continues where it stopped when run again with the same arguments (work in `<output-dir>.work`).
-The logic lives in `collm_hf.pipelines.mtcir`.
+Several GPUs: start one process per GPU with the same arguments plus `--num-workers N --worker-index K
+--device cuda:K`; the last one to finish writes the dataset. The logic lives in `collm_hf.pipelines.mtcir`.
 """
 
 import argparse
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embed-batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="e.g. cuda")
     parser.add_argument("--push-to-hub", default=None, help="dataset repo id to upload the result to")
+    parser.add_argument("--num-workers", type=int, default=1,
+                        help="processes sharing the generation (e.g. one per GPU), each run with its --worker-index")
+    parser.add_argument("--worker-index", type=int, default=0)
     return parser
 
 
@@ -61,7 +65,7 @@ def main(argv=None) -> dict:
     generator = TransformersGenerator(args.generator, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                       device=args.device, response_prefix=args.response_prefix)
     report = build_mtcir(pairs, embedder, generator, args.output_dir, args.work_dir, options, progress=True,
-                         push_to_hub=args.push_to_hub)
+                         push_to_hub=args.push_to_hub, worker=(args.worker_index, args.num_workers))
     print(json.dumps(asdict(report), indent=1))
     return asdict(report)
 

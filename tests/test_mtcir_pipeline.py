@@ -419,3 +419,18 @@ def test_image_embedder_from_a_vision_checkpoint_equals_the_source_model(tmp_pat
         expected = torch.nn.functional.normalize(source(pixel_values=pixels).image_embeds, dim=-1)
     assert embeds.shape == (4, config.projection_dim)
     torch.testing.assert_close(embeds, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_workers_share_the_shards_and_the_last_one_writes(tmp_path):
+    pairs, embeds = _pairs_dataset(18), _clustered(3)
+    options = MTCIROptions(low=0.0, high=0.999, shard_size=4, max_retries=0)
+    build_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "single", options=options)
+    first, second = ScriptedGenerator(), ScriptedGenerator()
+    report = build_mtcir(pairs, FixedEmbedder(embeds), first, tmp_path / "shared", options=options, worker=(0, 2))
+    assert report.missing_shards == 3 and not (tmp_path / "shared").exists()  # 7 shards: 0, 2, 4, 6 done
+    report = build_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "shared", options=options, worker=(1, 2))
+    assert report.missing_shards == 0 and first.calls == 4 and second.calls == 3
+    for config in ("triplets", "images"):
+        assert _rows(tmp_path / "shared", config) == _rows(tmp_path / "single", config)
+    with pytest.raises(ValueError, match="worker index"):
+        build_mtcir(pairs, FixedEmbedder(embeds), first, tmp_path / "bad", options=options, worker=(2, 2))

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from datasets import Image
 from tqdm.auto import tqdm
 
 from ..data.schema import IMAGES_CONFIG, TRIPLETS_CONFIG, triplet_features
@@ -96,6 +97,7 @@ class MTCIRReport:
     retries: int = 0
     reply_status: dict = field(default_factory=dict)  # final replies: ok / partial / failed
     similarity_quantiles: dict = field(default_factory=dict)  # pairwise image similarity (to choose the window)
+    missing_shards: int = 0  # shards other workers have not finished yet (then nothing was written)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -228,15 +230,20 @@ def describe_pairs(pair_captions: list[tuple[str, str]], generator, options: MTC
     return records
 
 
-def generate_shards(plan: dict, generator, options: MTCIROptions, work_dir: Path, progress: bool = False) -> int:
-    """Describe every pair of the plan, shard by shard, skipping finished shards. Returns shards generated."""
+def generate_shards(plan: dict, generator, options: MTCIROptions, work_dir: Path, progress: bool = False,
+                    worker: tuple[int, int] = (0, 1)) -> int:
+    """Describe the pairs of the plan, shard by shard, skipping finished shards; worker `(k, n)` takes the shards
+    `i` with `i % n == k`. Returns the number of shards generated."""
     caption_of = dict(zip(plan["image_ids"], plan["captions"]))
     pairs = plan["pairs"]
     shard_dir = work_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     num_shards = (len(pairs) + options.shard_size - 1) // options.shard_size
+    index, count = worker
+    if not 0 <= index < count:
+        raise ValueError(f"worker index {index} is not in [0, {count})")
     done = 0
-    for shard in tqdm(range(num_shards), desc="generating", unit="shard", disable=not progress):
+    for shard in tqdm(range(index, num_shards, count), desc="generating", unit="shard", disable=not progress):
         path = shard_dir / f"shard-{shard:05d}.json"
         if path.exists():
             continue
@@ -247,6 +254,11 @@ def generate_shards(plan: dict, generator, options: MTCIROptions, work_dir: Path
         _atomic_write_text(path, json.dumps(records))
         done += 1
     return done
+
+
+def _missing_shards(plan: dict, options: MTCIROptions, work_dir: Path) -> list[int]:
+    num_shards = (len(plan["pairs"]) + options.shard_size - 1) // options.shard_size
+    return [i for i in range(num_shards) if not (work_dir / "shards" / f"shard-{i:05d}.json").exists()]
 
 
 def _load_records(plan: dict, options: MTCIROptions, work_dir: Path) -> list[dict]:
@@ -316,7 +328,8 @@ def _card(report: MTCIRReport, options: MTCIROptions, generator_info: dict, embe
 
 
 def build_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
-                options: MTCIROptions | None = None, progress: bool = False, push_to_hub: str | None = None) -> MTCIRReport:
+                options: MTCIROptions | None = None, progress: bool = False, push_to_hub: str | None = None,
+                worker: tuple[int, int] = (0, 1)) -> MTCIRReport:
     """The whole pipeline: pairs dataset -> MTCIR-style dataset folder (`triplets` + `images`, with a card).
 
     Args:
@@ -330,6 +343,9 @@ def build_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, work_
         options: `MTCIROptions`.
         progress: tqdm bars.
         push_to_hub: a dataset repo id to upload the result to.
+        worker: `(k, n)`: this process generates the shards `i % n == k` (one process per GPU, same arguments
+            otherwise); whichever worker finds every shard done writes the dataset (the others return a report
+            with `missing_shards` > 0). Identical plans make the workers agree without talking to each other.
 
     Returns:
         `MTCIRReport` with the counts the card shows.
@@ -343,20 +359,21 @@ def build_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, work_
     work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = run_folder(work_dir, settings)
     plan = plan_pairs(pairs, embedder, options, work_dir, run_dir, progress)
-    generate_shards(plan, generator, options, run_dir, progress)
     report = MTCIRReport(num_images=len(plan["image_ids"]), num_groups=len(plan["groups"]), num_pairs=len(plan["pairs"]),
                          similarity_quantiles=plan.get("similarity_quantiles", {}))
     if not plan["pairs"]:
         raise ValueError(f"no group of {options.group_size} images has every member's similarity to its first image in "
                          f"[{options.low}, {options.high}]; image similarities have quantiles "
                          f"{report.similarity_quantiles}: choose the window from them (--low / --high)")
+    generate_shards(plan, generator, options, run_dir, progress, worker)
+    report.missing_shards = len(_missing_shards(plan, options, run_dir))
+    if report.missing_shards:
+        return report
     rows = triplet_rows(_load_records(plan, options, run_dir), report)
     used = set()
     for row in rows:
         used.update((row["reference_id"], row["target_id"]))
     position = {image_id: index for index, image_id in enumerate(plan["image_ids"])}
-    from datasets import Image
-
     raw = pairs.cast_column("image", Image(decode=False))  # keep the original bytes, no re-encoding
     keep = sorted(position[image_id] for image_id in used)
     image_rows = ({"image_id": str(row["image_id"]), "image": row["image"]}
