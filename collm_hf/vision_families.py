@@ -109,10 +109,13 @@ def load_pretrained_vision(name_or_path: str, **kwargs) -> tuple[nn.Module, nn.M
     """Load a pretrained tower and its projection from a full or vision-only checkpoint.
 
     Returns `(tower, projection or None, family name, projection size or None)`; weights are bit-exact copies.
+    Weights are read from safetensors only unless the caller passes `use_safetensors=None` (or False).
     """
     import transformers
 
-    config = AutoConfig.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k != "dtype"})
+    kwargs.setdefault("use_safetensors", True)  # a pickle checkpoint can run code when loaded
+    config = AutoConfig.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items()
+                                                         if k not in ("dtype", "use_safetensors")})
     for family in VISION_FAMILIES.values():
         if config.model_type in family.full_model_types:
             source = getattr(transformers, family.full_model_class).from_pretrained(name_or_path, **kwargs)

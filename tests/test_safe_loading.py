@@ -2,6 +2,8 @@
 
 - a folder with only `pytorch_model.bin` is refused (UnsafeWeightsError naming the file) unless allow_pickle=True;
 - `use_safetensors=False` alone is refused too; with both files present, safetensors are read;
+- vision backbones (`vision_families.load_pretrained_vision`, used by `from_backbones` and `ImageEmbedder`) are
+  read from safetensors only unless `use_safetensors=None` is passed;
 - missing weights -> MissingWeightsError naming them; extra weights -> a warning naming them;
 - an unknown `model_type` -> a clear ValueError naming it;
 - zip/tar members are read in place; `safe_extract` refuses absolute paths, `..`, escaping links, devices,
@@ -255,3 +257,23 @@ def test_from_pretrained_keeps_other_warnings_quiet(saved):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         CoLLMModel.from_pretrained(folder)
+
+
+def test_vision_backbone_pickle_only_is_refused_unless_opted_in(tmp_path):
+    """`from_backbones` / `ImageEmbedder` load towers through `load_pretrained_vision`: safetensors only too."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from collm_hf._testing import VISION_CONFIGS
+    from collm_hf.vision_families import load_pretrained_vision
+
+    vision = {k: v for k, v in VISION_CONFIGS["clip"].items() if k not in ("model_type", "projection_dim")}
+    text = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "vocab_size": 99}
+    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=24)).save_pretrained(tmp_path / "clip")
+    state = load_file(tmp_path / "clip" / "model.safetensors")
+    (tmp_path / "clip" / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "clip" / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        load_pretrained_vision(str(tmp_path / "clip"))
+    tower, projection, family, dim = load_pretrained_vision(str(tmp_path / "clip"), use_safetensors=None)
+    assert family == "clip" and dim == 24
