@@ -66,7 +66,10 @@ def main(argv=None) -> dict:
     share = args.vision is None or args.vision == args.judge
     embedder = (ImageEmbedder.from_model(model, processor, args.batch_size, args.judge) if share and is_collm
                 else ImageEmbedder.from_pretrained(args.vision, args.batch_size, args.device))
-    rewriter = LLMTextRewriter(TransformersGenerator(args.rewriter, device=args.device)) if args.rewriter else None
+    rewriter = None
+    if args.rewriter:  # the reply is made to start as the JSON the rewriter reads
+        rewriter = LLMTextRewriter(TransformersGenerator(args.rewriter, device=args.device, max_new_tokens=48,
+                                                         response_prefix='{"text": "'))
     options = RefineOptions(num_negatives=args.num_negatives, trials=args.trials, min_passes=args.min_passes,
                             seed=args.seed)
     summary = refine_benchmark(args.benchmark, args.split, judge, embedder, args.output_dir, rewriter, options,
