@@ -10,13 +10,18 @@ checkpoint from a stranger is read from safetensors only. `CoLLMModel.from_pretr
 - raises `MissingWeightsError` naming every weight the checkpoint lacks (a randomly initialised layer in a
   "pretrained" model is a silent wrong result);
 - warns, naming them, about weights in the checkpoint that the model does not use (extra weights are
-  harmless to the result: a newer checkpoint, or a head this model has no use for).
+  harmless to the result: a newer checkpoint, or a head this model has no use for);
+- warns, naming them, about weights holding NaN or infinite values (a diverged run's checkpoint);
+- names the folder when it has no `config.json` (transformers would build a default config and fail on
+  mismatched shapes) and the file when a safetensors file is corrupt.
 
-This module imports only the standard library (it travels with saved checkpoints for trust_remote_code).
+This module imports only the standard library and safetensors (it travels with saved checkpoints).
 """
 
 import os
 import warnings
+
+from safetensors import SafetensorError
 
 # Weight files that are pickles (torch.save / torch.load): refused unless allow_pickle=True.
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -104,11 +109,19 @@ def checked_from_pretrained(load, name_or_path, *args, allow_pickle: bool = Fals
             "use_safetensors=False reads pickle weights, which can run arbitrary code; pass allow_pickle=True "
             "as well if you trust this checkpoint."
         )
+    folder = None
+    if name_or_path is not None:
+        folder = os.path.normpath(os.path.join(os.fspath(name_or_path), kwargs.get("subfolder", "") or ""))
+    if folder and os.path.isdir(folder) and kwargs.get("config") is None \
+            and not os.path.isfile(os.path.join(folder, "config.json")):
+        raise OSError(f"{folder} has no config.json: not a saved model folder (save_pretrained writes one).")
     if kwargs.get("state_dict") is None:
         check_weights_format(name_or_path, allow_pickle, kwargs.get("subfolder", ""))
     want_info = kwargs.pop("output_loading_info", False)
     try:
         model, info = load(name_or_path, *args, use_safetensors=use_safetensors, output_loading_info=True, **kwargs)
+    except SafetensorError as error:
+        raise OSError(f"{name_or_path}: a safetensors weights file is corrupt or truncated ({error}).") from error
     except OSError as error:
         if use_safetensors and "safetensors" in str(error) and not isinstance(error, UnsafeWeightsError):
             raise UnsafeWeightsError(
@@ -126,6 +139,11 @@ def checked_from_pretrained(load, name_or_path, *args, allow_pickle: bool = Fals
             f"{_listed(unexpected)}.",
             stacklevel=3,
         )
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(tensor.isfinite().all())]
+    if broken:
+        warnings.warn(f"{name_or_path}: {len(broken)} weight(s) hold NaN or infinite values: {_listed(broken)}; "
+                      "every embedding will be NaN (the checkpoint of a diverged run?).", stacklevel=3)
     return (model, info) if want_info else model
 
 

@@ -6,6 +6,7 @@
   read from safetensors only unless `use_safetensors=None` is passed;
 - missing weights -> MissingWeightsError naming them; extra weights -> a warning naming them;
 - an unknown `model_type` -> a clear ValueError naming it;
+- a folder without config.json, a truncated or corrupt safetensors file -> OSError naming it; NaN weights warn;
 - zip/tar members are read in place; `safe_extract` refuses absolute paths, `..`, escaping links, devices,
   oversized members, and writes nothing when any member is bad;
 - no module of the package passes `trust_remote_code=True`.
@@ -277,3 +278,22 @@ def test_vision_backbone_pickle_only_is_refused_unless_opted_in(tmp_path):
         load_pretrained_vision(str(tmp_path / "clip"))
     tower, projection, family, dim = load_pretrained_vision(str(tmp_path / "clip"), use_safetensors=None)
     assert family == "clip" and dim == 24
+
+
+def test_damaged_checkpoint_folders_are_named(saved, tmp_path):
+    folder, state, _ = saved
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    save_file(state, no_config / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(OSError, match=r"no_config has no config\.json"):
+        CoLLMModel.from_pretrained(no_config)
+    for cut in (0, 5, 100, 4000):
+        target = _copy_config(folder, tmp_path / f"cut{cut}")
+        (target / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:cut])
+        with pytest.raises(OSError, match=rf"cut{cut}.*corrupt or truncated"):
+            CoLLMModel.from_pretrained(target)
+    target = _copy_config(folder, tmp_path / "nan")
+    save_file(dict(state, **{"projection.weight": torch.full_like(state["projection.weight"], float("nan"))}),
+              target / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"NaN or infinite values: projection\.weight"):
+        CoLLMModel.from_pretrained(target)
