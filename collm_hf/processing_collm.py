@@ -10,6 +10,7 @@ tokenizer's own trailing special token (BERT's [SEP]) or else its EOS token, whi
 Only the modification text is truncated (to `max_text_tokens`, with a warning).
 """
 
+import json
 import warnings
 
 import torch
@@ -61,6 +62,15 @@ class CoLLMProcessor(ProcessorMixin):
         self.padding_side = padding_side
         super().__init__(image_processor, tokenizer, **kwargs)
         self._pieces = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "CoLLMProcessor":
+        """`ProcessorMixin.from_pretrained`; a corrupt JSON file (tokenizer.json, ...) raises an OSError naming the folder."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except json.JSONDecodeError as error:
+            raise OSError(f"{pretrained_model_name_or_path}: a processor or tokenizer file is not valid JSON "
+                          f"({error})") from error
 
     @classmethod
     def from_backbones(cls, vision_name_or_path: str, llm_name_or_path: str, **kwargs) -> "CoLLMProcessor":

@@ -280,6 +280,21 @@ def test_vision_backbone_pickle_only_is_refused_unless_opted_in(tmp_path):
     assert family == "clip" and dim == 24
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "processor_config.json", "tokenizer_config.json"])
+def test_processor_with_a_corrupt_json_file_is_named(tmp_path, name):
+    from transformers import AutoProcessor
+
+    from collm_hf import CoLLMProcessor
+    from collm_hf._testing import tiny_model_and_processor
+
+    _, processor = tiny_model_and_processor()
+    processor.save_pretrained(tmp_path / "proc")
+    (tmp_path / "proc" / name).write_text("{not json")
+    for load in (CoLLMProcessor.from_pretrained, AutoProcessor.from_pretrained):
+        with pytest.raises(OSError, match="proc"):
+            load(tmp_path / "proc")
+
+
 def test_damaged_checkpoint_folders_are_named(saved, tmp_path):
     folder, state, _ = saved
     no_config = tmp_path / "no_config"
