@@ -40,7 +40,7 @@ builder's annotation files check that no other exception type escapes.
 | dataset builders | duplicate ids, target missing from the gallery, missing or corrupt images | DatasetBuildError listing every offending item; nothing written |
 | dataset builders | null / bool / list / dict ids, null or non-string captions, empty modifications | DatasetBuildError naming the entry and key (was written as "None" / null) |
 | CLI | missing source folder, malformed annotations, missing model/index, -k 0 | exit status != 0 and one "error:" line naming it, no traceback |
-| from_pretrained | pickle-only checkpoint, missing / extra weights, unknown model_type | see tests/test_safe_loading.py |
+| from_pretrained | pickle-only checkpoint (model or vision backbone), missing / extra / NaN weights, unknown model_type, no config.json, truncated safetensors; processor folder with a corrupt JSON file | UnsafeWeightsError / MissingWeightsError / OSError naming it, warnings for extra and NaN weights: tests/test_safe_loading.py |
 
 Accepted as they are (documented): an integer id becomes its string (ids are strings everywhere); optional
 fields the benchmarks leave empty (CIRR test `target_hard`, CIRCO `shared_concept`) are written as given.
