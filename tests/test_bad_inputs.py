@@ -28,7 +28,7 @@ builder's annotation files check that no other exception type escapes.
 | collators | 10,000-character caption / modification | truncated, with a warning |
 | collators | caption with a lone surrogate | ValueError naming the row and column (crashed in the tokenizer) |
 | metric | duplicate ids in a ranking, empty or None target, K < 1 or not int, mismatched lengths, non-id types, CIRR subset member missing, unknown protocol | ValueError / TypeError naming the query or argument |
-| metric | K larger than the ranking / gallery | works: recall@K counts what is ranked |
+| metric (also through evaluate.load) | K larger than the ranking / gallery | works: recall@K counts what is ranked |
 | index | duplicate gallery ids, NaN/inf gallery or query embeddings, wrong query shape, k < 1, malformed exclude_ids, ids/embeddings count mismatch, empty gallery | ValueError / TypeError naming the id or shape |
 | index | K larger than the gallery | works: the whole gallery, best first |
 | search.GallerySearcher.search | no query, blank text, k < 1, a string as exclude_ids, missing or junk image, non-string text | SearchInputError / ImageReadError / ValueError naming it (a string exclude_ids silently excluded its characters) |
@@ -468,6 +468,24 @@ def test_metric_bad_inputs(kwargs, error, match):
 
     with pytest.raises(error, match=match):
         compute_cir_metrics(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [({"predictions": [["a", None]], "references": [["a"]]}, TypeError, r"predictions\[0\]"),
+     ({"predictions": [["a", "a"]], "references": [["a"]]}, ValueError, "more than once"),
+     ({"predictions": [["a"], ["b"]], "references": [["a"]]}, ValueError, "number of predictions"),
+     ({"predictions": [["a"]], "references": [None]}, TypeError, r"references\[0\]"),
+     ({"predictions": ["abc"], "references": [["a"]]}, TypeError, r"predictions\[0\] must be a list"),
+     ({"predictions": [["a"]], "references": [["a"]], "protocol": "nope"}, ValueError, "protocol must be one of")],
+)
+def test_evaluate_module_bad_inputs(kwargs, error, match):
+    """The same checks through `evaluate.load("collm_hf/cir_metric.py")` (its own input path)."""
+    import evaluate
+
+    metric = evaluate.load(str(Path(__file__).resolve().parents[1] / "collm_hf" / "cir_metric.py"))
+    with pytest.raises(error, match=match):
+        metric.compute(**kwargs)
 
 
 def test_metric_k_larger_than_the_gallery():
