@@ -27,8 +27,8 @@ builder's annotation files check that no other exception type escapes.
 | collators | unknown image id, missing column, empty/None caption or modification, corrupt image bytes, None image, empty batch, one-image pair batch | KeyError / ValueError / ImageReadError naming the row or id |
 | collators | 10,000-character caption / modification | truncated, with a warning |
 | collators | caption with a lone surrogate | ValueError naming the row and column (crashed in the tokenizer) |
-| metric | duplicate ids in a ranking, empty or None target, K < 1 or not int, mismatched lengths, non-id types, CIRR subset member missing, unknown protocol | ValueError / TypeError naming the query or argument |
-| metric (also through evaluate.load) | K larger than the ranking / gallery | works: recall@K counts what is ranked |
+| metric (plain functions and evaluate.load) | duplicate ids in a ranking, empty or None target, K < 1 or not int, mismatched lengths, non-id types, CIRR subset member missing, unknown protocol | ValueError / TypeError naming the query or argument |
+| metric | K larger than the ranking / gallery | works: recall@K counts what is ranked |
 | index | duplicate gallery ids, NaN/inf gallery or query embeddings, wrong query shape, k < 1, malformed exclude_ids, ids/embeddings count mismatch, empty gallery | ValueError / TypeError naming the id or shape |
 | index | K larger than the gallery | works: the whole gallery, best first |
 | search.GallerySearcher.search | no query, blank text, k < 1, a string as exclude_ids, missing or junk image, non-string text | SearchInputError / ImageReadError / ValueError naming it (a string exclude_ids silently excluded its characters) |
