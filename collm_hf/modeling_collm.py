@@ -394,7 +394,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
             vision_name_or_path: a full CLIP/SigLIP/BLIP checkpoint (or a vision-only one with projection).
             llm_name_or_path: a decoder LLM (or text encoder) checkpoint.
             dtype: dtype for both towers and the new modules.
-            vision_kwargs / llm_kwargs: extra `from_pretrained` keyword arguments per tower.
+            vision_kwargs / llm_kwargs: extra `from_pretrained` keyword arguments per tower. Both towers are read
+                from safetensors only; pass `{"use_safetensors": None}` to allow pickle checkpoints you trust.
             **options: `CoLLMConfig` options (adapter_type, pooling, num_visual_tokens, ...).
 
         Example:
@@ -404,7 +405,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
         tower, vision_projection, family, projection_dim = load_pretrained_vision(
             vision_name_or_path, **dtype_kwargs, **(vision_kwargs or {})
         )
-        language_model = AutoModel.from_pretrained(llm_name_or_path, **dtype_kwargs, **(llm_kwargs or {}))
+        llm_kwargs = {"use_safetensors": True, **(llm_kwargs or {})}  # pickle checkpoints can run code when loaded
+        language_model = AutoModel.from_pretrained(llm_name_or_path, **dtype_kwargs, **llm_kwargs)
         config = CoLLMConfig(
             vision_config=tower.config,
             text_config=language_model.config,

@@ -95,3 +95,15 @@ def test_processor_from_backbones(tmp_path, llm_checkpoints):
 def test_unsupported_vision_checkpoint_is_clear(tmp_path, llm_checkpoints):
     with pytest.raises(ValueError, match="supported vision checkpoints"):
         CoLLMModel.from_backbones(str(llm_checkpoints / "llama"), str(llm_checkpoints / "llama"))
+
+
+def test_pickle_only_llm_checkpoint_is_refused(tmp_path, llm_checkpoints):
+    _full_vision_model("clip").save_pretrained(tmp_path / "clip")
+    llm = LlamaForCausalLM(LlamaConfig(**LLM))
+    llm.config.save_pretrained(tmp_path / "pickled")
+    torch.save(llm.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(Exception, match="safetensors|model.safetensors"):
+        CoLLMModel.from_backbones(str(tmp_path / "clip"), str(tmp_path / "pickled"))
+    model = CoLLMModel.from_backbones(str(tmp_path / "clip"), str(tmp_path / "pickled"),
+                                      llm_kwargs={"use_safetensors": None})  # explicit opt-in
+    assert torch.equal(model.language_model.embed_tokens.weight, llm.model.embed_tokens.weight)
