@@ -76,8 +76,18 @@ def convert_gguf_to_safetensors(gguf_path: str | os.PathLike, output_dir: str | 
 
 
 def smollm2_folder(output_dir: str | os.PathLike | None = None) -> Path:
-    """A cached safetensors folder of SmolLM2-135M-Instruct (downloaded and converted on first use)."""
+    """A cached safetensors folder of SmolLM2-135M-Instruct (downloaded and converted on first use).
+
+    A file lock makes concurrent callers (pytest-xdist workers, several scripts) wait for one conversion
+    instead of racing to replace each other's folder.
+    """
+    from filelock import FileLock
+
     output_dir = Path(output_dir or cache_dir() / "SmolLM2-135M-Instruct")
     if (output_dir / "model.safetensors").exists():
         return output_dir
-    return convert_gguf_to_safetensors(fetch_smollm2_gguf(), output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(output_dir) + ".lock"):
+        if (output_dir / "model.safetensors").exists():  # converted by another process while we waited
+            return output_dir
+        return convert_gguf_to_safetensors(fetch_smollm2_gguf(), output_dir)
