@@ -28,7 +28,7 @@ NUM_SAMPLES = 8
 # Small gallery images (the synthetic world's are 48 px) are scaled up whole and sharp; captions may wrap.
 CSS = """
 #reference-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#results img { object-fit: contain !important; image-rendering: pixelated; padding-bottom: 1.6em; }
+#results img { object-fit: contain !important; image-rendering: pixelated; box-sizing: border-box; padding-bottom: 1.8em; }
 #results .caption-label { max-width: 100%; }
 """
 

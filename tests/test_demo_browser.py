@@ -2,7 +2,7 @@
 
 Chromium is Debian's package (/usr/bin/chromium; `.ci/run` installs it), driven through Playwright's Python
 API pointed at that executable: nothing is downloaded. Without Chromium or Playwright the tests skip and say
-why. `COLLM_DEMO_SCREENSHOT=docs/demo.png` (optionally with `COLLM_DEMO_MODEL`, `COLLM_DEMO_GALLERY`) also
+why. `COLLM_DEMO_SCREENSHOT=docs/demo.png` (with `COLLM_DEMO_MODEL`, optionally `COLLM_DEMO_SAMPLE`) also
 writes the README's screenshot.
 """
 
@@ -20,7 +20,7 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 30_000
-K = 6
+K = 8
 SAMPLE_TEXTS = ("add a red circle", "make the square blue", "remove the circle")
 
 if not os.path.isfile(CHROMIUM) or not os.access(CHROMIUM, os.X_OK):
@@ -53,7 +53,7 @@ def served(tmp_path_factory):
     """The demo on localhost: the tiny random model over a 24-image gallery.
 
     For the README's screenshot ($COLLM_DEMO_SCREENSHOT): $COLLM_DEMO_MODEL (e.g. the quickstart's) over the
-    default gallery (the synthetic world), queried with its first sample.
+    default gallery (the synthetic world), queried with its sample number $COLLM_DEMO_SAMPLE (default 0).
     """
     import datasets
 
@@ -70,8 +70,9 @@ def served(tmp_path_factory):
     reference, text = root / "reference.png", "make the square red and add a yellow circle"
     if os.environ.get("COLLM_DEMO_SCREENSHOT"):
         demo = build_demo(model_path, k=K, device="cpu")
-        demo.samples[0][0].save(reference)
-        text = demo.samples[0][1]
+        sample = demo.samples[int(os.environ.get("COLLM_DEMO_SAMPLE", "0"))]
+        sample[0].save(reference)
+        text = sample[1]
     else:
         gallery = datasets.Dataset.from_dict(
             {"image_id": [f"scene-{i:02d}" for i in range(24)], "image": [_scene(i) for i in range(24)]},
