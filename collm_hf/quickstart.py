@@ -88,7 +88,7 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     """Stages 1 and 2; saves DIR/model_pairs_only and DIR/model."""
     from .data.synthetic_world import CIRR_SPLIT  # noqa: F401  (documented split names live there)
     from .quickstart_training import (TripletGroups, build_model_and_processor, pair_collator, seed_everything,
-                                      train_stage, triplet_collator)
+                                      set_vision_trainable, train_stage, triplet_collator)
 
     start = time.perf_counter()
     world = _ensure_world(out / "world", recipe.world, ("pairs", "mtcir", "cirr", "circo"))
@@ -111,8 +111,10 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     images = dict(zip(images_table["image_id"], images_table["image"]))
     print(f"[quickstart] stage 2: triplet fine-tuning ({recipe.triplet_steps} steps)")
     model.train()
+    set_vision_trainable(model, not recipe.freeze_vision_in_triplet_stage)
     train_stage(model, TripletGroups(triplets), triplet_collator(processor, images, seed), str(scratch),
                 recipe.triplet_steps, recipe.groups_per_batch, recipe, seed, show_progress)
+    set_vision_trainable(model, True)
     timings["triplet_training_s"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(scratch, ignore_errors=True)
     return model, processor
