@@ -224,7 +224,9 @@ def query_benchmark(model, processor, texts: list[str], batch_size: int = 64, re
     seconds = interleaved_medians(functions, repeats)
     matmul_rate = 3 * 2 * matmul_size**3 / seconds["matmul"]
     flops = encoder_flops(model, results["stats"])
-    naive_rows = sum(len(processor.build_query_ids(t, True)[0]) for t in texts)
+    lengths = [len(processor.build_query_ids(t, True)[0]) for t in texts]
+    naive_padded = sum(len(lengths[i:i + batch_size]) * max(lengths[i:i + batch_size])
+                       for i in range(0, len(lengths), batch_size))
     extra = {}
     if bf16:
         extra = {"query_speedup_bf16_vs_naive": seconds["naive"] / seconds["fast_bf16"],
@@ -238,7 +240,8 @@ def query_benchmark(model, processor, texts: list[str], batch_size: int = 64, re
         "queries_per_s_naive": len(texts) / seconds["naive"],
         "encoder_gflop_per_s": flops / seconds["fast"] / 1e9,
         "matmul_gflop_per_s": matmul_rate / 1e9,
-        "mean_prompt_tokens": naive_rows / len(texts),
+        "mean_prompt_tokens": sum(lengths) / len(texts),
+        "naive_tokens_per_query": naive_padded / len(texts),
         "fast_tokens_per_query": (results["stats"]["suffix_tokens"] + results["stats"]["prefix_tokens"]) / len(texts),
         "prefix_tokens_cached": results["stats"]["prefix_tokens"],
     }
