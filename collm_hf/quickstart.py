@@ -29,7 +29,21 @@ def add_arguments(parser):
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+# What the quickstart imports beyond the base install (the `train` and `eval` extras, plus jinja2 for the card).
+NEEDED_MODULES = {"datasets": "datasets", "evaluate": "evaluate", "accelerate": "accelerate", "jinja2": "jinja2"}
+
+
+def check_dependencies():
+    """Raise one clear error naming every missing package (instead of a deep ImportError mid-run)."""
+    import importlib.util
+
+    missing = [pip for module, pip in NEEDED_MODULES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise SystemExit(f"collm-hf quickstart needs {', '.join(missing)}: pip install 'collm-hf[train,eval]' jinja2")
+
+
 def run(args) -> int:
+    check_dependencies()
     run_quickstart(args.output_dir, seed=args.seed, llm=args.llm, tiny=args.tiny, retrain=args.retrain,
                    show_progress=not args.no_progress)
     return 0
