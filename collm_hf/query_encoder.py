@@ -26,9 +26,8 @@ def bf16_supported(device: torch.device | str = "cpu") -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        check = getattr(torch.backends.cpu, "get_cpu_capability", None)
-        cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None) or getattr(torch.cpu, "_is_amx_tile_supported", None)
-        return bool(cpu_bf16 and cpu_bf16()) or (check is not None and "AMX" in check())
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
     return False
 
 
