@@ -140,3 +140,12 @@ def test_bad_inputs_name_the_problem(tiny_model_and_processor):
     other.instruction = "something else"
     with pytest.raises(ValueError, match="instruction"):
         CoLLMQueryEncoder(model, other)
+
+
+def test_sliding_window_shorter_than_the_prompt_still_equal():
+    model, processor = tiny_model_and_processor("clip", "mistral")
+    model.config.text_config.sliding_window = 6  # the shared prefix alone is longer than the window
+    model = type(model)(model.config).eval()
+    embeds = _image_embeds(model, len(TEXTS))
+    fast = CoLLMQueryEncoder(model, processor).encode(TEXTS, image_embeds=embeds, batch_size=2)
+    assert (fast - _plain(model, processor, TEXTS, embeds, True)).abs().max() <= TOL
