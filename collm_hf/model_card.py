@@ -14,6 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .atomic import atomic_write
+
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.jinja"
 TASK_TYPE = "composed-image-retrieval"
 TASK_NAME = "Composed Image Retrieval"
@@ -133,10 +135,7 @@ def write_model_card(model_dir: str | os.PathLike, metrics: dict, **kwargs) -> P
     model_dir = Path(model_dir)
     config = CoLLMConfig.from_pretrained(model_dir) if (model_dir / "config.json").is_file() else None
     card = render_model_card(config, metrics, **kwargs)
-    tmp = model_dir / f".README.md.tmp-{os.getpid()}"
-    card.save(tmp)
-    os.replace(tmp, model_dir / "README.md")
-    return model_dir / "README.md"
+    return atomic_write(model_dir / "README.md", card.save)
 
 
 __all__ = ["build_card_data", "eval_results", "render_model_card", "write_model_card", "TEMPLATE_PATH"]

@@ -39,7 +39,7 @@ def check_dependencies():
 
     missing = [pip for module, pip in NEEDED_MODULES.items() if importlib.util.find_spec(module) is None]
     if missing:
-        raise SystemExit(f"collm-hf quickstart needs {', '.join(missing)}: pip install 'collm-hf[train,eval]' jinja2")
+        raise SystemExit(f"collm-hf quickstart needs {', '.join(missing)}: pip install 'collm-hf[quickstart]'")
 
 
 def run(args) -> int:

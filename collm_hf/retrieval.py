@@ -10,13 +10,13 @@ millions. Embeddings are expected L2-normalised, so inner product = cosine simil
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from .image_io import open_image, to_rgb_image
+from .atomic import atomic_write
 
 EMBEDDINGS_FILE = "gallery_embeddings.safetensors"
 IDS_FILE = "gallery_ids.json"
@@ -66,19 +66,7 @@ def _check_ids(ids) -> list[str]:
     return ids
 
 
-def _atomic_write(path: str, write):
-    """Call `write(tmp_path)` on a temporary file next to `path`, then `os.replace` it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+_atomic_write = atomic_write
 
 
 def _ids_digest(ids: list[str]) -> str:

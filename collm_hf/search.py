@@ -14,13 +14,13 @@ an object, a Parquet file, a `save_to_disk` folder, a folder written by `collm_h
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .image_io import ImageReadError, open_image, to_rgb_image
+from .atomic import atomic_write_json
 from .retrieval import EMBEDDINGS_FILE, GalleryIndex, image_embedder
 
 SOURCE_FILE = "gallery_source.json"
@@ -176,15 +176,7 @@ def save_index(index: GalleryIndex, folder: str | os.PathLike, source: dict | No
     if source is None:
         (folder / SOURCE_FILE).unlink(missing_ok=True)  # never leave a stale pointer to another gallery
     else:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SOURCE_FILE, dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(dict(source, num_images=len(index)), f, indent=2)
-            os.replace(tmp, folder / SOURCE_FILE)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write_json(folder / SOURCE_FILE, dict(source, num_images=len(index)), indent=2)
     return folder
 
 

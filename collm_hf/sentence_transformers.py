@@ -20,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import atomic_write_text
+
 MODULE_OUTPUT_NAME = "sentence_embedding"
 MODALITY_CONFIG = {
     "image+text": {"method": "get_query_embeds", "method_output_name": None},
@@ -51,10 +53,7 @@ def write_sentence_transformers_config(model_dir: str | os.PathLike) -> list[Pat
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json).")
     written = []
     for name, content in sentence_transformers_files().items():
-        tmp = model_dir / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, model_dir / name)
-        written.append(model_dir / name)
+        written.append(atomic_write_text(model_dir / name, json.dumps(content, indent=2) + "\n"))
     return written
 
 

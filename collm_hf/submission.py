@@ -10,12 +10,11 @@ The ranking rules are the metric's own (`cir_metric.remove_reference`, `cir_metr
 submission and a validation score can never disagree on the protocol.
 """
 
-import json
 import os
-import tempfile
 import warnings
 
 from .cir_metric import as_rankings, remove_reference, subset_ranking
+from .atomic import atomic_write_json
 
 CIRR_VERSION = "rc2"
 TOP_K = 50
@@ -25,18 +24,7 @@ MAX_SUBMISSION_BYTES = 5 * 2**20
 
 def write_json_atomic(path: str, obj) -> str:
     """Write `obj` as JSON to a temporary file beside `path`, then `os.replace` it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_json(path, obj)
     return path
 
 

@@ -7,13 +7,13 @@ outside the top-k is noted at the end of the row. PIL only; the PNG is written a
 """
 
 import os
-import tempfile
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .image_io import open_image, to_rgb_image
+from .atomic import atomic_write
 
 GREEN, GREY, RED, BLACK, WHITE = (22, 163, 74), (170, 170, 170), (200, 40, 40), (20, 20, 20), (255, 255, 255)
 
@@ -123,18 +123,7 @@ def retrieval_grid(reference_images: Sequence, texts: Sequence[str], rankings: S
 def save_retrieval_grid(path: str, *args, **kwargs) -> str:
     """Draw `retrieval_grid(*args, **kwargs)` and write it as a PNG atomically (temp file, then os.replace)."""
     image = retrieval_grid(*args, **kwargs)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
     return path
 
 

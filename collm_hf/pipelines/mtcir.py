@@ -26,7 +26,6 @@ Example:
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from datasets import Image
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write, atomic_write_text
 from ..data.schema import IMAGES_CONFIG, TRIPLETS_CONFIG, triplet_features
 from ..data.writer import write_dataset
 from .generation import (
@@ -104,19 +104,11 @@ class MTCIRReport:
 # Small atomic file helpers
 # ----------------------------------------------------------------------------------------------------------
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temp, path)
+    atomic_write_text(path, text)
 
 
 def _atomic_torch_save(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    torch.save(value, temp)
-    os.replace(temp, path)
+    atomic_write(path, lambda temp: torch.save(value, temp))
 
 
 def _digest(value) -> str:
