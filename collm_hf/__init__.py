@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 from .configuration_collm import DEFAULT_INSTRUCTION, CoLLMConfig
 from .modeling_collm import CoLLMModel, CoLLMOutput, CoLLMPreTrainedModel
 from .processing_collm import CoLLMProcessor
+from .query_encoder import CoLLMQueryEncoder  # the fast query path (same embeddings, instruction prefix cached)
 
 __version__ = "0.1.0"
 
@@ -23,9 +24,7 @@ CoLLMConfig.register_for_auto_class()
 CoLLMModel.register_for_auto_class("AutoModel")
 CoLLMProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["CoLLMConfig", "CoLLMModel", "CoLLMOutput", "CoLLMPreTrainedModel", "CoLLMProcessor", "DEFAULT_INSTRUCTION"]
-
-# The fast query path (same embeddings as CoLLMModel.get_query_embeds, instruction prefix cached).
-from .query_encoder import CoLLMQueryEncoder  # noqa: E402
-
-__all__ += ["CoLLMQueryEncoder"]
+__all__ = [
+    "CoLLMConfig", "CoLLMModel", "CoLLMOutput", "CoLLMPreTrainedModel", "CoLLMProcessor", "CoLLMQueryEncoder",
+    "DEFAULT_INSTRUCTION",
+]
