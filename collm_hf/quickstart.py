@@ -100,7 +100,6 @@ def _load(folder: Path, config: str, split: str):
 
 def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict):
     """Stages 1 and 2; saves DIR/model_pairs_only and DIR/model."""
-    from .data.synthetic_world import CIRR_SPLIT  # noqa: F401  (documented split names live there)
     from .quickstart_training import (TripletGroups, build_model_and_processor, pair_collator, seed_everything,
                                       set_vision_trainable, train_stage, triplet_collator)
 
@@ -153,7 +152,6 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str
     from .model_card import write_model_card
     from .quickstart_eval import BASELINES, HEADLINE, error_ratio, evaluate_methods, results_table
     from .quickstart_training import QuickstartRecipe
-    from .visualization import save_benchmark_grid
 
     t0 = time.perf_counter()
     out = Path(output_dir)
