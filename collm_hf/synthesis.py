@@ -89,7 +89,7 @@ def slerp(
 
     `slerp(a, b, alpha) = sin((1-alpha) θ)/sin θ · a + sin(alpha θ)/sin θ · b`, θ = arccos(a·b), computed in the
     equivalent form `cos(alpha θ) a + sin(alpha θ) u`, u = the unit part of b orthogonal to a, which never
-    divides by sin θ: identical vectors give `a`; opposite vectors (θ = π, no unique great circle) turn `a`
+    divides by sin θ: (nearly) identical vectors interpolate linearly; opposite vectors (θ = π, no unique great circle) turn `a`
     towards a fixed orthogonal direction. Inputs are L2-normalised first; the output has unit norm.
 
     Args:
@@ -115,7 +115,11 @@ def slerp(
     opposite = degenerate & (dot < 0)
     u = torch.where(opposite, _orthogonal_unit(a), u)  # θ = π: any great circle; a fixed one
     theta = torch.atan2(sin_theta, dot)  # (..., 1) in [0, π]; stable near 0 and π, unlike arccos
-    return F.normalize(torch.cos(alpha * theta) * a + torch.sin(alpha * theta) * u, dim=-1)
+    spherical = F.normalize(torch.cos(alpha * theta) * a + torch.sin(alpha * theta) * u, dim=-1)
+    # Nearly identical vectors: the normalised linear interpolation equals Slerp to first order in θ and keeps
+    # both endpoints exact (alpha = 1 returns `end`, not `start`).
+    linear = F.normalize((1 - alpha) * a + alpha * b, dim=-1)
+    return torch.where(degenerate & ~opposite, linear, spherical)
 
 
 def nearest_neighbor_indices(embeds: torch.Tensor, image_ids: torch.Tensor | list | None = None) -> torch.Tensor:
