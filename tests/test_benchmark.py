@@ -1,12 +1,12 @@
 """examples/benchmark.py runs end to end on tiny shapes and writes every figure (no timing assertions)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from _scripts import load_script
 from collm_hf.benchmarking import (TARGETS, encoder_flops, format_table, interleaved_medians, modification_texts,
                                    peak_memory_above_baseline)
 
@@ -14,10 +14,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "benchmark.py"
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location("benchmark_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE)
 
 
 def test_smoke_run_writes_all_figures(tmp_path, capsys):

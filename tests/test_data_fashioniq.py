@@ -1,6 +1,5 @@
 """Fashion-IQ builder on a tiny fixture in the official layout (captions/cap.<cat>.<split>.json, image_splits/)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,12 @@ from datasets import load_dataset
 from PIL import Image
 
 from collm_hf.data.schema import FASHIONIQ_GALLERY_FEATURES, queries_features, queries_refined_features
+from _scripts import load_script
 
 
 def _load_script(name):
     path = Path(__file__).resolve().parents[1] / "dataset_scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_dataset_scripts_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 build_script = _load_script("build_fashioniq")

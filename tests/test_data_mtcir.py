@@ -1,7 +1,6 @@
 """MTCIR and pre-training pairs builders on tiny fixtures in their published shapes."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,14 +10,12 @@ from datasets import load_dataset
 from PIL import Image
 
 from collm_hf.data.schema import IMAGES_FEATURES, PAIRS_FEATURES, TRIPLETS_FEATURES
+from _scripts import load_script
 
 
 def _load_script(name):
     path = Path(__file__).resolve().parents[1] / "dataset_scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_dataset_scripts_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 build_mtcir = _load_script("build_mtcir")

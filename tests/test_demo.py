@@ -1,6 +1,5 @@
 """The demo's logic without a browser: one search from the UI's inputs, bad uploads, the app's wiring, the launcher."""
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install collm-hf[demo])")
 
 from collm_hf.demo import BadUpload, build_demo, reference_image_input, search_step, synthetic_world_gallery  # noqa: E402
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,10 +131,7 @@ def test_synthetic_world_default_gallery():
 
 
 def _load_app():
-    spec = importlib.util.spec_from_file_location("collm_demo_app", ROOT / "examples" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "app.py")
 
 
 def test_app_main_builds_and_launches(saved, monkeypatch):

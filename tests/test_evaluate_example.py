@@ -1,21 +1,18 @@
 """examples/evaluate_collm.py end to end on a tiny saved model and tiny CIRR / CIRCO / Fashion-IQ folders."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
+from _scripts import load_script
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "evaluate_collm.py")
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("evaluate_collm", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE)
 
 
 def _image(seed: int) -> Image.Image:

@@ -1,7 +1,6 @@
 """examples/push_to_hub.py: the dry run writes what would be uploaded, and that folder loads with
 trust_remote_code in a Python without collm_hf; the push goes through HfApi.upload_folder (mocked)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,15 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("push_to_hub_example", ROOT / "examples" / "push_to_hub.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "push_to_hub.py")
 
 
 @pytest.fixture

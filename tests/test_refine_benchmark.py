@@ -1,6 +1,5 @@
 """Benchmark refinement: the decision rule, negative mining, trials, and an end-to-end run with the proxy judge."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from PIL import Image
 
 from collm_hf.data.schema import gallery_features, queries_features
 from collm_hf.data.writer import write_dataset
+from _scripts import load_script
 from collm_hf.pipelines.refinement import (
     JudgeRequest,
     LLMTextRewriter,
@@ -104,10 +104,7 @@ def _load(folder, config):
 
 def _load_script(name):
     path = Path(__file__).resolve().parents[1] / "dataset_scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 def test_refine_end_to_end_with_proxy_judge(tmp_path, tiny_benchmark, tiny_model_and_processor):

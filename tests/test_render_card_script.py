@@ -1,17 +1,14 @@
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("render_card", ROOT / "model_card" / "render_card.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "model_card" / "render_card.py")
 
 
 def _front_matter(path):

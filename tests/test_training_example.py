@@ -1,6 +1,5 @@
 """examples/train_collm.py end to end on tiny data: 2 steps of each stage, save, AutoModel reload, resume, adapter."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,16 +9,14 @@ import pytest
 import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["red circle", "blue square", "dog on a bench", "yellow stars", "purple cross", "cyan ring", "green star", "two cats"]
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("train_collm", ROOT / "examples" / "train_collm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "train_collm.py")
 
 
 @pytest.fixture(scope="module")
