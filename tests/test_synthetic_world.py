@@ -123,3 +123,15 @@ def test_write_world_loads_back_with_the_schema(tmp_path):
 def test_unknown_part_is_refused(tmp_path):
     with pytest.raises(ValueError, match="bogus"):
         sw.write_world(tmp_path, TINY, parts=("bogus",))
+
+
+def test_max_objects_bounds_sampled_scenes():
+    config = sw.WorldConfig.tiny(seed=4)
+    config.max_objects = 2
+    assert all(r["caption"].count(" at the ") <= 2 for r in sw.pair_rows(config))
+    for row, reference, target in sw.triplet_scenes(config):
+        assert len(reference.objects) <= 2 and len(target.objects) <= 3  # an edit may add one object
+    queries, _ = sw.cirr_scenes(config)
+    assert {len(q["reference"].objects) for q in queries} == {2}  # benchmark references keep two objects
+    default = sw.WorldConfig.tiny(seed=4)
+    assert max(r["caption"].count(" at the ") for r in sw.pair_rows(default)) == 3

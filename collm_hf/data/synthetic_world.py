@@ -359,6 +359,7 @@ class WorldConfig:
     num_cirr_queries: int = 500  # one set of six similar images per query
     num_circo_queries: int = 300
     circo_max_targets: int = 5  # ground truths rendered per CIRCO-style query
+    max_objects: int = 3  # objects in a sampled scene (edits that add one may make it one more, up to 4)
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "WorldConfig":
@@ -374,7 +375,7 @@ def pair_rows(config: WorldConfig):
     """Yield image-caption pairs {"image_id", "image", "caption"} for pre-training (distinct scenes)."""
     rng, seen = _rng(config, "pairs"), set()
     while len(seen) < config.num_pairs:
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, max_objects=config.max_objects)
         if scene.key not in seen:
             seen.add(scene.key)
             yield {"image_id": scene.image_id, "image": render(scene, config.image_size), "caption": caption(scene)}
@@ -384,7 +385,7 @@ def triplet_scenes(config: WorldConfig):
     """Yield (triplet row, reference scene, target scene) for MTCIR-style triplets, grouped by reference."""
     rng = _rng(config, "triplets")
     for g in range(config.num_groups):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, max_objects=config.max_objects)
         for k, edit in enumerate(edits_of(rng, scene, config.edits_per_group)):
             texts = _pick(rng, edit.texts, config.texts_per_triplet)
             if edit.loose_text:
@@ -418,7 +419,7 @@ def cirr_scenes(config: WorldConfig) -> tuple[list, dict]:
     """The CIRR-style benchmark as scenes: (queries, gallery {image_id: Scene})."""
     rng, queries, gallery = _benchmark_part(config, "cirr"), [], {}
     while len(queries) < config.num_cirr_queries:
-        reference = sample_scene(rng, min_objects=2)
+        reference = sample_scene(rng, min_objects=2, max_objects=max(2, config.max_objects))
         main = random_edit(rng, reference)
         if main is None:
             continue
@@ -448,7 +449,7 @@ def circo_scenes(config: WorldConfig) -> tuple[list, dict]:
     """The CIRCO-style benchmark as scenes: (queries with all valid targets, gallery {image_id: Scene})."""
     rng, queries, gallery = _benchmark_part(config, "circo"), [], {}
     while len(queries) < config.num_circo_queries:
-        reference = sample_scene(rng, min_objects=2)
+        reference = sample_scene(rng, min_objects=2, max_objects=max(2, config.max_objects))
         main = random_edit(rng, reference, loose=True)
         if main is None:
             continue
