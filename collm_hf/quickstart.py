@@ -26,6 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--llm", default=None, help="a pretrained LLM folder or id to use instead of the tiny Llama")
     parser.add_argument("--tiny", action="store_true", help="a reduced run (small world, a few steps) for tests")
     parser.add_argument("--retrain", action="store_true", help="train again even if DIR/model matches")
+    parser.add_argument("--recipe", default=None, metavar="JSON",
+                        help='override recipe fields (QuickstartRecipe), e.g. \'{"pair_steps": 250, "world": {"max_objects": 2}}\'')
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -44,8 +46,23 @@ def check_dependencies():
 
 def run(args) -> int:
     check_dependencies()
+    recipe = None
+    if args.recipe:
+        from .quickstart_training import QuickstartRecipe
+
+        try:
+            overrides = json.loads(args.recipe)
+        except ValueError as error:
+            raise SystemExit(f"--recipe is not valid JSON ({error}): {args.recipe!r}")
+        if not isinstance(overrides, dict):
+            raise SystemExit(f"--recipe must be a JSON object of recipe fields, got {args.recipe!r}")
+        base = QuickstartRecipe.tiny(args.seed) if args.tiny else QuickstartRecipe()
+        try:
+            recipe = base.with_overrides(overrides)
+        except (TypeError, ValueError) as error:
+            raise SystemExit(f"--recipe: {error}")
     run_quickstart(args.output_dir, seed=args.seed, llm=args.llm, tiny=args.tiny, retrain=args.retrain,
-                   show_progress=not args.no_progress)
+                   show_progress=not args.no_progress, recipe=recipe)
     return 0
 
 
@@ -256,7 +273,7 @@ def _card_description(seed: int, recipe, llm) -> str:
     llm_text = f"the LLM `{llm}`" if llm else f"a {recipe.text_layers}-layer Llama (hidden {recipe.hidden_size}) with a BPE tokenizer trained on the world's vocabulary"
     return (
         f"A small CoLLM trained by `collm-hf quickstart --seed {seed}` on the package's synthetic world of coloured "
-        f"shapes: a CLIP vision tower trained from scratch ({recipe.vision_layers} layers, hidden {recipe.hidden_size}, "
+        f"shapes: a CLIP vision tower trained from scratch ({recipe.vision_layers} layers, hidden {recipe.vision_hidden_size}, "
         f"{recipe.world.image_size} px images) and {llm_text}. Stage 1: {recipe.pair_steps} steps of pair "
         f"pre-training with on-the-fly triplet synthesis; stage 2: {recipe.triplet_steps} steps of triplet "
         "fine-tuning on MTCIR-style groups. It is a demonstration that the model learns to compose an image with "

@@ -113,13 +113,14 @@ def results_table(benchmarks: dict) -> str:
         protocol = "cirr" if "recall_subset@1" in next(iter(methods.values())) else "circo"
         keys = ("recall@1", "recall@5", "recall_subset@1") if protocol == "cirr" else ("map@5", "map@10")
         columns += [(name, key) for key in keys]
-    header = f"{'method':<18}" + "".join(f"{f'{n} {k}':>24}" for n, k in columns)
+    widths = [max(10, len(f"{n} {k}")) + 2 for n, k in columns]  # a space between columns, whatever the names
+    header = f"{'method':<18}" + "".join(f"{f'{n} {k}':>{w}}" for (n, k), w in zip(columns, widths))
     lines = [header, "-" * len(header)]
     for method in METHODS:
         cells = []
-        for name, key in columns:
+        for (name, key), width in zip(columns, widths):
             value = benchmarks[name].get(method, {}).get(key)
-            cells.append(f"{'-' if value is None else f'{value:.1f}':>24}")
+            cells.append(f"{'-' if value is None else f'{value:.1f}':>{width}}")
         lines.append(f"{method:<18}" + "".join(cells))
     return "\n".join(lines)
 

@@ -55,6 +55,21 @@ def test_model_folder_reloads_and_has_a_card(quickstart_dir):
     assert (quickstart_dir / "model_pairs_only" / "model.safetensors").is_file()
 
 
+def test_diagnosis_accounts_for_every_query(quickstart_dir, capsys):
+    from _scripts import load_script
+
+    script = load_script("examples/diagnose_quickstart.py")
+    counts = script.diagnose(quickstart_dir)
+    report = json.loads((quickstart_dir / "metrics.json").read_text())
+    queries = 40  # WorldConfig.tiny: num_cirr_queries
+    assert sum(counts.values()) == queries
+    assert counts.get("correct", 0) == round(report["benchmarks"]["synthetic-cirr"]["collm"]["recall@1"] * queries / 100)
+    assert all(k == "correct" or k.startswith(("wrong: subset image", "wrong: other image")) for k in counts)
+    script.main([str(quickstart_dir)])
+    printed = capsys.readouterr().out
+    assert all(f"{count:5d}  {kind}" in printed for kind, count in counts.items())
+
+
 def test_retrievals_picture(quickstart_dir):
     with Image.open(quickstart_dir / "retrievals.png") as picture:
         assert picture.width > 300 and picture.height > 300
@@ -78,6 +93,9 @@ def test_error_ratio_and_table():
     assert error_ratio(metrics, "cirr") == pytest.approx(10.0 / 40.0)
     table = results_table({"synthetic-circo": {m: {"map@5": 1.0, "map@10": 2.0} for m in METHODS}})
     assert all(method in table for method in METHODS) and "map@5" in table
+    cirr = {m: {"recall@1": 1.0, "recall@5": 2.0, "recall_subset@1": 3.0} for m in METHODS}
+    header = results_table({"synthetic-cirr": cirr, "synthetic-circo": {m: {"map@5": 1.0, "map@10": 2.0} for m in METHODS}}).splitlines()[0]
+    assert "  synthetic-cirr recall@5  synthetic-cirr recall_subset@1  synthetic-circo map@5" in header  # never run together
 
 
 def test_cli_help_lists_quickstart(capsys):
@@ -86,3 +104,18 @@ def test_cli_help_lists_quickstart(capsys):
     with pytest.raises(SystemExit):
         main(["quickstart", "--help"])
     assert "--output-dir" in capsys.readouterr().out
+
+
+def test_recipe_overrides_and_their_errors(tmp_path):
+    from collm_hf.cli import main
+    from collm_hf.quickstart_training import QuickstartRecipe
+
+    recipe = QuickstartRecipe().with_overrides({"pair_steps": 250, "world": {"max_objects": 2}})
+    assert (recipe.pair_steps, recipe.world.max_objects, recipe.triplet_steps) == (250, 2, QuickstartRecipe().triplet_steps)
+    with pytest.raises(ValueError, match=r"pair_step'.*world\.colours"):
+        QuickstartRecipe().with_overrides({"pair_step": 1, "world": {"colours": 3}})
+    out = str(tmp_path / "qs")
+    for bad, message in (("{not json", "not valid JSON"), ("[1]", "JSON object"), ('{"hidden": 8}', "hidden")):
+        with pytest.raises(SystemExit, match=message):
+            main(["quickstart", "--tiny", "--output-dir", out, "--recipe", bad])
+    assert not (tmp_path / "qs" / "model").exists()

@@ -1,0 +1,62 @@
+"""Where the quickstart model's wrong first results come from, on the synthetic CIRR-style benchmark.
+
+    python examples/diagnose_quickstart.py collm-quickstart
+
+For every query whose first result (reference excluded, as CIRR's protocol) is not the target, it says whether
+that image is one of the query's six similar images (`subset_ids`) or another gallery image, and how many of the
+target's objects and its background that image shares. Reads the world settings from DIR/model/quickstart.json,
+so it rebuilds exactly the scenes the run evaluated on.
+"""
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import torch
+from datasets import load_dataset
+from transformers import AutoModel, AutoProcessor
+
+from collm_hf.data.synthetic_world import CIRR_SPLIT, WorldConfig, cirr_scenes
+from collm_hf.evaluation import embed_gallery, embed_queries
+
+
+def diagnose(run_dir: Path) -> dict:
+    state = json.loads((run_dir / "model" / "quickstart.json").read_text())
+    world = WorldConfig(**state["key"]["recipe"]["world"])
+    model = AutoModel.from_pretrained(run_dir / "model", dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(run_dir / "model")
+    queries = load_dataset(str(run_dir / "world" / "cirr"), "queries", split=CIRR_SPLIT)
+    gallery = load_dataset(str(run_dir / "world" / "cirr"), "gallery", split=CIRR_SPLIT)
+    index = embed_gallery(model, processor, gallery, batch_size=256, show_progress=False)
+    scores = embed_queries(model, processor, queries, batch_size=256, index=index, show_progress=False) @ index.embeddings.float().T
+    scenes, scene_gallery = cirr_scenes(world)
+    ids = [str(i) for i in index.ids]
+    counts = collections.Counter()
+    for row, (query, scene) in enumerate(zip(queries, scenes)):
+        if scene["reference"].image_id != query["reference_id"]:
+            raise ValueError(f"query {query['query_id']}: the rebuilt world differs from {run_dir / 'world'}")
+        scores[row, index.position[query["reference_id"]]] = float("-inf")
+        first = ids[int(scores[row].argmax())]
+        if first == query["target_ids"][0]:
+            counts["correct"] += 1
+            continue
+        where = "subset" if first in query["subset_ids"] else "other"
+        found, target = scene_gallery[first], scene["target"]
+        shared = len(set(found.objects) & set(target.objects))
+        same_background = found.background == target.background
+        counts[f"wrong: {where} image, shares {shared} of the target's {len(target.objects)} objects"
+               f"{', same background' if same_background else ''}"] += 1
+    return dict(counts.most_common())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="the quickstart's --output-dir")
+    args = parser.parse_args(argv)
+    for kind, count in diagnose(args.run_dir).items():
+        print(f"{count:5d}  {kind}")
+
+
+if __name__ == "__main__":
+    main()
