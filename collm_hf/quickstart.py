@@ -15,6 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
+from .atomic import atomic_write, atomic_write_text
+
 DEFAULT_OUTPUT_DIR = "collm-quickstart"
 STATE_FILE = "quickstart.json"
 BENCHMARKS = {"synthetic-cirr": "cirr", "synthetic-circo": "circo"}
@@ -67,9 +69,7 @@ def run(args) -> int:
 
 
 def _write_json(path: Path, data: dict):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -245,28 +245,18 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str
 
 def _save_grids(path: Path, grids: list):
     """One PNG: the CIRR-style queries' top-5, then the CIRCO-style ones (ground truths framed green)."""
-    import tempfile
-
     from PIL import Image
 
-    from .visualization import save_benchmark_grid
+    from .visualization import benchmark_grid
 
-    parts = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (queries, rankings, gallery) in enumerate(grids):
-            part = os.path.join(tmp, f"{i}.png")
-            save_benchmark_grid(part, queries, rankings, gallery, num_queries=4, k=5, thumb_size=96)
-            parts.append(Image.open(part).convert("RGB"))
-        width, height = max(p.width for p in parts), sum(p.height for p in parts)
-        canvas = Image.new("RGB", (width, height), (255, 255, 255))
-        y = 0
-        for part in parts:
-            canvas.paste(part, (0, y))
-            y += part.height
-        tmp_png = os.path.join(tmp, "all.png")
-        canvas.save(tmp_png)
-        shutil.copyfile(tmp_png, path.with_name(f".{path.name}.tmp"))
-    os.replace(path.with_name(f".{path.name}.tmp"), path)
+    parts = [benchmark_grid(queries, rankings, gallery, num_queries=4, k=5, thumb_size=96).convert("RGB")
+             for queries, rankings, gallery in grids]
+    canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), (255, 255, 255))
+    y = 0
+    for part in parts:
+        canvas.paste(part, (0, y))
+        y += part.height
+    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def _card_description(seed: int, recipe, llm) -> str:

@@ -128,10 +128,16 @@ def save_retrieval_grid(path: str, *args, **kwargs) -> str:
 
 
 def save_benchmark_grid(path: str, queries, rankings, gallery, num_queries: int = 8, k: int = 5, **kwargs) -> str:
-    """The grid for the first `num_queries` of a benchmark split.
+    """Draw `benchmark_grid(...)` and write it as a PNG atomically (temp file, then os.replace)."""
+    image = benchmark_grid(queries, rankings, gallery, num_queries=num_queries, k=k, **kwargs)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return path
+
+
+def benchmark_grid(queries, rankings, gallery, num_queries: int = 8, k: int = 5, **kwargs) -> Image.Image:
+    """The grid (a PIL image) for the first `num_queries` of a benchmark split.
 
     Args:
-        path: the PNG to write.
         queries: the `queries` table (`reference_image`, `modification_text`).
         rankings: a `collm_hf.evaluation.BenchmarkRankings` of those queries.
         gallery: the `gallery` table (`image_id`, `image`).
@@ -145,7 +151,7 @@ def save_benchmark_grid(path: str, queries, rankings, gallery, num_queries: int 
     ranked = [rankings.rankings[i] for i in rows]
     if rankings.protocol == "cirr":  # show what the metric scores: the ranking without the reference
         ranked = [[x for x in r if x != rankings.reference_ids[i]] for i, r in zip(rows, ranked)]
-    return save_retrieval_grid(path, images, texts, ranked, gallery_lookup(gallery), targets, k=k, **kwargs)
+    return retrieval_grid(images, texts, ranked, gallery_lookup(gallery), targets, k=k, **kwargs)
 
 
-__all__ = ["retrieval_grid", "save_retrieval_grid", "save_benchmark_grid", "gallery_lookup"]
+__all__ = ["retrieval_grid", "save_retrieval_grid", "benchmark_grid", "save_benchmark_grid", "gallery_lookup"]
