@@ -130,8 +130,8 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     start = time.perf_counter()
     pairs = _load(world["pairs"], "pairs", "train")
     print(f"[quickstart] stage 1: pair pre-training with on-the-fly synthesis ({recipe.pair_steps} steps)")
-    train_stage(model, pairs, pair_collator(processor, seed), str(scratch), recipe.pair_steps, recipe.pair_batch_size,
-                recipe, seed, show_progress)
+    train_stage(model, pairs, pair_collator(processor, seed, recipe.pair_crop_min_area), str(scratch), recipe.pair_steps,
+                recipe.pair_batch_size, recipe, seed, show_progress)
     _save_atomically(model, processor, out / "model_pairs_only")
     timings["pair_training_s"] = round(time.perf_counter() - start, 1)
 
