@@ -185,8 +185,9 @@ def train_stage(model, dataset, collator, output_dir: str, steps: int, batch_siz
     return float(result.training_loss)
 
 
-def pair_collator(processor, seed: int, crop_min_area: float = 1.0):
-    """Stage 1 collator: synthesis augmentation without flips or strong crops (positions are words here)."""
+def pair_collator(processor, seed: int, crop_min_area: float):
+    """Stage 1 collator: synthesis augmentation without flips; crops keep at least `crop_min_area` of the image
+    (`QuickstartRecipe.pair_crop_min_area`: positions are words here)."""
     from .collator import CoLLMPairCollator
     from .synthesis import ImageAugmentation
 

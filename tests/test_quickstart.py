@@ -124,10 +124,9 @@ def test_recipe_overrides_and_their_errors(tmp_path):
 def test_pair_augmentation_follows_the_recipe(tiny_model_and_processor):
     import torch
 
-    from collm_hf.quickstart_training import QuickstartRecipe, pair_collator
+    from collm_hf.quickstart_training import pair_collator
 
     _, processor = tiny_model_and_processor
-    assert pair_collator(processor, 0).augmentation.crop_scale == (QuickstartRecipe().pair_crop_min_area, 1.0)
     collator = pair_collator(processor, 0, crop_min_area=0.5)
     assert collator.augmentation.crop_scale == (0.5, 1.0) and collator.augmentation.flip_probability == 0.0
     pixels = torch.rand(4, 3, 32, 32)
