@@ -187,6 +187,19 @@ class CoLLMModel(CoLLMPreTrainedModel):
                 pooled = self.vision_projection(pooled)  # (batch, dim)
         return F.normalize(pooled, dim=-1)
 
+    def embed_distinct_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`get_image_embeds`, running the tower once per distinct image of the batch.
+
+        Triplet batches repeat images: a reference serves each of its edits, a pair each of its texts (MTCIR:
+        ~5 per pair, groups of 6 images). Equal rows get the same embedding either way (the tower embeds each
+        image on its own), so only the work changes; gradients reach the tower through the gather.
+        """
+        flat = pixel_values.reshape(len(pixel_values), -1)
+        distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        if len(distinct) == len(pixel_values):
+            return self.get_image_embeds(pixel_values)
+        return self.get_image_embeds(distinct.view(-1, *pixel_values.shape[1:]))[inverse]  # (batch, dim)
+
     # ----------------------------------------------------------------------------------------------------------
     # Query side: p(Φ([g(h); w]))
     # ----------------------------------------------------------------------------------------------------------
@@ -286,9 +299,9 @@ class CoLLMModel(CoLLMPreTrainedModel):
         (`input_ids`), text-only from the target caption (`text_input_ids`), composed from h* and w* (CoLLM §3.2).
         """
         if image_embeds is None and pixel_values is not None:
-            image_embeds = self.get_image_embeds(pixel_values)  # (images, dim)
+            image_embeds = self.embed_distinct_images(pixel_values)  # (images, dim)
         if target_image_embeds is None and target_pixel_values is not None:
-            target_image_embeds = self.get_image_embeds(target_pixel_values)  # (batch, dim)
+            target_image_embeds = self.embed_distinct_images(target_pixel_values)  # (batch, dim)
         elif target_image_embeds is not None:
             check_embeds(target_image_embeds, self.config.image_embedding_size, "target_image_embeds")
         num_groups = 1
@@ -311,6 +324,28 @@ class CoLLMModel(CoLLMPreTrainedModel):
             image_embeds = torch.cat([synthesized.reference_embeds, synthesized.reference_embeds])  # (2 * batch, dim)
             num_groups = 3
         return CoLLMContrastiveInputs(input_ids, attention_mask, image_embeds, num_groups, target_image_embeds, target_image_ids)
+
+    def embed_query_groups(self, inputs: CoLLMContrastiveInputs) -> torch.Tensor:
+        """Query embeddings of the stacked groups of `inputs`, one LLM pass per group.
+
+        The groups of a pair batch differ in length (image-only prompts are short, composed ones hold two
+        captions), so each pass drops the padding columns its group does not use: the same embeddings (they do
+        not depend on padding) for less LLM work.
+
+        Returns:
+            (groups * batch, projection_dim) L2-normalised, in the order of `inputs.input_ids`.
+        """
+        if inputs.num_groups == 1:
+            return self.get_query_embeds(inputs.input_ids, inputs.attention_mask, image_embeds=inputs.image_embeds)
+        embeds, used = [], 0
+        for ids, mask in zip(inputs.input_ids.chunk(inputs.num_groups), inputs.attention_mask.chunk(inputs.num_groups)):
+            columns = mask.bool().any(0)  # (seq,) columns with a real token in some row of this group
+            ids, mask = ids[:, columns], mask[:, columns]
+            with_image = int(((ids == self.config.image_token_id) & mask.bool()).any(1).sum())
+            images = inputs.image_embeds[used:used + with_image] if with_image else None
+            used += with_image
+            embeds.append(self.get_query_embeds(ids, mask, image_embeds=images))
+        return torch.cat(embeds)
 
     def contrastive_output(
         self, query_embeds: torch.Tensor, inputs: CoLLMContrastiveInputs, return_loss: bool = True
@@ -367,8 +402,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
             input_ids, attention_mask, pixel_values, image_embeds, target_pixel_values, target_image_embeds,
             target_image_ids, text_input_ids, text_attention_mask, caption_ids, modification_template_ids, query_frame_ids,
         )
-        query_embeds = self.get_query_embeds(inputs.input_ids, inputs.attention_mask, image_embeds=inputs.image_embeds)
-        return self.contrastive_output(query_embeds, inputs, return_loss)
+        return self.contrastive_output(self.embed_query_groups(inputs), inputs, return_loss)
 
     # ----------------------------------------------------------------------------------------------------------
     # Composition from two pretrained checkpoints

@@ -75,6 +75,19 @@ def test_pair_forward_assembles_the_processor_ids(tiny_model_and_processor, imag
     assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.query_embeds.shape == (7, 24)
 
 
+def test_pair_query_groups_embed_as_one_stacked_pass(tiny_model_and_processor, images):
+    """`embed_query_groups` runs each pair query group trimmed to its own length: same embeddings as one pass."""
+    model, processor = tiny_model_and_processor
+    batch = CoLLMPairCollator(processor, modification_rate=1.0, seed=2)(pair_rows(images))
+    with torch.no_grad():
+        inputs = model.prepare_contrastive_inputs(**{k: v for k, v in batch.items() if k != "return_loss"})
+        stacked = model.get_query_embeds(inputs.input_ids, inputs.attention_mask, image_embeds=inputs.image_embeds)
+        grouped = model.embed_query_groups(inputs)
+    lengths = inputs.attention_mask.sum(1).view(3, -1).max(1).values
+    assert lengths[0] < lengths[2]  # image-only prompts are shorter than composed ones: there is padding to drop
+    torch.testing.assert_close(grouped, stacked, atol=1e-5, rtol=0)
+
+
 def test_pair_collator_rate_and_errors(tiny_model_and_processor, images):
     _, processor = tiny_model_and_processor
     always = CoLLMPairCollator(processor, modification_rate=1.0)(pair_rows(images))

@@ -70,6 +70,26 @@ def test_unfrozen_tower_trains(rgb_images):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision_tower.parameters())
 
 
+def test_repeated_images_are_embedded_once_with_the_same_values_and_gradients(rgb_images):
+    model, processor = make_tiny(freeze_vision_tower=False)
+    pixels = processor(images=rgb_images[:3])["pixel_values"][[0, 1, 0, 2, 1, 0]]  # references shared by edits
+    calls = []
+    model.vision_tower.register_forward_hook(lambda module, args, kwargs, out: calls.append(len(kwargs["pixel_values"])),
+                                             with_kwargs=True)
+    distinct = model.embed_distinct_images(pixels)
+    direct = model.get_image_embeds(pixels)
+    assert calls[0] == 3 and calls[1] == 6
+    torch.testing.assert_close(distinct, direct)
+    weights = torch.randn_like(direct)
+    grads = []
+    for embeds in (model.embed_distinct_images(pixels), model.get_image_embeds(pixels)):
+        model.zero_grad()
+        (embeds * weights).sum().backward()
+        grads.append([p.grad.clone() for p in model.vision_tower.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_save_load_round_trip_and_auto(tmp_path, tiny_model_and_processor, rgb_images):
     model, processor = tiny_model_and_processor
     inputs = _query_inputs(processor, rgb_images)
