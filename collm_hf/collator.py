@@ -288,15 +288,18 @@ class CoLLMTripletCollator:
         ]
         generator = batch_generator(self.seed, keys)
         texts = [self._modification(row, i, generator) for i, row in enumerate(features)]
-        references = [
-            _image(row, self.reference_image_column, self.reference_id_column, self.images, i)
-            for i, row in enumerate(features)
-        ]
-        targets = [
-            _image(row, self.target_image_column, self.target_id_column, self.images, i)
-            for i, row in enumerate(features)
-        ]
-        pixel_values = self.processor.image_processor(references + targets, return_tensors="pt")["pixel_values"]
+        # Each distinct image is read and processed once: a reference serves all its edits (MTCIR groups).
+        slots, distinct, index = {}, [], []
+        for image_column, id_column in ((self.reference_image_column, self.reference_id_column),
+                                        (self.target_image_column, self.target_id_column)):
+            for i, row in enumerate(features):
+                value = row.get(image_column)
+                key = ("id", str(row[id_column])) if value is None and id_column in row else ("object", id(value))
+                if key not in slots:
+                    slots[key] = len(distinct)
+                    distinct.append(_image(row, image_column, id_column, self.images, i))
+                index.append(slots[key])
+        pixel_values = self.processor.image_processor(distinct, return_tensors="pt")["pixel_values"][torch.tensor(index)]
         queries = self.processor.queries(texts, with_image=True)
         n = len(features)
         batch = {

@@ -147,6 +147,27 @@ def test_triplet_collator_resolves_ids_and_samples_texts(tiny_model_and_processo
     assert len(texts) == 3
 
 
+def test_triplet_collator_reads_each_image_once(tiny_model_and_processor, images):
+    _, processor = tiny_model_and_processor
+    rows = [dict(row, reference_id="0") for row in triplet_rows()]  # one reference, six edits (an MTCIR group)
+    calls = []
+    image_processor = processor.image_processor
+
+    class Counting:
+        def __call__(self, batch, **kwargs):
+            calls.append(len(batch))
+            return image_processor(batch, **kwargs)
+
+    processor.image_processor = Counting()
+    try:
+        batch = CoLLMTripletCollator(processor, images=images)(rows)
+    finally:
+        processor.image_processor = image_processor
+    assert calls == [6]  # "0" once (reference and a target), targets "1"-"5"
+    expected = image_processor([images["0"]] * 6 + [images[str((i + 1) % 6)] for i in range(6)], return_tensors="pt")
+    assert torch.equal(torch.cat([batch["pixel_values"], batch["target_pixel_values"]]), expected["pixel_values"])
+
+
 def test_triplet_collator_pil_rows_single_text_and_errors(tiny_model_and_processor, images):
     _, processor = tiny_model_and_processor
     rows = [{"reference_image": images["0"], "target_image": images["1"], "modifications": "make it blue"},
