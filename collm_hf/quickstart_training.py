@@ -44,8 +44,8 @@ class QuickstartRecipe:
     vocab_size: int = 800  # BPE tokenizer trained on the world's vocabulary (whole words, a short prompt)
     # Stage 1: pair pre-training with on-the-fly synthesis. Both stages are limited by optimizer steps more than
     # by samples (seed 0, one thread: 192 groups x 250 triplet steps recall@1 33.8 vs 61.4 for 24 x 1,700), and
-    # longer helps both (1,600 pair steps and 24 x 2,400 triplet steps: recall@1 63.8, map@5 65.8, but a cold run
-    # over 600 s at 2 threads), so the steps are what fits the 10-minute budget on 2 cores.
+    # longer helps both (1,600 pair steps and 24 x 2,400 triplet steps: recall@1 63.8, map@5 65.8, but ~630 s
+    # projected for a cold run at 2 threads), so the steps are what fits the 10-minute budget on 2 cores (466 s).
     pair_steps: int = 1300
     pair_batch_size: int = 64
     # Stage 1's augmentation t of the target before it is encoded as h': the random resized crop keeps this
