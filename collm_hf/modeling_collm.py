@@ -195,6 +195,11 @@ class CoLLMModel(CoLLMPreTrainedModel):
         image on its own), so only the work changes; gradients reach the tower through the gather.
         """
         flat = pixel_values.reshape(len(pixel_values), -1)
+        # Equal rows have equal projections, so distinct projections prove distinct rows without the row sort
+        # (which costs ~1 s on a CPU for 1,024 images of 224 px): pair batches, with their augmented copies, stop here.
+        fingerprint = flat @ torch.linspace(1.0, 2.0, flat.shape[1], dtype=flat.dtype, device=flat.device)
+        if len(torch.unique(fingerprint)) == len(flat):
+            return self.get_image_embeds(pixel_values)
         distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)
         if len(distinct) == len(pixel_values):
             return self.get_image_embeds(pixel_values)

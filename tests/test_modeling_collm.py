@@ -80,6 +80,8 @@ def test_repeated_images_are_embedded_once_with_the_same_values_and_gradients(rg
     direct = model.get_image_embeds(pixels)
     assert calls[0] == 3 and calls[1] == 6
     torch.testing.assert_close(distinct, direct)
+    torch.testing.assert_close(model.embed_distinct_images(pixels[[0, 1, 3]]), direct[[0, 1, 3]])  # all distinct
+    assert calls[2] == 3
     weights = torch.randn_like(direct)
     grads = []
     for embeds in (model.embed_distinct_images(pixels), model.get_image_embeds(pixels)):
