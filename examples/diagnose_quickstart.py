@@ -4,7 +4,8 @@
 
 For every query whose first result (reference excluded, as CIRR's protocol) is not the target, it says whether
 that image is one of the query's six similar images (`subset_ids`) or another gallery image, and how many of the
-target's objects and its background that image shares. Reads the world settings from DIR/model/quickstart.json,
+target's objects and its background that image shares; then recall@1 per edit category of the query (colour,
+move, remove, ...). Reads the world settings from DIR/model/quickstart.json,
 so it rebuilds exactly the scenes the run evaluated on.
 """
 
@@ -21,7 +22,8 @@ from collm_hf.data.synthetic_world import CIRR_SPLIT, WorldConfig, cirr_scenes
 from collm_hf.evaluation import embed_gallery, embed_queries
 
 
-def diagnose(run_dir: Path) -> dict:
+def first_results(run_dir: Path):
+    """Yield (query row, its scenes, the first result's image id, the gallery's scenes) for every CIRR-style query."""
     state = json.loads((run_dir / "model" / "quickstart.json").read_text())
     world = WorldConfig(**state["key"]["recipe"]["world"])
     model = AutoModel.from_pretrained(run_dir / "model", dtype=torch.float32).eval()
@@ -32,12 +34,17 @@ def diagnose(run_dir: Path) -> dict:
     scores = embed_queries(model, processor, queries, batch_size=256, index=index, show_progress=False) @ index.embeddings.float().T
     scenes, scene_gallery = cirr_scenes(world)
     ids = [str(i) for i in index.ids]
-    counts = collections.Counter()
     for row, (query, scene) in enumerate(zip(queries, scenes)):
         if scene["reference"].image_id != query["reference_id"]:
             raise ValueError(f"query {query['query_id']}: the rebuilt world differs from {run_dir / 'world'}")
         scores[row, index.position[query["reference_id"]]] = float("-inf")
-        first = ids[int(scores[row].argmax())]
+        yield query, scene, ids[int(scores[row].argmax())], scene_gallery
+
+
+def diagnose(run_dir: Path, results=None) -> dict:
+    """{kind of first result: count}: correct, or wrong and where it comes from."""
+    counts = collections.Counter()
+    for query, scene, first, scene_gallery in results or first_results(run_dir):
         if first == query["target_ids"][0]:
             counts["correct"] += 1
             continue
@@ -50,12 +57,25 @@ def diagnose(run_dir: Path) -> dict:
     return dict(counts.most_common())
 
 
+def recall_by_category(run_dir: Path, results=None) -> dict:
+    """{edit category of the query: {"queries": n, "recall@1": percent}}, sorted by category."""
+    hits, totals = collections.Counter(), collections.Counter()
+    for query, scene, first, _ in results or first_results(run_dir):
+        totals[scene["category"]] += 1
+        hits[scene["category"]] += first == query["target_ids"][0]
+    return {c: {"queries": totals[c], "recall@1": 100.0 * hits[c] / totals[c]} for c in sorted(totals)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="the quickstart's --output-dir")
     args = parser.parse_args(argv)
-    for kind, count in diagnose(args.run_dir).items():
+    results = list(first_results(args.run_dir))
+    for kind, count in diagnose(args.run_dir, results).items():
         print(f"{count:5d}  {kind}")
+    print("\nrecall@1 by edit category:")
+    for category, row in recall_by_category(args.run_dir, results).items():
+        print(f"{row['recall@1']:6.1f}  {category} ({row['queries']} queries)")
 
 
 if __name__ == "__main__":

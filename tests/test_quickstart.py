@@ -65,9 +65,14 @@ def test_diagnosis_accounts_for_every_query(quickstart_dir, capsys):
     assert sum(counts.values()) == queries
     assert counts.get("correct", 0) == round(report["benchmarks"]["synthetic-cirr"]["collm"]["recall@1"] * queries / 100)
     assert all(k == "correct" or k.startswith(("wrong: subset image", "wrong: other image")) for k in counts)
+    by_category = script.recall_by_category(quickstart_dir)
+    assert sum(row["queries"] for row in by_category.values()) == queries
+    hits = sum(row["queries"] * row["recall@1"] / 100 for row in by_category.values())
+    assert round(hits) == counts.get("correct", 0)
     script.main([str(quickstart_dir)])
     printed = capsys.readouterr().out
     assert all(f"{count:5d}  {kind}" in printed for kind, count in counts.items())
+    assert all(f"{category} ({row['queries']} queries)" in printed for category, row in by_category.items())
 
 
 def test_retrievals_picture(quickstart_dir):
@@ -131,3 +136,19 @@ def test_pair_augmentation_follows_the_recipe(tiny_model_and_processor):
     assert collator.augmentation.crop_scale == (0.5, 1.0) and collator.augmentation.flip_probability == 0.0
     pixels = torch.rand(4, 3, 32, 32)
     assert not torch.equal(collator.augmentation(pixels, torch.Generator().manual_seed(0)), pixels)
+
+
+def test_quickstart_tower_starts_with_position_embeddings_at_the_recipe_scale():
+    import torch
+
+    from collm_hf.quickstart_training import QuickstartRecipe, build_model_and_processor, init_position_embeddings
+
+    recipe = QuickstartRecipe.tiny().with_overrides({"vision_position_std": 0.5})
+    model, _ = build_model_and_processor(recipe)
+    (table,) = [m for n, m in model.vision_tower.named_modules() if n.endswith("position_embedding")]
+    assert 0.4 < float(table.weight.std()) < 0.6 and model.config.adapter_type == recipe.adapter_type
+    plain, _ = build_model_and_processor(recipe.with_overrides({"vision_position_std": None}))
+    (table,) = [m for n, m in plain.vision_tower.named_modules() if n.endswith("position_embedding")]
+    assert float(table.weight.std()) < 0.05  # the family's own initialisation (CLIP: 0.02)
+    with pytest.raises(ValueError, match="Linear has no `position_embedding`"):
+        init_position_embeddings(torch.nn.Linear(2, 2), 0.5)
