@@ -6,7 +6,7 @@ on the benchmark, named in `choices`):
 - `image_only`: the reference's gallery embedding f(v_ref) (nearest image), or the model's image-only query;
 - `text_only`: the model's text-only query of the modification text;
 - `sum_fusion`: normalise(w * image part + (1 - w) * text query), image part and w in {0.30, 0.35, ..., 0.90} chosen
-  (the best weight is sharply peaked: seed 1's CIRR-style recall@1 is 64.8 at 0.60, 73.2 at 0.65, 72.0 at 0.70 and
+  (the best weight is sharply peaked, measured with a throwaway sweep: seed 1's CIRR-style recall@1 is 64.8 at 0.60, 73.2 at 0.65, 72.0 at 0.70 and
   50.8 at 0.80, so a grid of 0.1 steps understated the baseline by a point or more);
 - `collm_pairs_only`: the composed query of the model after pair pre-training alone (never saw a triplet);
 - `chance`: random query embeddings through the same ranking and metric (mean of 5 draws).

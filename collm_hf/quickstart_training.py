@@ -4,8 +4,8 @@
     world triplets --GroupedTripletCollator(CoLLMTripletCollator)--> Trainer  (stage 2: triplet fine-tuning)
 
 The model is small enough to learn on a laptop CPU in minutes: a CLIP vision tower trained from scratch
-(`freeze_vision_tower=False`) on 48 px images and a 2-layer Llama over a byte-level BPE tokenizer trained on the
-world's own vocabulary. `--llm` swaps in a pretrained LLM folder (its tokenizer too).
+(`freeze_vision_tower=False`) on 48 px images and a Llama of a few layers (`QuickstartRecipe`) over a byte-level BPE
+tokenizer trained on the world's own vocabulary. `--llm` swaps in a pretrained LLM folder (its tokenizer too).
 
 Stage 2 batches whole MTCIR-style groups (one reference and several edits of it): the other edits of the same
 reference are the hard in-batch negatives that make the text matter, as MTCIR groups similar images.
@@ -40,7 +40,7 @@ class QuickstartRecipe:
     retrieval_size: int | None = None
     vision_layers: int = 2
     # Std of the tower's position embeddings at initialisation. CLIP draws them at 0.02, ~35x below the patch
-    # embeddings of these images (std ~0.7), so a tower trained from scratch starts, and after the whole schedule
+    # embeddings of these images (std ~0.7; this and the cosine below come from a throwaway probe), so a tower trained from scratch starts, and after the whole schedule
     # stayed, nearly blind to *where* an object is (seed 0: the scene with an object moved to another cell at cosine
     # 0.99996 from the right one; "move" queries 47 % recall@1). At 0.5, the patches' scale, recall@1 went 66.6 -> 79.4
     # (move 47 -> 76 %, colour 70 -> 94 %). None keeps the family's initialisation.
@@ -160,18 +160,15 @@ def build_model_and_processor(recipe: QuickstartRecipe, llm: str | None = None, 
     return model.train(), processor
 
 
-def init_position_embeddings(tower, std: float) -> int:
-    """Redraw a tower's learned position embeddings from N(0, std^2) (see `QuickstartRecipe.vision_position_std`).
-
-    Returns the number of position-embedding tables redrawn; a tower without one is an error naming its class.
-    """
+def init_position_embeddings(tower, std: float):
+    """Redraw a tower's learned position embeddings from N(0, std^2) (see `QuickstartRecipe.vision_position_std`);
+    a tower without one is an error naming its class."""
     tables = [m for name, m in tower.named_modules() if name.split(".")[-1] == "position_embedding"]
     if not tables:
         raise ValueError(f"{type(tower).__name__} has no `position_embedding` to initialise")
     with torch.no_grad():
         for table in tables:
             table.weight.normal_(0.0, std)
-    return len(tables)
 
 
 class TripletGroups(TorchDataset):

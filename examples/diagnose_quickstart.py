@@ -44,7 +44,7 @@ def first_results(run_dir: Path):
 def diagnose(run_dir: Path, results=None) -> dict:
     """{kind of first result: count}: correct, or wrong and where it comes from."""
     counts = collections.Counter()
-    for query, scene, first, scene_gallery in results or first_results(run_dir):
+    for query, scene, first, scene_gallery in first_results(run_dir) if results is None else results:
         if first == query["target_ids"][0]:
             counts["correct"] += 1
             continue
@@ -60,7 +60,7 @@ def diagnose(run_dir: Path, results=None) -> dict:
 def recall_by_category(run_dir: Path, results=None) -> dict:
     """{edit category of the query: {"queries": n, "recall@1": percent}}, sorted by category."""
     hits, totals = collections.Counter(), collections.Counter()
-    for query, scene, first, _ in results or first_results(run_dir):
+    for query, scene, first, _ in first_results(run_dir) if results is None else results:
         totals[scene["category"]] += 1
         hits[scene["category"]] += first == query["target_ids"][0]
     return {c: {"queries": totals[c], "recall@1": 100.0 * hits[c] / totals[c]} for c in sorted(totals)}
