@@ -11,6 +11,8 @@ Figures (keys of the result):
     synthesis_overhead           share of a pair pre-training step spent in triplet synthesis
     gallery_pipeline_efficiency  images/s from files (decode + preprocess + encode) over encoder-only images/s
     builder_memory_growth        peak RSS of a dataset build at a large size over a small one
+    quickstart_eager_speedup     training-step time of the quickstart's model with sdpa attention over eager
+                                 (the choice of `QuickstartRecipe.attn_implementation`)
 """
 
 import ctypes
@@ -54,6 +56,7 @@ class BenchmarkSizes:
     pipeline_images: int = 128
     builder_images: tuple = (2000, 8000)
     matmul_size: int = 2048
+    quickstart_groups: int = 24  # stage-2 batch of the quickstart figure (its recipe's size); stage 1 gets 64 // 24 x
     repeats: int = 3
 
     @classmethod
@@ -69,7 +72,7 @@ class BenchmarkSizes:
     def smoke(cls) -> "BenchmarkSizes":
         return cls(llm_layers=2, tiny_models=True, num_queries=24, batch_size=8, gallery_size=2000, search_queries=16,
                    embed_dim=32, synthesis_batch=4, synthesis_steps=1, pipeline_images=4, builder_images=(10, 40),
-                   matmul_size=128, repeats=1)
+                   matmul_size=128, quickstart_groups=3, repeats=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -352,13 +355,45 @@ def builder_memory_benchmark(small: int = 2000, large: int = 8000) -> dict:
             "builder_peak_rss_mib_large": peaks[large] / 2**20}
 
 
+def quickstart_attention_benchmark(groups: int = 24, repeats: int = 3, seed: int = 0) -> dict:
+    """`quickstart_eager_speedup`: a stage-1 and a stage-2 training step (forward + backward) of the quickstart's
+    model on synthetic-world batches, with sdpa and with eager attention (same weights, interleaved)."""
+    from .data.synthetic_world import WorldConfig, image_rows, pair_rows, triplet_rows
+    from .quickstart_training import (QuickstartRecipe, TripletGroups, build_model_and_processor, pair_collator,
+                                      triplet_collator)
+
+    world = WorldConfig.tiny(seed)
+    recipe = QuickstartRecipe(world=world)
+    model, processor = build_model_and_processor(recipe, seed=seed)
+    pair_batch = recipe.pair_batch_size * groups // recipe.groups_per_batch
+    pairs = pair_collator(processor, seed, recipe.pair_crop_min_area)(list(itertools.islice(pair_rows(world), pair_batch)))
+    images = {row["image_id"]: row["image"] for row in image_rows(world)}
+    grouped = TripletGroups(list(triplet_rows(world)))
+    triplets = triplet_collator(processor, images, seed)([grouped[i] for i in range(groups)])
+
+    def step(batch, implementation):
+        model.set_attn_implementation(implementation)
+        model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    seconds = {}
+    for stage, batch in (("pair", pairs), ("triplet", triplets)):
+        timed = interleaved_medians({impl: (lambda b=batch, i=impl: step(b, i)) for impl in ("sdpa", "eager")}, repeats)
+        seconds.update({f"quickstart_{stage}_step_{impl}_s": value for impl, value in timed.items()})
+    model.set_attn_implementation(recipe.attn_implementation)
+    total = {impl: seconds[f"quickstart_pair_step_{impl}_s"] + seconds[f"quickstart_triplet_step_{impl}_s"]
+             for impl in ("sdpa", "eager")}
+    return {"quickstart_eager_speedup": total["sdpa"] / total["eager"], "quickstart_groups": groups, **seconds}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # All together
 # ----------------------------------------------------------------------------------------------------------
-FIGURES = ("query", "search", "synthesis", "pipeline", "builder")
+FIGURES = ("query", "search", "synthesis", "pipeline", "builder", "quickstart")
 TARGETS = {"query_speedup_vs_naive": (">=", 2.0), "query_matmul_utilization": (">=", 0.5),
            "search_time_vs_faiss": ("<=", 1.25), "synthesis_overhead": ("<=", 0.03),
-           "gallery_pipeline_efficiency": None, "builder_memory_growth": ("<=", 1.2)}
+           "gallery_pipeline_efficiency": None, "builder_memory_growth": ("<=", 1.2),
+           "quickstart_eager_speedup": (">=", 1.0)}
 
 
 def run_benchmarks(sizes: BenchmarkSizes, figures=FIGURES, log=print) -> dict:
@@ -389,6 +424,9 @@ def run_benchmarks(sizes: BenchmarkSizes, figures=FIGURES, log=print) -> dict:
     if "builder" in figures:
         details.update(builder_memory_benchmark(*sizes.builder_images))
         log(f"builder done ({time.perf_counter() - started:.0f}s)")
+    if "quickstart" in figures:
+        details.update(quickstart_attention_benchmark(sizes.quickstart_groups, sizes.repeats))
+        log(f"quickstart done ({time.perf_counter() - started:.0f}s)")
     result = {key: details.pop(key, None) for key in TARGETS}
     result["details"] = details
     result["sizes"] = sizes_used
@@ -414,4 +452,4 @@ def format_table(result: dict) -> str:
 __all__ = ["BenchmarkSizes", "FIGURES", "TARGETS", "build_benchmark_model", "builder_memory_benchmark",
            "encoder_flops", "format_table", "gallery_pipeline_benchmark", "interleaved_medians",
            "matmul_flops_per_second", "modification_texts", "naive_query_embeds", "peak_memory_above_baseline",
-           "query_benchmark", "run_benchmarks", "search_benchmark", "synthesis_benchmark"]
+           "query_benchmark", "quickstart_attention_benchmark", "run_benchmarks", "search_benchmark", "synthesis_benchmark"]

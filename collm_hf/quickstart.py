@@ -20,6 +20,9 @@ from .atomic import atomic_write, atomic_write_text
 DEFAULT_OUTPUT_DIR = "collm-quickstart"
 STATE_FILE = "quickstart.json"
 BENCHMARKS = {"synthetic-cirr": "cirr", "synthetic-circo": "circo"}
+# Seconds of a cold run's time budget kept for what follows training: saving, reloading, both benchmarks, the
+# picture and the card (8-15 s measured; the rest is margin for a slower machine).
+EVALUATION_RESERVE_S = 40
 
 
 def add_arguments(parser):
@@ -115,8 +118,10 @@ def _load(folder: Path, config: str, split: str):
     return load_dataset(str(folder), config, split=split)
 
 
-def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict):
-    """Stages 1 and 2; saves DIR/model_pairs_only and DIR/model."""
+def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict, started: float):
+    """Stages 1 and 2, fitted into what is left of `recipe.time_budget_s` since `started` (`quickstart_schedule`);
+    saves DIR/model_pairs_only and DIR/model. Returns (model, processor, schedule)."""
+    from .quickstart_schedule import fit_schedule
     from .quickstart_training import (TripletGroups, build_model_and_processor, pair_collator, seed_everything,
                                       set_vision_trainable, train_stage, triplet_collator)
 
@@ -127,27 +132,45 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     seed_everything(seed)
     model, processor = build_model_and_processor(recipe, llm, seed)
     scratch = out / ".trainer"
-    start = time.perf_counter()
     pairs = _load(world["pairs"], "pairs", "train")
-    print(f"[quickstart] stage 1: pair pre-training with on-the-fly synthesis ({recipe.pair_steps} steps)")
-    train_stage(model, pairs, pair_collator(processor, seed, recipe.pair_crop_min_area), str(scratch), recipe.pair_steps,
-                recipe.pair_batch_size, recipe, seed, show_progress)
+    triplets = TripletGroups(_load(world["mtcir"], "triplets", "train"))
+    images_table = _load(world["mtcir"], "images", "train")
+    images = dict(zip(images_table["image_id"], images_table["image"]))
+
+    start = time.perf_counter()
+    available = None
+    if recipe.time_budget_s is not None and llm is None:  # with --llm the recipe's steps run, whatever they take
+        available = recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S
+    n, bp, bt = 4, recipe.pair_batch_size, recipe.groups_per_batch
+    timing_pairs = [pair_collator(processor, seed, recipe.pair_crop_min_area)([pairs[j % len(pairs)] for j in range(i * bp, (i + 1) * bp)])
+                    for i in range(n)] if available is not None else []
+    timing_triplets = [triplet_collator(processor, images, seed)([triplets[j % len(triplets)] for j in range(i * bt, (i + 1) * bt)])
+                       for i in range(n)] if available is not None else []
+    schedule = fit_schedule(recipe, model, timing_pairs, timing_triplets, available)
+    del timing_pairs, timing_triplets
+    timings["schedule_fit_s"] = round(time.perf_counter() - start, 1)
+    if schedule.scale < 1.0:
+        print(f"[quickstart] this machine would take ~{schedule.estimated_training_s:.0f} s for the recipe's "
+              f"{recipe.pair_steps} + {recipe.triplet_steps} steps; {schedule.available_s:.0f} s are left of the "
+              f"{recipe.time_budget_s:.0f} s budget, so both stages keep {schedule.scale:.0%} of their steps")
+
+    start = time.perf_counter()
+    print(f"[quickstart] stage 1: pair pre-training with on-the-fly synthesis ({schedule.pair_steps} steps)")
+    train_stage(model, pairs, pair_collator(processor, seed, recipe.pair_crop_min_area), str(scratch),
+                schedule.pair_steps, recipe.pair_batch_size, recipe, seed, show_progress)
     _save_atomically(model, processor, out / "model_pairs_only")
     timings["pair_training_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
-    triplets = _load(world["mtcir"], "triplets", "train")
-    images_table = _load(world["mtcir"], "images", "train")
-    images = dict(zip(images_table["image_id"], images_table["image"]))
-    print(f"[quickstart] stage 2: triplet fine-tuning ({recipe.triplet_steps} steps)")
+    print(f"[quickstart] stage 2: triplet fine-tuning ({schedule.triplet_steps} steps)")
     model.train()
     set_vision_trainable(model, not recipe.freeze_vision_in_triplet_stage)
-    train_stage(model, TripletGroups(triplets), triplet_collator(processor, images, seed), str(scratch),
-                recipe.triplet_steps, recipe.groups_per_batch, recipe, seed, show_progress)
+    train_stage(model, triplets, triplet_collator(processor, images, seed), str(scratch),
+                schedule.triplet_steps, recipe.groups_per_batch, recipe, seed, show_progress)
     set_vision_trainable(model, True)
     timings["triplet_training_s"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(scratch, ignore_errors=True)
-    return model, processor
+    return model, processor, schedule
 
 
 def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str | None = None, tiny: bool = False,
@@ -187,8 +210,8 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str
         print(f"[quickstart] reusing the trained model in {out / 'model'} (same seed and recipe)")
         timings["cold_run_s"] = state.get("timings", {}).get("total_s")
     else:
-        model, processor = _train(out, recipe, seed, llm, show_progress, timings)
-        state = {"key": key, "timings": timings}
+        model, processor, schedule = _train(out, recipe, seed, llm, show_progress, timings, t0)
+        state = {"key": key, "timings": timings, "schedule": schedule.to_dict()}
         _save_atomically(model, processor, out / "model", state)
         del model
 
@@ -220,7 +243,7 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str
     headline = {name: HEADLINE[p] for name, p in BENCHMARKS.items()}
     write_model_card(out / "model", {n: results[n]["collm"] for n in results}, headline=headline,
                      comparison=results, model_name=f"collm-quickstart-seed{seed}",
-                     description=_card_description(seed, recipe, llm))
+                     description=_card_description(seed, recipe, llm, state.get("schedule")))
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     timings["cold_run_s" if not cached else "warm_run_s"] = timings["total_s"]
     if not cached:  # remember the cold run's time for the warm runs' reports
@@ -233,6 +256,7 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str
         "error_ratio_vs_best_baseline": ratios,  # CoLLM error / best baseline error on the headline metric
         "baseline_variants": choices,
         "baselines": list(BASELINES),
+        "schedule": state.get("schedule"),  # the steps the stages ran (`quickstart_schedule`)
         "seed": seed, "cached_model": cached, "llm": llm, "tiny": tiny,
     }
     _write_json(out / "metrics.json", report)
@@ -259,13 +283,14 @@ def _save_grids(path: Path, grids: list):
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
-def _card_description(seed: int, recipe, llm) -> str:
+def _card_description(seed: int, recipe, llm, schedule: dict | None = None) -> str:
+    steps = schedule or {"pair_steps": recipe.pair_steps, "triplet_steps": recipe.triplet_steps}
     llm_text = f"the LLM `{llm}`" if llm else f"a {recipe.text_layers}-layer Llama (hidden {recipe.hidden_size}) with a BPE tokenizer trained on the world's vocabulary"
     return (
         f"A small CoLLM trained by `collm-hf quickstart --seed {seed}` on the package's synthetic world of coloured "
         f"shapes: a CLIP vision tower trained from scratch ({recipe.vision_layers} layers, hidden {recipe.vision_hidden_size}, "
-        f"{recipe.world.image_size} px images) and {llm_text}. Stage 1: {recipe.pair_steps} steps of pair "
-        f"pre-training with on-the-fly triplet synthesis; stage 2: {recipe.triplet_steps} steps of triplet "
+        f"{recipe.world.image_size} px images) and {llm_text}. Stage 1: {steps['pair_steps']} steps of pair "
+        f"pre-training with on-the-fly triplet synthesis; stage 2: {steps['triplet_steps']} steps of triplet "
         "fine-tuning on MTCIR-style groups. It is a demonstration that the model learns to compose an image with "
         "a text, not a model for real photos."
     )

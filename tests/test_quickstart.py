@@ -35,6 +35,9 @@ def test_metrics_json_shape(quickstart_dir):
     timings = report["timings"]
     assert {"world_s", "pair_training_s", "triplet_training_s", "evaluation_s", "total_s", "cold_run_s"} <= set(timings)
     assert report["cached_model"] is False and report["seed"] == 3
+    schedule = report["schedule"]  # timed against the tiny recipe's budget, which it fits: every step runs
+    assert (schedule["pair_steps"], schedule["triplet_steps"], schedule["scale"]) == (4, 4, 1.0)
+    assert schedule["pair_step_s"] > 0 and "schedule_fit_s" in timings
 
 
 def test_model_folder_reloads_and_has_a_card(quickstart_dir):

@@ -75,6 +75,25 @@ def test_triplets_and_images_are_consistent():
     assert {r["category"] for r in rows} >= {"colour", "add", "remove", "move"}
 
 
+def test_training_groups_hold_same_category_twins():
+    """`twin_edits`: most categories drawn in a group come twice (two targets); without it, rarely."""
+    def twinned_share(config):
+        groups: dict = {}
+        for row in sw.triplet_rows(config):
+            groups.setdefault(row["id"].rsplit("-", 1)[0], []).append(row)  # "syn-{seed}-{group}-{k}"
+        twinned = total = 0
+        for rows in groups.values():
+            assert len({r["target_id"] for r in rows}) == len(rows)  # twins are other targets, never repeats
+            categories = [r["category"] for r in rows]
+            twinned += sum(categories.count(c) >= 2 for c in categories)
+            total += len(categories)
+        return twinned / total
+
+    with_twins = twinned_share(sw.WorldConfig(seed=4, num_groups=200))
+    without = twinned_share(sw.WorldConfig(seed=4, num_groups=200, twin_edits=False))
+    assert with_twins > 0.7 and without < 0.5, (with_twins, without)
+
+
 def test_cirr_style_benchmark():
     queries, gallery = sw.cirr_rows(TINY)
     ids = [g["image_id"] for g in gallery]
@@ -135,3 +154,15 @@ def test_max_objects_bounds_sampled_scenes():
     assert {len(q["reference"].objects) for q in queries} == {2}  # benchmark references keep two objects
     default = sw.WorldConfig.tiny(seed=4)
     assert max(r["caption"].count(" at the ") for r in sw.pair_rows(default)) == 3
+
+
+def test_training_edit_weights_change_the_training_mix_only():
+    base, weighted = sw.WorldConfig(seed=2, num_groups=300), sw.WorldConfig(seed=2, num_groups=300,
+                                                                             training_edit_weights={"remove": 8})
+    share = lambda config: sum(r["category"] == "remove" for r in sw.triplet_rows(config)) / sum(1 for _ in sw.triplet_rows(config))
+    assert share(weighted) > 1.5 * share(base)
+    small = dict(num_cirr_queries=20, num_circo_queries=10)
+    assert [q["modification_text"] for q in sw.cirr_rows(sw.replace(base, **small))[0]] == \
+        [q["modification_text"] for q in sw.cirr_rows(sw.replace(weighted, **small))[0]]
+    with pytest.raises(ValueError, match=r"unknown edit categories \['recolour'\]"):
+        sw.WorldConfig(training_edit_weights={"recolour": 2})

@@ -305,10 +305,11 @@ EDIT_WEIGHTS = {"colour": 3, "size": 1, "shape": 2, "background": 1, "add": 2, "
                 "count_up": 1, "count_down": 1}
 
 
-def random_edit(rng: random.Random, scene: Scene, loose: bool = False, exclude=()) -> Edit | None:
-    """One random applicable edit of `scene` (with a loose text and >= 2 valid targets if `loose`)."""
+def random_edit(rng: random.Random, scene: Scene, loose: bool = False, exclude=(), weights: dict | None = None) -> Edit | None:
+    """One random applicable edit of `scene` (with a loose text and >= 2 valid targets if `loose`); `weights`
+    replaces some of `EDIT_WEIGHTS` (how often each category is drawn)."""
     names = [n for n in EDITS if n not in exclude]
-    weights = [EDIT_WEIGHTS[n] for n in names]
+    weights = [{**EDIT_WEIGHTS, **(weights or {})}[n] for n in names]
     for _ in range(20):
         edit = EDITS[rng.choices(names, weights)[0]](rng, scene)
         if edit is not None and edit.target != scene and (not loose or len(edit.family) >= 2):
@@ -316,16 +317,30 @@ def random_edit(rng: random.Random, scene: Scene, loose: bool = False, exclude=(
     return None
 
 
-def edits_of(rng: random.Random, scene: Scene, n: int, loose: bool = False) -> list:
-    """Up to `n` edits of `scene` with distinct targets (a group of similar images, as MTCIR groups)."""
+def edits_of(rng: random.Random, scene: Scene, n: int, loose: bool = False, twins: bool = False,
+             weights: dict | None = None) -> list:
+    """Up to `n` edits of `scene` with distinct targets (a group of similar images, as MTCIR groups).
+
+    With `twins`, each edit drawn brings, where the scene allows one, a second edit of the same category with
+    another target (the other object removed, another colour of the same object, ...): the hardest negatives a
+    query meets, as a CIRR set holds "a sibling edit of the same attribute" next to its target.
+    """
     edits, seen = [], {scene.key}
     for _ in range(n * 4):
-        edit = random_edit(rng, scene, loose)
-        if edit is not None and edit.target.key not in seen:
-            seen.add(edit.target.key)
-            edits.append(edit)
-            if len(edits) == n:
+        edit = random_edit(rng, scene, loose, weights=weights)
+        if edit is None or edit.target.key in seen:
+            continue
+        drawn = [edit]
+        for _ in range(10 if twins else 0):
+            twin = EDITS[edit.category](rng, scene)
+            if twin is not None and twin.target.key not in seen | {scene.key, edit.target.key}:
+                drawn.append(twin)
                 break
+        for e in drawn[: n - len(edits)]:
+            seen.add(e.target.key)
+            edits.append(e)
+        if len(edits) == n:
+            break
     return edits
 
 
@@ -360,6 +375,18 @@ class WorldConfig:
     num_circo_queries: int = 300
     circo_max_targets: int = 5  # ground truths rendered per CIRCO-style query
     max_objects: int = 3  # objects in a sampled scene (edits that add one may make it one more, up to 4)
+    # Training groups draw their edits in same-category twins (`edits_of(twins=True)`): "remove the circle" next
+    # to "remove the square" of the same scene. Without them, "remove" queries (negation) were the quickstart's
+    # main error: the query found the removed object's own scene (README "Quickstart results").
+    twin_edits: bool = True
+    # How often the training groups draw each edit category, over `EDIT_WEIGHTS` (e.g. {"remove": 4}); the
+    # benchmarks always use `EDIT_WEIGHTS`.
+    training_edit_weights: dict | None = None
+
+    def __post_init__(self):
+        unknown = sorted(set(self.training_edit_weights or {}) - set(EDITS))
+        if unknown:
+            raise ValueError(f"training_edit_weights names unknown edit categories {unknown}; known: {sorted(EDITS)}")
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "WorldConfig":
@@ -386,7 +413,8 @@ def triplet_scenes(config: WorldConfig):
     rng = _rng(config, "triplets")
     for g in range(config.num_groups):
         scene = sample_scene(rng, max_objects=config.max_objects)
-        for k, edit in enumerate(edits_of(rng, scene, config.edits_per_group)):
+        for k, edit in enumerate(edits_of(rng, scene, config.edits_per_group, twins=config.twin_edits,
+                                           weights=config.training_edit_weights)):
             texts = _pick(rng, edit.texts, config.texts_per_triplet)
             if edit.loose_text:
                 texts.append(edit.loose_text)

@@ -1,0 +1,98 @@
+"""Fit the quickstart's training schedule into its time budget on the machine at hand.
+
+The recipe's step counts are sized for a 2-core machine of average speed; 2-core machines differ about 2x in
+speed (the same cold run took 530 s on one and ~860 s on another). Before training, `fit_schedule` times a few
+steps of each stage on a throwaway copy of the model and, where the recipe's steps would not fit in the seconds
+left, shortens both stages by one factor (in 5 % steps, so the same machine keeps choosing the same schedule).
+Where they fit, the recipe runs unchanged, step for step. The chosen schedule goes into `metrics.json`.
+
+    >>> scale_for(estimated_s=756.0, available_s=500.0)
+    0.65
+    >>> scale_for(estimated_s=400.0, available_s=500.0)
+    1.0
+"""
+
+import copy
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+# Steps timed per stage after one warm-up step, and the margin over the measured per-step time (the Trainer's
+# own work per step: logging, the scheduler, its dataloader).
+TIMED_STEPS = 3
+STEP_TIME_MARGIN = 1.10
+SCALE_QUANTUM = 0.05
+MIN_SCALE = 0.25
+
+
+@dataclass
+class Schedule:
+    """The steps the stages will run and why: `scale` = the fraction of the recipe's steps kept."""
+
+    pair_steps: int
+    triplet_steps: int
+    scale: float
+    pair_step_s: float | None = None  # measured seconds per step (None when nothing was measured)
+    triplet_step_s: float | None = None
+    estimated_training_s: float | None = None  # of the recipe's full schedule
+    available_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def scale_for(estimated_s: float, available_s: float) -> float:
+    """The largest multiple of `SCALE_QUANTUM` (at most 1) that brings `estimated_s` within `available_s`."""
+    if estimated_s <= available_s:
+        return 1.0
+    scale = math.floor(available_s / estimated_s / SCALE_QUANTUM + 1e-9) * SCALE_QUANTUM
+    return round(max(MIN_SCALE, scale), 2)
+
+
+def time_steps(model, batches: list, learning_rate: float) -> float:
+    """Median seconds of a training step (forward, backward, AdamW) over `batches[1:]` on a copy of `model`.
+
+    The copy is thrown away and the RNG states are restored, so the real training is unchanged by the timing.
+    """
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    try:
+        trial = copy.deepcopy(model).train()
+        optimizer = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=learning_rate)
+        times = []
+        for batch in batches:
+            start = time.perf_counter()
+            trial(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            times.append(time.perf_counter() - start)
+        del trial, optimizer
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+    timed = sorted(times[1:] or times)
+    return timed[len(timed) // 2]
+
+
+def fit_schedule(recipe, model, pair_batches: list, triplet_batches: list, available_s: float | None) -> Schedule:
+    """The schedule to run: the recipe's, or both stages shortened by one factor to fit `available_s`.
+
+    Args:
+        recipe: a `QuickstartRecipe` (its `pair_steps`, `triplet_steps`, `learning_rate`).
+        model: the freshly built model (copied for the timing, never changed).
+        pair_batches / triplet_batches: `1 + TIMED_STEPS` collated batches of each stage.
+        available_s: seconds the two stages may take; None = no budget (the recipe's steps, nothing timed).
+    """
+    if available_s is None:
+        return Schedule(recipe.pair_steps, recipe.triplet_steps, 1.0)
+    pair_s = time_steps(model, pair_batches, recipe.learning_rate) * STEP_TIME_MARGIN
+    triplet_s = time_steps(model, triplet_batches, recipe.learning_rate) * STEP_TIME_MARGIN
+    estimated = recipe.pair_steps * pair_s + recipe.triplet_steps * triplet_s
+    scale = scale_for(estimated, max(0.0, available_s))
+    return Schedule(max(1, round(recipe.pair_steps * scale)), max(1, round(recipe.triplet_steps * scale)), scale,
+                    pair_s, triplet_s, estimated, available_s)
+
+
+__all__ = ["Schedule", "fit_schedule", "scale_for", "time_steps"]
