@@ -118,6 +118,18 @@ def _load(folder: Path, config: str, split: str):
     return load_dataset(str(folder), config, split=split)
 
 
+def _timing_batches(recipe, processor, pairs, triplets, images, seed: int) -> tuple[list, list]:
+    """The first few batches of each stage, collated as the stages will (fresh collators), for `fit_schedule`."""
+    from .quickstart_schedule import TIMED_STEPS
+    from .quickstart_training import pair_collator, triplet_collator
+
+    def batches(rows, size, collate):
+        return [collate([rows[j % len(rows)] for j in range(i * size, (i + 1) * size)]) for i in range(1 + TIMED_STEPS)]
+
+    return (batches(pairs, recipe.pair_batch_size, pair_collator(processor, seed, recipe.pair_crop_min_area)),
+            batches(triplets, recipe.groups_per_batch, triplet_collator(processor, images, seed)))
+
+
 def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict, started: float):
     """Stages 1 and 2, fitted into what is left of `recipe.time_budget_s` since `started` (`quickstart_schedule`);
     saves DIR/model_pairs_only and DIR/model. Returns (model, processor, schedule)."""
@@ -141,11 +153,8 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     available = None
     if recipe.time_budget_s is not None and llm is None:  # with --llm the recipe's steps run, whatever they take
         available = recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S
-    n, bp, bt = 4, recipe.pair_batch_size, recipe.groups_per_batch
-    timing_pairs = [pair_collator(processor, seed, recipe.pair_crop_min_area)([pairs[j % len(pairs)] for j in range(i * bp, (i + 1) * bp)])
-                    for i in range(n)] if available is not None else []
-    timing_triplets = [triplet_collator(processor, images, seed)([triplets[j % len(triplets)] for j in range(i * bt, (i + 1) * bt)])
-                       for i in range(n)] if available is not None else []
+    timing_pairs, timing_triplets = _timing_batches(recipe, processor, pairs, triplets, images, seed) \
+        if available is not None else ([], [])
     schedule = fit_schedule(recipe, model, timing_pairs, timing_triplets, available)
     del timing_pairs, timing_triplets
     timings["schedule_fit_s"] = round(time.perf_counter() - start, 1)
