@@ -53,10 +53,11 @@ class QuickstartRecipe:
     # Stage 1: pair pre-training with on-the-fly synthesis. Both stages are limited by optimizer steps more than
     # by samples (seed 0, one thread: 192 groups x 250 triplet steps recall@1 33.8 vs 61.4 for 24 x 1,700); with
     # the third LLM layer the steps go mostly to stage 2, which measured better per second (2 LLM layers: 800 pair +
-    # 2,650 triplet steps recall@1 86.8 and map@5 75.0 vs 79.4 / 63.6 for 1,300 + 2,000). 750 + 1,900 steps keep a
-    # cold run near 530 s on 2 cores; 800 + 2,100 scored better (seed 0 error ratios 0.48 / 0.49 vs 0.53 / 0.53) but
-    # took 594 s on seed 1, too close to the 10-minute limit for a machine's run-to-run speed (~10 %).
-    pair_steps: int = 750
+    # 2,650 triplet steps recall@1 86.8 and map@5 75.0 vs 79.4 / 63.6 for 1,300 + 2,000). 800 + 2,100 steps scored
+    # better than 750 + 1,900 on the earlier rounds' Zen 4 machine (seed 0 error ratios 0.48 / 0.49 vs 0.53 / 0.53)
+    # and took 527-594 s there with sdpa attention; eager attention (`attn_implementation`) makes a step 5-20 %
+    # cheaper, and `time_budget_s` shortens both stages on a machine too slow for them.
+    pair_steps: int = 800
     pair_batch_size: int = 64
     # Stage 1's augmentation t of the target before it is encoded as h': the random resized crop keeps this
     # fraction of the area at least (the aspect ratio still varies 3/4-4/3). Objects sit on a 3x3 grid that the
@@ -65,7 +66,7 @@ class QuickstartRecipe:
     # Stage 2: triplet fine-tuning, groups_per_batch MTCIR-style groups (x edits_per_group triplets) per batch.
     # Smaller batches for more steps in the same time: 24 x 2,400 as good as 48 x 1,700 (seed 0, one thread:
     # recall@1 63.8 vs 65.6, map@5 65.8 vs 65.0, both after 1,600 pair steps) for ~60 % of the stage's time.
-    triplet_steps: int = 1900
+    triplet_steps: int = 2100
     groups_per_batch: int = 24
     # 5e-4 for both stages: at 2e-3 the towers trained from scratch drift towards one embedding (seed 0, recall@1:
     # 2e-3 32.0 and 1e-3 45.8 with the previous 24 groups x 1600 steps; 5e-4 60.2 and 3e-4 55.8 with 48 x 1000).

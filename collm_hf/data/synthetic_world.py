@@ -376,8 +376,9 @@ class WorldConfig:
     circo_max_targets: int = 5  # ground truths rendered per CIRCO-style query
     max_objects: int = 3  # objects in a sampled scene (edits that add one may make it one more, up to 4)
     # Training groups draw their edits in same-category twins (`edits_of(twins=True)`): "remove the circle" next
-    # to "remove the square" of the same scene. Without them, "remove" queries (negation) were the quickstart's
-    # main error: the query found the removed object's own scene (README "Quickstart results").
+    # to "remove the square" of the same scene, so each batch holds the hard negatives a CIRR set holds. Measured
+    # with the quickstart (seed 0, one thread, 800 + 2,100 steps): CoLLM recall@1 81.6 -> 85.4 and map@5 71.3 -> 72.0
+    # (README "Quickstart results").
     twin_edits: bool = True
     # How often the training groups draw each edit category, over `EDIT_WEIGHTS` (e.g. {"remove": 4}); the
     # benchmarks always use `EDIT_WEIGHTS`.
