@@ -119,12 +119,14 @@ def _load(folder: Path, config: str, split: str):
 
 
 def _timing_batches(recipe, processor, pairs, triplets, images, seed: int) -> tuple[list, list]:
-    """The first few batches of each stage, collated as the stages will (fresh collators), for `fit_schedule`."""
+    """The first few batches of each stage, as functions that collate them as the stages will (fresh collators),
+    for `fit_schedule`."""
     from .quickstart_schedule import TIMED_STEPS
     from .quickstart_training import pair_collator, triplet_collator
 
     def batches(rows, size, collate):
-        return [collate([rows[j % len(rows)] for j in range(i * size, (i + 1) * size)]) for i in range(1 + TIMED_STEPS)]
+        chunks = [[rows[j % len(rows)] for j in range(i * size, (i + 1) * size)] for i in range(1 + TIMED_STEPS)]
+        return [lambda chunk=chunk: collate(chunk) for chunk in chunks]  # collated inside the timed step
 
     return (batches(pairs, recipe.pair_batch_size, pair_collator(processor, seed, recipe.pair_crop_min_area)),
             batches(triplets, recipe.groups_per_batch, triplet_collator(processor, images, seed)))

@@ -5,7 +5,8 @@
 For every query whose first result (reference excluded, as CIRR's protocol) is not the target, it says whether
 that image is one of the query's six similar images (`subset_ids`) or another gallery image, and how many of the
 target's objects and its background that image shares; then recall@1 per edit category of the query (colour,
-move, remove, ...). Reads the world settings from DIR/model/quickstart.json,
+move, remove, ...); `--show remove` also prints the failed "remove" queries as captions (reference, text, target,
+first result). Reads the world settings from DIR/model/quickstart.json,
 so it rebuilds exactly the scenes the run evaluated on.
 """
 
@@ -66,9 +67,20 @@ def recall_by_category(run_dir: Path, results=None) -> dict:
     return {c: {"queries": totals[c], "recall@1": 100.0 * hits[c] / totals[c]} for c in sorted(totals)}
 
 
+def failures(category: str, results) -> list[dict]:
+    """The wrong first results of one edit category, as captions: reference, text, target, first result."""
+    from collm_hf.data.synthetic_world import caption
+
+    return [{"reference": caption(scene["reference"]), "text": query["modification_text"],
+             "target": caption(scene["target"]), "first": caption(gallery[first])}
+            for query, scene, first, gallery in results
+            if scene["category"] == category and first != query["target_ids"][0]]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="the quickstart's --output-dir")
+    parser.add_argument("--show", metavar="CATEGORY", help="print the failed queries of this edit category")
     args = parser.parse_args(argv)
     results = list(first_results(args.run_dir))
     for kind, count in diagnose(args.run_dir, results).items():
@@ -76,6 +88,10 @@ def main(argv=None):
     print("\nrecall@1 by edit category:")
     for category, row in recall_by_category(args.run_dir, results).items():
         print(f"{row['recall@1']:6.1f}  {category} ({row['queries']} queries)")
+    if args.show:
+        print(f"\nfailed {args.show!r} queries:")
+        for failure in failures(args.show, results):
+            print("\n".join(f"  {k:<9} {v}" for k, v in failure.items()) + "\n")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,11 @@ def test_diagnosis_accounts_for_every_query(quickstart_dir, capsys):
     printed = capsys.readouterr().out
     assert all(f"{count:5d}  {kind}" in printed for kind, count in counts.items())
     assert all(f"{category} ({row['queries']} queries)" in printed for category, row in by_category.items())
+    results = list(script.first_results(quickstart_dir))
+    for category, row in by_category.items():
+        failed = script.failures(category, results)
+        assert len(failed) == row["queries"] - round(row["queries"] * row["recall@1"] / 100)
+        assert all(set(f) == {"reference", "text", "target", "first"} and f["first"] != f["target"] for f in failed)
 
 
 def test_retrievals_picture(quickstart_dir):

@@ -27,7 +27,7 @@ RECIPE = SimpleNamespace(pair_steps=750, triplet_steps=1900, learning_rate=1e-3)
 
 
 def batches(n=4):
-    return [{"x": torch.ones(16, 8)} for _ in range(n)]
+    return [lambda: {"x": torch.ones(16, 8)} for _ in range(n)]
 
 
 def test_doctests():
