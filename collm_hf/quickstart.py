@@ -125,8 +125,9 @@ def _timing_batches(recipe, processor, pairs, triplets, images, seed: int) -> tu
     from .quickstart_training import pair_collator, triplet_collator
 
     def batches(rows, size, collate):
-        chunks = [[rows[j % len(rows)] for j in range(i * size, (i + 1) * size)] for i in range(1 + TIMED_STEPS)]
-        return [lambda chunk=chunk: collate(chunk) for chunk in chunks]  # collated inside the timed step
+        chunks = [[j % len(rows) for j in range(i * size, (i + 1) * size)] for i in range(1 + TIMED_STEPS)]
+        # Rows read (pair images are decoded on access) and collated inside the timed step, as the Trainer does.
+        return [lambda chunk=chunk: collate([rows[j] for j in chunk]) for chunk in chunks]
 
     return (batches(pairs, recipe.pair_batch_size, pair_collator(processor, seed, recipe.pair_crop_min_area)),
             batches(triplets, recipe.groups_per_batch, triplet_collator(processor, images, seed)))

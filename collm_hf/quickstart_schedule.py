@@ -3,7 +3,7 @@
 The recipe's step counts are sized for a 2-core machine of average speed; 2-core machines differ about 2x in
 speed (the same cold run took 530 s on one and ~860 s on another). Before training, `fit_schedule` times a few
 steps of each stage on a throwaway copy of the model and, where the recipe's steps would not fit in the seconds
-left, shortens both stages by one factor (in 5 % steps, so the same machine keeps choosing the same schedule).
+left, shortens both stages by one factor (in 5 % steps, so that run-to-run jitter rarely changes the schedule).
 Where they fit, the recipe runs unchanged, step for step. The chosen schedule goes into `metrics.json`.
 
     >>> scale_for(estimated_s=756.0, available_s=500.0)
@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 # Steps timed per stage after one warm-up step, and the margin over the measured per-step time (the Trainer's
-# own work per step: logging, the scheduler, saving the stage-1 model). Measured on a 2-core machine with the
-# collation timed outside the step, stage 2 ran 15 % over its estimate; with it inside, see README.
+# own work per step: logging, the scheduler, saving the stage-1 model). A step is timed with its rows read and
+# collated, as the Trainer's dataloader does: timed without them, stage 2 ran 15 % over its estimate (collation)
+# and stage 1 25 % (reading the pairs decodes their images).
 TIMED_STEPS = 3
 STEP_TIME_MARGIN = 1.05
 SCALE_QUANTUM = 0.05
