@@ -393,7 +393,7 @@ FIGURES = ("query", "search", "synthesis", "pipeline", "builder", "quickstart")
 TARGETS = {"query_speedup_vs_naive": (">=", 2.0), "query_matmul_utilization": (">=", 0.5),
            "search_time_vs_faiss": ("<=", 1.25), "synthesis_overhead": ("<=", 0.03),
            "gallery_pipeline_efficiency": None, "builder_memory_growth": ("<=", 1.2),
-           "quickstart_eager_speedup": (">=", 1.0)}
+           "quickstart_eager_speedup": None}
 
 
 def run_benchmarks(sizes: BenchmarkSizes, figures=FIGURES, log=print) -> dict:
