@@ -1,7 +1,7 @@
 """Fit the quickstart's training schedule into its time budget on the machine at hand.
 
 The recipe's step counts are sized for a 2-core machine of average speed; 2-core machines differ about 2x in
-speed (the same cold run took 530 s on one and ~860 s on another). Before training, `fit_schedule` times a few
+speed (the same cold run took 530 s on one and would have taken ~860 s on another). Before training, `fit_schedule` times a few
 steps of each stage on a throwaway copy of the model and, where the recipe's steps would not fit in the seconds
 left, shortens both stages by one factor (in 5 % steps, so that run-to-run jitter rarely changes the schedule).
 Where they fit, the recipe runs unchanged, step for step. The chosen schedule goes into `metrics.json`.
@@ -15,6 +15,7 @@ Where they fit, the recipe runs unchanged, step for step. The chosen schedule go
 import copy
 import math
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -75,8 +76,7 @@ def time_steps(model, batches: list, learning_rate: float) -> float:
     finally:
         torch.set_rng_state(torch_state)
         random.setstate(python_state)
-    timed = sorted(times[1:] or times)
-    return timed[len(timed) // 2]
+    return statistics.median(times[1:] or times)
 
 
 def fit_schedule(recipe, model, pair_batches: list, triplet_batches: list, available_s: float | None) -> Schedule:

@@ -102,11 +102,12 @@ class QuickstartRecipe:
     # longer for the steps above, both stages are shortened by one factor (`quickstart_schedule`). None = always
     # run the steps above; so does `--llm` (a pretrained LLM is for those with time).
     time_budget_s: float | None = 570.0
-    # Attention kernel of both towers while training. A probe with the optimizer step on full-size batches measured
-    # eager faster (stage 1 0.45 -> 0.43 s, stage 2 0.25 -> 0.20 s per step); the repository's benchmark figure
-    # (`python examples/benchmark.py --quick --only quickstart`, forward + backward) later measured sdpa faster
-    # (`quickstart_eager_speedup` 0.88-0.94), on the same machine, whose speed swung ~25 % in the meantime. So the two
-    # are within this machine's noise; this round's runs used eager. The saved model keeps the library default.
+    # Attention kernel of both towers while training. A throwaway probe (not kept) with the optimizer step on
+    # full-size batches measured eager faster (stage 1 0.45 -> 0.43 s, stage 2 0.25 -> 0.20 s per step); the
+    # repository's benchmark figure (`python examples/benchmark.py --quick --only quickstart`, forward + backward)
+    # later measured sdpa faster (`quickstart_eager_speedup` 0.88-0.94) on the same machine, whose speed swung ~25 %
+    # in the meantime. So the two are within this machine's noise; this round's runs used eager. The saved model
+    # keeps the library default.
     attn_implementation: str = "eager"
 
     @classmethod

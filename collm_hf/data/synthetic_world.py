@@ -309,7 +309,8 @@ def random_edit(rng: random.Random, scene: Scene, loose: bool = False, exclude=(
     """One random applicable edit of `scene` (with a loose text and >= 2 valid targets if `loose`); `weights`
     replaces some of `EDIT_WEIGHTS` (how often each category is drawn)."""
     names = [n for n in EDITS if n not in exclude]
-    weights = [{**EDIT_WEIGHTS, **(weights or {})}[n] for n in names]
+    table = {**EDIT_WEIGHTS, **(weights or {})}
+    weights = [table[n] for n in names]
     for _ in range(20):
         edit = EDITS[rng.choices(names, weights)[0]](rng, scene)
         if edit is not None and edit.target != scene and (not loose or len(edit.family) >= 2):
