@@ -38,7 +38,9 @@ class CoLLMConfig(PreTrainedConfig):
         num_visual_tokens (`int`, defaults to 1): tokens the image occupies in the LLM input.
         adapter_type (`str`, defaults to "mlp"): the image adapter `g`.
         pooling (`str`, defaults to "last"): how the LLM's hidden states become one vector.
-        instruction (`str`): the instruction of the prompt.
+        instruction (`str`, *optional*): the instruction of the prompt; None drops the instruction line, so a
+            query is `[IMAGE] Text: [TEXT]` only (for an LLM trained from scratch, to which the constant line is
+            only cost).
         projection_dim (`int`, *optional*): size of the retrieval space; defaults to the image embedding size.
         logit_scale_init_value (`float`): initial log of the inverse temperature.
         learnable_logit_scale (`bool`): whether the temperature is trained.
@@ -93,8 +95,10 @@ class CoLLMConfig(PreTrainedConfig):
     adapter_type: Literal["linear", "mlp"] = "mlp"
     # SFR-Embedding / E5-Mistral pool the appended end-of-sequence token ("last"); "mean" for encoders.
     pooling: Literal["last", "mean"] = "last"
-    # The paper's instruction (§7.2): "Instruct: {instruction}\nQuery: Image: [IMAGE] Text: [TEXT]".
-    instruction: str = DEFAULT_INSTRUCTION
+    # The paper's instruction (§7.2): "Instruct: {instruction}\nQuery: Image: [IMAGE] Text: [TEXT]". None drops the
+    # "Instruct: {instruction}\nQuery:" line: a pretrained LLM reads it, one trained from scratch (the quickstart)
+    # gains nothing from tokens every query shares (their causal states are constant) and pays for them.
+    instruction: str | None = DEFAULT_INSTRUCTION
     # Targets live in the vision embedding space, so the query projection `p` maps there (None = that size).
     projection_dim: int | None = None
     # log(1 / 0.07), the CLIP and HN-NCE-for-CIR temperature.

@@ -5,6 +5,8 @@ never truncated and the image placeholder never collides with text:
 
     [lead specials] "Instruct: <instruction>\nQuery:" [" Image:" <img>*n] [" Text:" " <modification text>"] [end]
 
+(with `instruction=None` the "Instruct: ...\nQuery:" piece is left out).
+
 `<img>` is `image_token_id` (negative, replaced by the adapter output inside the model); `[end]` is the
 tokenizer's own trailing special token (BERT's [SEP]) or else its EOS token, which is the pooled token.
 Only the modification text is truncated (to `max_text_tokens`, with a warning).
@@ -27,7 +29,8 @@ class CoLLMProcessor(ProcessorMixin):
     Args:
         image_processor: e.g. a `CLIPImageProcessor`.
         tokenizer: any tokenizer; one without a pad token (Llama family) is fine.
-        instruction (`str`): the instruction of the prompt; must match the model's `config.instruction`.
+        instruction (`str`, *optional*): the instruction of the prompt; must match the model's `config.instruction`
+            (None: no instruction line).
         num_visual_tokens (`int`): placeholders per image; must match the model config.
         image_token_id (`int`): the placeholder id; must match the model config.
         max_text_tokens (`int`): longest modification text kept, in tokens.
@@ -46,7 +49,7 @@ class CoLLMProcessor(ProcessorMixin):
         self,
         image_processor=None,
         tokenizer=None,
-        instruction: str = DEFAULT_INSTRUCTION,
+        instruction: str | None = DEFAULT_INSTRUCTION,
         num_visual_tokens: int = 1,
         image_token_id: int = -200,
         max_text_tokens: int = 128,
@@ -105,7 +108,7 @@ class CoLLMProcessor(ProcessorMixin):
                     raise ValueError("The tokenizer has neither an end-of-sequence token nor trailing special tokens to pool.")
                 trail = [eos]
             self._pieces = {
-                "prefix": lead + self._encode(f"Instruct: {self.instruction}\nQuery:"),
+                "prefix": lead + ([] if self.instruction is None else self._encode(f"Instruct: {self.instruction}\nQuery:")),
                 "image": self._encode(" Image:") + [self.image_token_id] * self.num_visual_tokens,
                 "text": self._encode(" Text:"),
                 "end": trail,
@@ -119,20 +122,27 @@ class CoLLMProcessor(ProcessorMixin):
                 return token_id
         return 0
 
-    def build_query_ids(self, text: str | None, with_image: bool) -> tuple[list[int], bool]:
-        """Token ids of one query (no padding). Returns the ids and whether the text was truncated."""
+    def build_query_ids(self, text: str | None, with_image: bool, text_ids: list[int] | None = None) -> tuple[list[int], bool]:
+        """Token ids of one query (no padding). Returns the ids and whether the text was truncated.
+
+        `text_ids`: the text's ids when already tokenised (`queries` tokenises a batch in one call)."""
         ids, truncated = list(self.pieces["prefix"]), False
         if with_image:
             ids += self.pieces["image"]
         if text is not None:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as error:  # the tokenizer would fail with an opaque TypeError
-                raise ValueError(f"modification text {text[:40]!r} is not valid Unicode ({error.reason}).") from error
-            text_ids = self._encode(" " + text.strip())
+            if text_ids is None:
+                text_ids = self._encode(" " + self._valid_text(text).strip())
             truncated = len(text_ids) > self.max_text_tokens
             ids += self.pieces["text"] + text_ids[: self.max_text_tokens]
         return ids + self.pieces["end"], truncated
+
+    @staticmethod
+    def _valid_text(text: str) -> str:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # the tokenizer would fail with an opaque TypeError
+            raise ValueError(f"modification text {text[:40]!r} is not valid Unicode ({error.reason}).") from error
+        return text
 
     def pad_query_ids(self, sequences: list[list[int]], return_tensors: str = "pt") -> dict:
         """Pad token id lists to one (batch, longest) tensor with an attention mask."""
@@ -207,7 +217,9 @@ class CoLLMProcessor(ProcessorMixin):
 
     def queries(self, texts: list[str | None], with_image: bool, return_tensors: str = "pt") -> dict:
         """Token inputs for a batch of queries (texts may be None for image-only queries)."""
-        built = [self.build_query_ids(t, with_image) for t in texts]
+        given = [" " + self._valid_text(t).strip() for t in texts if t is not None]
+        encoded = iter(self.tokenizer(given, add_special_tokens=False)["input_ids"] if given else [])
+        built = [self.build_query_ids(t, with_image, None if t is None else next(encoded)) for t in texts]
         truncated = [i for i, (_, cut) in enumerate(built) if cut]
         if truncated:
             warnings.warn(

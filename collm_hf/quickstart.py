@@ -118,25 +118,27 @@ def _load(folder: Path, config: str, split: str):
     return load_dataset(str(folder), config, split=split)
 
 
-def _timing_batches(recipe, processor, pairs, triplets, images, seed: int) -> tuple[list, list]:
-    """The first few batches of each stage, as functions that collate them as the stages will (fresh collators),
-    for `fit_schedule`."""
+def _timing_batches(recipe, pairs, triplets, pair_collate, triplet_collate) -> tuple[list, list]:
+    """The first few batches of each stage, as functions that collate them with the stages' own collators, for
+    `fit_schedule` and `refit_triplet_steps`."""
     from .quickstart_schedule import TIMED_STEPS
-    from .quickstart_training import pair_collator, triplet_collator
 
-    def batches(rows, size, collate):
+    def batches(rows, size, collate, warm: bool = False):
         chunks = [[j % len(rows) for j in range(i * size, (i + 1) * size)] for i in range(1 + TIMED_STEPS)]
+        if warm:  # the triplet collator keeps processed pixels: time the steady state, where nearly all are kept
+            for chunk in chunks:
+                collate([rows[j] for j in chunk])
         # Rows read (pair images are decoded on access) and collated inside the timed step, as the Trainer does.
         return [lambda chunk=chunk: collate([rows[j] for j in chunk]) for chunk in chunks]
 
-    return (batches(pairs, recipe.pair_batch_size, pair_collator(processor, seed, recipe.pair_crop_min_area)),
-            batches(triplets, recipe.groups_per_batch, triplet_collator(processor, images, seed)))
+    return (batches(pairs, recipe.pair_batch_size, pair_collate),
+            batches(triplets, recipe.groups_per_batch, triplet_collate, warm=True))
 
 
 def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict, started: float):
     """Stages 1 and 2, fitted into what is left of `recipe.time_budget_s` since `started` (`quickstart_schedule`);
     saves DIR/model_pairs_only and DIR/model. Returns (model, processor, schedule)."""
-    from .quickstart_schedule import fit_schedule
+    from .quickstart_schedule import fit_schedule, refit_triplet_steps
     from .quickstart_training import (TripletGroups, build_model_and_processor, pair_collator, seed_everything,
                                       set_vision_trainable, train_stage, triplet_collator)
 
@@ -156,10 +158,12 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     available = None
     if recipe.time_budget_s is not None and llm is None:  # with --llm the recipe's steps run, whatever they take
         available = recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S
-    timing_pairs, timing_triplets = _timing_batches(recipe, processor, pairs, triplets, images, seed) \
+    pair_collate = pair_collator(processor, seed, recipe.pair_crop_min_area)
+    triplet_collate = triplet_collator(processor, images, seed)
+    timing_pairs, timing_triplets = _timing_batches(recipe, pairs, triplets, pair_collate, triplet_collate) \
         if available is not None else ([], [])
     schedule = fit_schedule(recipe, model, timing_pairs, timing_triplets, available)
-    del timing_pairs, timing_triplets
+    del timing_pairs
     timings["schedule_fit_s"] = round(time.perf_counter() - start, 1)
     if schedule.scale < 1.0:
         print(f"[quickstart] this machine would take ~{schedule.estimated_training_s:.0f} s for the recipe's "
@@ -168,16 +172,21 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
 
     start = time.perf_counter()
     print(f"[quickstart] stage 1: pair pre-training with on-the-fly synthesis ({schedule.pair_steps} steps)")
-    train_stage(model, pairs, pair_collator(processor, seed, recipe.pair_crop_min_area), str(scratch),
+    train_stage(model, pairs, pair_collate, str(scratch),
                 schedule.pair_steps, recipe.pair_batch_size, recipe, seed, show_progress)
     _save_atomically(model, processor, out / "model_pairs_only")
     timings["pair_training_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
-    print(f"[quickstart] stage 2: triplet fine-tuning ({schedule.triplet_steps} steps)")
     model.train()
     set_vision_trainable(model, not recipe.freeze_vision_in_triplet_stage)
-    train_stage(model, triplets, triplet_collator(processor, images, seed), str(scratch),
+    if available is not None:  # stage 2 takes the steps that fit in what is really left
+        schedule = refit_triplet_steps(schedule, recipe, model, timing_triplets,
+                                       recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S)
+    del timing_triplets
+    print(f"[quickstart] stage 2: triplet fine-tuning ({schedule.triplet_steps} steps"
+          + (f", fitted to the {schedule.triplet_available_s:.0f} s left)" if schedule.triplet_available_s is not None else ")"))
+    train_stage(model, triplets, triplet_collate, str(scratch),
                 schedule.triplet_steps, recipe.groups_per_batch, recipe, seed, show_progress)
     set_vision_trainable(model, True)
     timings["triplet_training_s"] = round(time.perf_counter() - start, 1)

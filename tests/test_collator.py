@@ -168,6 +168,34 @@ def test_triplet_collator_reads_each_image_once(tiny_model_and_processor, images
     assert torch.equal(torch.cat([batch["pixel_values"], batch["target_pixel_values"]]), expected["pixel_values"])
 
 
+def test_triplet_collator_cache_pixels_keeps_ids_only(tiny_model_and_processor, images):
+    _, processor = tiny_model_and_processor
+    image_processor, calls = processor.image_processor, []
+
+    class Counting:
+        def __call__(self, batch, **kwargs):
+            calls.append(len(batch))
+            return image_processor(batch, **kwargs)
+
+    rows = triplet_rows()  # references "0"-"5", targets "1"-"5" and "0"
+    pil_row = {"reference_image": images["2"], "target_image": images["3"], "modifications": "add a cat"}
+    plain = CoLLMTripletCollator(processor, images=images)
+    cached = CoLLMTripletCollator(processor, images=images, cache_pixels=True)
+    processor.image_processor = Counting()
+    try:
+        first, second = cached(rows[:3]), cached(rows)
+        with_pil = cached([pil_row]), cached([pil_row])
+    finally:
+        processor.image_processor = image_processor
+    # rows[:3] read "0"-"3"; the whole batch then reads only "4" and "5"; a row's own PIL images are never kept.
+    assert calls == [4, 2, 2, 2]
+    assert sorted(cached._pixels) == [("id", str(i)) for i in range(6)]
+    for batch, expected in ((first, plain(rows[:3])), (second, plain(rows)), (with_pil[1], plain([pil_row]))):
+        for key in ("pixel_values", "target_pixel_values", "input_ids"):
+            assert torch.equal(batch[key], expected[key]), key
+    assert plain._pixels == {}  # off by default
+
+
 def test_triplet_collator_pil_rows_single_text_and_errors(tiny_model_and_processor, images):
     _, processor = tiny_model_and_processor
     rows = [{"reference_image": images["0"], "target_image": images["1"], "modifications": "make it blue"},

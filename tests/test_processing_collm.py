@@ -30,6 +30,34 @@ def test_prompt_layout_and_pooled_end_token(tiny_model_and_processor):
     assert decoded == "Instruct: Find the image that matches the query.\nQuery: Text: make it red"
 
 
+def test_no_instruction_line_and_round_trip(tmp_path, rgb_images):
+    from collm_hf._testing import tiny_model_and_processor
+
+    model, processor = tiny_model_and_processor("clip", "llama", instruction=None)
+    assert model.config.instruction is None and processor.instruction is None
+    ids = processor(text=["make it red"])["input_ids"][0].tolist()
+    assert processor.tokenizer.decode(ids, skip_special_tokens=True) == " Text: make it red"
+    composed = processor(images=rgb_images[:1], text=["make it red"])["input_ids"][0].tolist()
+    assert composed[: 1 + len(processor.pieces["image"])] == [processor.tokenizer.bos_token_id] + processor.pieces["image"]
+    processor.save_pretrained(tmp_path)
+    model.config.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert loaded.instruction is None and loaded(text=["make it red"])["input_ids"][0].tolist() == ids
+    from collm_hf import CoLLMConfig
+
+    assert CoLLMConfig.from_pretrained(tmp_path).instruction is None
+
+
+def test_batch_tokenised_queries_equal_one_by_one(tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    texts = ["make it red", None, "  add a  blue square ", "remove the triangle"]
+    batch = processor.queries(texts, with_image=True)
+    for row, text in enumerate(texts):
+        ids, _ = processor.build_query_ids(text, with_image=True)
+        assert batch["input_ids"][row, : len(ids)].tolist() == ids
+        assert batch["attention_mask"][row].sum().item() == len(ids)
+
+
 def test_no_pad_token_tokenizer_pads_with_eos(tiny_model_and_processor):
     _, processor = tiny_model_and_processor
     assert processor.tokenizer.pad_token is None

@@ -96,6 +96,15 @@ def test_mean_pooling_and_prefix_cache_reuse():
     assert len(encoder._prefix_cache) == 1
 
 
+def test_no_instruction_line_equals_plain_path():
+    model, processor = tiny_model_and_processor("clip", "llama", pooling="mean", instruction=None)
+    encoder = CoLLMQueryEncoder(model, processor)
+    embeds = _image_embeds(model, len(TEXTS))
+    for texts, image_embeds, with_image in ((TEXTS, embeds, True), (TEXTS, None, False), ([None] * len(TEXTS), embeds, True)):
+        fast = encoder.encode(None if texts[0] is None else texts, image_embeds=image_embeds, batch_size=2)
+        assert (fast - _plain(model, processor, texts, image_embeds, with_image)).abs().max() <= TOL
+
+
 def test_non_causal_llm_falls_back_to_sorted_plain_batches():
     model, processor = tiny_model_and_processor("clip", "bert")
     encoder = CoLLMQueryEncoder(model, processor)
