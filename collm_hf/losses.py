@@ -48,6 +48,10 @@ class ContrastiveLossConfig:
     temperature: float | None = None
     # Gather negatives from every process under torch.distributed (keep True: the loss then ignores world size).
     gather: bool = True
+    # Triplet batches: the batch's reference images are negatives of every query too (query -> target direction).
+    # A composed query must leave its reference behind: CIRCO's gallery holds the reference, and a query that stays
+    # near it ranks it first. In-batch negatives never include it, since targets are edits.
+    reference_negatives: bool = False
 
     def __post_init__(self):
         if self.loss_type not in ("info_nce", "hn_nce"):
@@ -170,6 +174,15 @@ def _scaled_logits(query_embeds, target_embeds, logit_scale) -> torch.Tensor:
     return scale * query_embeds.to(dtype) @ target_embeds.to(dtype).t()  # (queries, targets)
 
 
+def with_extra_negatives(logits: torch.Tensor, masked: torch.Tensor, query_embeds, target_embeds, extra, logit_scale):
+    """The query -> target `logits` and `masked` (n, n) extended by columns for `extra` (m, dim) negatives: (n, n + m).
+
+    An extra negative that is the row's own target image (cosine > 1 - 1e-4: the same pixels) is masked out."""
+    extra_logits = _scaled_logits(query_embeds, extra, logit_scale)  # (n, m)
+    same_image = target_embeds.to(extra.dtype) @ extra.t() > 1 - 1e-4  # (n, m)
+    return torch.cat([logits, extra_logits], 1), torch.cat([masked, same_image], 1)
+
+
 def _info_nce_rows(logits: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     logits = logits.masked_fill(masked, float("-inf"))
     labels = torch.arange(logits.shape[0], device=logits.device)
@@ -180,15 +193,15 @@ def _hn_nce_rows(logits: torch.Tensor, masked: torch.Tensor, alpha: float, beta:
     """Mean over rows of -log(e^{s_ii} / (alpha e^{s_ii} + sum_{j in neg(i)} w_ij e^{s_ij})),
     w_ij = |neg(i)| e^{beta s_ij} / sum_{k in neg(i)} e^{beta s_ik}, in log space (Radenovic et al. 2023, eq. 3)."""
     n = logits.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
-    negative = ~(eye | masked)  # (n, n)
+    eye = torch.eye(n, logits.shape[1], dtype=torch.bool, device=logits.device)  # (n, columns): extra columns last
+    negative = ~(eye | masked)  # (n, columns)
     positive = logits.diagonal()  # (n,)
     count = negative.sum(-1).clamp(min=1).to(logits.dtype)  # (n,)
     beta_logits = (beta * logits).masked_fill(~negative, float("-inf"))
-    log_weights = count.log()[:, None] + beta_logits - torch.logsumexp(beta_logits, -1, keepdim=True)  # (n, n)
+    log_weights = count.log()[:, None] + beta_logits - torch.logsumexp(beta_logits, -1, keepdim=True)  # (n, columns)
     weighted_negatives = (logits + log_weights).masked_fill(~negative, float("-inf"))
     log_alpha = math.log(alpha) if alpha > 0 else float("-inf")
-    terms = torch.cat([(positive + log_alpha)[:, None], weighted_negatives], dim=1)  # (n, 1 + n)
+    terms = torch.cat([(positive + log_alpha)[:, None], weighted_negatives], dim=1)  # (n, 1 + columns)
     return (torch.logsumexp(terms, -1) - positive).mean()
 
 
@@ -198,6 +211,7 @@ def info_nce_loss(
     logit_scale: torch.Tensor | float,
     target_ids: torch.Tensor | None = None,
     two_way: bool = False,
+    extra_negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE with in-batch negatives: query i must pick target i (no gathering; see `contrastive_loss`).
 
@@ -207,6 +221,8 @@ def info_nce_loss(
         logit_scale: scalar, log of the inverse temperature.
         target_ids: (batch,) integer image ids of the targets; rows sharing an id are not negatives of each other.
         two_way: average with the target -> query direction.
+        extra_negatives: (m, dim) L2-normalised negatives of every query (query -> target direction only), e.g.
+            the batch's reference images (`ContrastiveLossConfig.reference_negatives`).
 
     Returns:
         scalar loss.
@@ -218,7 +234,9 @@ def info_nce_loss(
     """
     logits = _scaled_logits(query_embeds, target_embeds, logit_scale)  # (batch, batch)
     masked = false_negative_mask(target_ids, logits.shape[0], logits.device)
-    loss = _info_nce_rows(logits, masked)
+    extended = (logits, masked) if extra_negatives is None else \
+        with_extra_negatives(logits, masked, query_embeds, target_embeds, extra_negatives, logit_scale)
+    loss = _info_nce_rows(*extended)
     if two_way:
         loss = (loss + _info_nce_rows(logits.t(), masked.t())) / 2
     return loss
@@ -232,6 +250,7 @@ def hn_nce_loss(
     beta: float = 0.5,
     target_ids: torch.Tensor | None = None,
     two_way: bool = True,
+    extra_negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hard-negative InfoNCE (HN-NCE, Radenovic et al. 2023): negatives re-weighted by exp(beta * logit).
 
@@ -245,13 +264,16 @@ def hn_nce_loss(
         beta: hardness of the negative weighting.
         target_ids: (batch,) integer image ids; rows sharing an id are not negatives of each other.
         two_way: average with the target -> query direction.
+        extra_negatives: (m, dim) L2-normalised negatives of every query (query -> target direction only).
 
     Returns:
         scalar loss.
     """
     logits = _scaled_logits(query_embeds, target_embeds, logit_scale)  # (batch, batch)
     masked = false_negative_mask(target_ids, logits.shape[0], logits.device)
-    loss = _hn_nce_rows(logits, masked, alpha, beta)
+    extended = (logits, masked) if extra_negatives is None else \
+        with_extra_negatives(logits, masked, query_embeds, target_embeds, extra_negatives, logit_scale)
+    loss = _hn_nce_rows(*extended, alpha, beta)
     if two_way:
         loss = (loss + _hn_nce_rows(logits.t(), masked.t(), alpha, beta)) / 2
     return loss
@@ -263,6 +285,7 @@ def contrastive_loss(
     logit_scale: torch.Tensor | float,
     target_ids: torch.Tensor | None = None,
     config: ContrastiveLossConfig | None = None,
+    extra_negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The configured loss over the global batch (negatives from every process).
 
@@ -274,6 +297,7 @@ def contrastive_loss(
         logit_scale: scalar log inverse temperature (ignored when `config.temperature` is set).
         target_ids: (batch,) integer target image ids for false-negative masking, or None.
         config: `ContrastiveLossConfig` (default: one-way InfoNCE).
+        extra_negatives: (m, dim) this process's extra negatives of every query, L2-normalised, or None.
 
     Returns:
         scalar loss.
@@ -290,11 +314,12 @@ def contrastive_loss(
         target_embeds, _ = gather_rows(target_embeds)
         if target_ids is not None:
             target_ids, _ = gather_rows(target_ids.to(query_embeds.device), with_grad=False)
+        if extra_negatives is not None:
+            extra_negatives, _ = gather_rows(extra_negatives)
     if config.loss_type == "hn_nce":
-        return hn_nce_loss(
-            query_embeds, target_embeds, logit_scale, config.hn_alpha, config.hn_beta, target_ids, config.two_way
-        )
-    return info_nce_loss(query_embeds, target_embeds, logit_scale, target_ids, config.two_way)
+        return hn_nce_loss(query_embeds, target_embeds, logit_scale, config.hn_alpha, config.hn_beta, target_ids,
+                           config.two_way, extra_negatives)
+    return info_nce_loss(query_embeds, target_embeds, logit_scale, target_ids, config.two_way, extra_negatives)
 
 
 __all__ = [
@@ -306,5 +331,6 @@ __all__ = [
     "gather_rows",
     "hn_nce_loss",
     "info_nce_loss",
+    "with_extra_negatives",
     "world_size",
 ]

@@ -40,6 +40,15 @@ class CoLLMOutput(ModelOutput):
     logits_per_query: torch.FloatTensor | None = None
 
 
+def distinct_rows(embeds: torch.Tensor) -> torch.Tensor:
+    """The first occurrence of each distinct row of `embeds` (rows, dim), with gradients (a reference serves all
+    its edits, so a triplet batch's reference rows repeat)."""
+    _, inverse = torch.unique(embeds.detach(), dim=0, return_inverse=True)
+    rows = torch.arange(len(embeds), device=embeds.device)
+    first = torch.full((int(inverse.max()) + 1,), len(embeds), device=embeds.device)
+    return embeds[first.scatter_reduce(0, inverse, rows, reduce="amin")]
+
+
 @dataclass
 class CoLLMContrastiveInputs:
     """The LLM inputs of a training step and its targets ([`CoLLMModel.prepare_contrastive_inputs`]).
@@ -363,7 +372,11 @@ class CoLLMModel(CoLLMPreTrainedModel):
             logits = self.logit_scale.exp() * groups[-1] @ target_embeds.t()  # (batch, batch)
             if return_loss:
                 config = ContrastiveLossConfig.from_dict(getattr(self.config, "contrastive_loss", None))
-                losses = [contrastive_loss(q, target_embeds, self.logit_scale, inputs.target_image_ids, config) for q in groups]
+                extra = None
+                if config.reference_negatives and inputs.num_groups == 1 and inputs.image_embeds is not None:
+                    extra = distinct_rows(inputs.image_embeds).to(query_embeds.device, query_embeds.dtype)
+                losses = [contrastive_loss(q, target_embeds, self.logit_scale, inputs.target_image_ids, config, extra)
+                          for q in groups]
                 loss = torch.stack(losses).mean()
         elif return_loss:
             raise ValueError("return_loss=True needs target_pixel_values or target_image_embeds.")

@@ -22,7 +22,10 @@ STATE_FILE = "quickstart.json"
 BENCHMARKS = {"synthetic-cirr": "cirr", "synthetic-circo": "circo"}
 # Seconds of a cold run's time budget kept for what follows training: saving, reloading, both benchmarks, the
 # picture and the card (8-15 s measured; the rest is margin for a slower machine).
-EVALUATION_RESERVE_S = 40
+EVALUATION_RESERVE_S = 30
+# A stage still running this many seconds before the budget's end stops there (a machine that slowed down after
+# the schedule was fitted): what evaluation needs, with a little margin.
+HARD_STOP_BEFORE_END_S = 20
 
 
 def add_arguments(parser):
@@ -135,6 +138,17 @@ def _timing_batches(recipe, pairs, triplets, pair_collate, triplet_collate) -> t
             batches(triplets, recipe.groups_per_batch, triplet_collate, warm=True))
 
 
+def _note_deadline(schedule, stage: str, ran: int):
+    """The schedule with the steps a stage really ran, where the hard deadline cut it short."""
+    from dataclasses import replace
+
+    if ran >= getattr(schedule, stage):
+        return schedule
+    print(f"[quickstart] the machine slowed down: {stage.split('_')[0]} stage stopped at the time budget's hard "
+          f"deadline after {ran} of {getattr(schedule, stage)} steps (its learning rate had not reached zero)")
+    return replace(schedule, **{stage: ran, "stopped_at_deadline": True})
+
+
 def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict, started: float):
     """Stages 1 and 2, fitted into what is left of `recipe.time_budget_s` since `started` (`quickstart_schedule`);
     saves DIR/model_pairs_only and DIR/model. Returns (model, processor, schedule)."""
@@ -170,10 +184,12 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
               f"{recipe.pair_steps} + {recipe.triplet_steps} steps; {schedule.available_s:.0f} s are left of the "
               f"{recipe.time_budget_s:.0f} s budget, so both stages keep {schedule.scale:.0%} of their steps")
 
+    deadline = None if available is None else started + recipe.time_budget_s - HARD_STOP_BEFORE_END_S
     start = time.perf_counter()
     print(f"[quickstart] stage 1: pair pre-training with on-the-fly synthesis ({schedule.pair_steps} steps)")
-    train_stage(model, pairs, pair_collate, str(scratch),
-                schedule.pair_steps, recipe.pair_batch_size, recipe, seed, show_progress)
+    ran = train_stage(model, pairs, pair_collate, str(scratch), schedule.pair_steps, recipe.pair_batch_size, recipe,
+                      seed, show_progress, deadline)
+    schedule = _note_deadline(schedule, "pair_steps", ran)
     _save_atomically(model, processor, out / "model_pairs_only")
     timings["pair_training_s"] = round(time.perf_counter() - start, 1)
 
@@ -186,8 +202,9 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     del timing_triplets
     print(f"[quickstart] stage 2: triplet fine-tuning ({schedule.triplet_steps} steps"
           + (f", fitted to the {schedule.triplet_available_s:.0f} s left)" if schedule.triplet_available_s is not None else ")"))
-    train_stage(model, triplets, triplet_collate, str(scratch),
-                schedule.triplet_steps, recipe.groups_per_batch, recipe, seed, show_progress)
+    ran = train_stage(model, triplets, triplet_collate, str(scratch), schedule.triplet_steps, recipe.groups_per_batch,
+                      recipe, seed, show_progress, deadline)
+    schedule = _note_deadline(schedule, "triplet_steps", ran)
     set_vision_trainable(model, True)
     timings["triplet_training_s"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -81,6 +81,37 @@ def test_duplicate_image_ids_are_masked():
     assert torch.isfinite(hn_nce_loss(q[:2], t[:1].expand(2, -1), scale, target_ids=torch.tensor([1, 1])))
 
 
+def naive_with_references(q, t, r, scale, alpha=1.0, beta=0.0):
+    """One-way HN-NCE (InfoNCE at alpha 1, beta 0) whose negatives are the other targets plus every reference in
+    `r` that is not the row's own target."""
+    n, total = len(q), 0.0
+    for i in range(n):
+        s = [scale * float(q[i] @ x) for x in list(t) + list(r)]
+        negatives = [j for j in range(n) if j != i] + [n + k for k in range(len(r)) if float(t[i] @ r[k]) < 1 - 1e-4]
+        z = sum(math.exp(beta * s[k]) for k in negatives)
+        weighted = sum(len(negatives) * math.exp(beta * s[j]) / z * math.exp(s[j]) for j in negatives)
+        total += -math.log(math.exp(s[i]) / (alpha * math.exp(s[i]) + weighted))
+    return total / n
+
+
+def test_reference_negatives_extend_the_query_side_only():
+    q, t = embeddings(n=5, seed=4)
+    r, _ = embeddings(n=3, seed=5)
+    r = torch.cat([r, t[2:3]])  # the last "reference" is row 2's own target: never its negative
+    scale = torch.tensor(math.log(20.0), dtype=torch.float64)
+    got = info_nce_loss(q, t, scale, extra_negatives=r)
+    assert float(got) == pytest.approx(naive_with_references(q, t, r, 20.0), rel=1e-6)
+    assert float(got) > float(info_nce_loss(q, t, scale))  # more negatives, higher loss
+    hard = hn_nce_loss(q, t, scale, 0.5, 1.0, two_way=False, extra_negatives=r)
+    assert float(hard) == pytest.approx(naive_with_references(q, t, r, 20.0, 0.5, 1.0), rel=1e-6)
+    # the target -> query direction is unchanged: two-way = (extended one-way + plain reverse) / 2
+    two_way = info_nce_loss(q, t, scale, two_way=True, extra_negatives=r)
+    reverse = 2 * float(info_nce_loss(q, t, scale, two_way=True)) - float(info_nce_loss(q, t, scale))
+    assert float(two_way) == pytest.approx((float(got) + reverse) / 2, rel=1e-6)
+    config = ContrastiveLossConfig(reference_negatives=True)
+    torch.testing.assert_close(contrastive_loss(q, t, scale, config=config, extra_negatives=r), got)
+
+
 def test_contrastive_loss_dispatch_temperature_and_gradients():
     q, t = embeddings(seed=3)
     scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)

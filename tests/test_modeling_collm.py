@@ -61,6 +61,24 @@ def test_forward_loss_and_backward(tiny_model_and_processor, rgb_images):
     assert all(p.grad is None for p in model.vision_tower.parameters())  # frozen by default
 
 
+def test_reference_negatives_use_each_distinct_reference_once(rgb_images):
+    from collm_hf.losses import ContrastiveLossConfig, info_nce_loss
+
+    model, processor = make_tiny(freeze_vision_tower=False)
+    references = [rgb_images[0], rgb_images[0], rgb_images[1]]  # a reference serving two edits, as in MTCIR groups
+    inputs = processor(images=references, text=["make it red", "add a square", "make it blue"])
+    targets = processor(images=rgb_images[1:4])["pixel_values"]
+    plain = model(**inputs, target_pixel_values=targets, return_loss=True)
+    model.config.contrastive_loss = ContrastiveLossConfig(reference_negatives=True).to_dict()
+    out = model(**inputs, target_pixel_values=targets, return_loss=True)
+    reference_embeds = model.get_image_embeds(processor(images=rgb_images[:2])["pixel_values"])  # distinct ones
+    expected = info_nce_loss(out.query_embeds, out.target_embeds, model.logit_scale, extra_negatives=reference_embeds)
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out.loss, plain.loss)
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision_tower.parameters())
+
+
 def test_unfrozen_tower_trains(rgb_images):
     model, processor = make_tiny(freeze_vision_tower=False)
     model.train()

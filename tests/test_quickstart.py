@@ -160,3 +160,22 @@ def test_quickstart_tower_starts_with_position_embeddings_at_the_recipe_scale():
     assert float(table.weight.std()) < 0.05  # the family's own initialisation (CLIP: 0.02)
     with pytest.raises(ValueError, match="Linear has no `position_embedding`"):
         init_position_embeddings(torch.nn.Linear(2, 2), 0.5)
+
+
+def test_a_stage_past_its_deadline_stops_after_the_step_under_way(tmp_path):
+    import time
+
+    from collm_hf.data.synthetic_world import WorldConfig, image_rows, triplet_rows
+    from collm_hf.quickstart_training import (QuickstartRecipe, TripletGroups, build_model_and_processor,
+                                              train_stage, triplet_collator)
+
+    recipe = QuickstartRecipe.tiny()
+    model, processor = build_model_and_processor(recipe)
+    world = WorldConfig.tiny()
+    images = {row["image_id"]: row["image"] for row in image_rows(world)}
+    groups = TripletGroups(list(triplet_rows(world)))
+    collate = triplet_collator(processor, images, 0)
+    args = (collate, str(tmp_path), 5, 2, recipe, 0, False)
+    assert train_stage(model, groups, *args, deadline=time.perf_counter() - 1.0) == 1  # already past: one step
+    assert train_stage(model, groups, *args, deadline=time.perf_counter() + 3600.0) == 5
+    assert train_stage(model, groups, *args) == 5
