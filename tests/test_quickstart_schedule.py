@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from collm_hf import quickstart_schedule
-from collm_hf.quickstart_schedule import MIN_SCALE, SCALE_QUANTUM, fit_schedule, refit_triplet_steps, scale_for
+from collm_hf.quickstart_schedule import MIN_SCALE, fit_schedule, refit_triplet_steps, scale_for
 
 
 class LossModel(torch.nn.Module):
