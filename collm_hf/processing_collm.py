@@ -131,18 +131,20 @@ class CoLLMProcessor(ProcessorMixin):
             ids += self.pieces["image"]
         if text is not None:
             if text_ids is None:
-                text_ids = self._encode(" " + self._valid_text(text).strip())
+                text_ids = self._encode(self._text_piece(text))
             truncated = len(text_ids) > self.max_text_tokens
             ids += self.pieces["text"] + text_ids[: self.max_text_tokens]
         return ids + self.pieces["end"], truncated
 
     @staticmethod
-    def _valid_text(text: str) -> str:
+    def _text_piece(text: str) -> str:
+        """The modification text as tokenised after " Text:" (checked: the tokenizer would fail on invalid
+        Unicode with an opaque TypeError)."""
         try:
             text.encode("utf-8")
-        except UnicodeEncodeError as error:  # the tokenizer would fail with an opaque TypeError
+        except UnicodeEncodeError as error:
             raise ValueError(f"modification text {text[:40]!r} is not valid Unicode ({error.reason}).") from error
-        return text
+        return " " + text.strip()
 
     def pad_query_ids(self, sequences: list[list[int]], return_tensors: str = "pt") -> dict:
         """Pad token id lists to one (batch, longest) tensor with an attention mask."""
@@ -217,7 +219,7 @@ class CoLLMProcessor(ProcessorMixin):
 
     def queries(self, texts: list[str | None], with_image: bool, return_tensors: str = "pt") -> dict:
         """Token inputs for a batch of queries (texts may be None for image-only queries)."""
-        given = [" " + self._valid_text(t).strip() for t in texts if t is not None]
+        given = [self._text_piece(t) for t in texts if t is not None]
         encoded = iter(self.tokenizer(given, add_special_tokens=False)["input_ids"] if given else [])
         built = [self.build_query_ids(t, with_image, None if t is None else next(encoded)) for t in texts]
         truncated = [i for i, (_, cut) in enumerate(built) if cut]

@@ -6,8 +6,9 @@ steps of each stage on a throwaway copy of the model and, where the recipe's ste
 left, shortens both stages by one factor (in 5 % steps, so that run-to-run jitter rarely changes the schedule).
 Where they fit, the recipe runs unchanged, step for step. Before stage 2, `refit_triplet_steps` times its steps
 again on the stage-1 model and gives stage 2 the steps that fit in the seconds really left (at most the recipe's):
-timed before training, while the world's files were still being written out, a step measured up to 40 % dearer
-than it ran (this machine, seed 1: 0.19 s per stage-2 step timed, 0.14 s run), and the run ended 100 s early.
+timed before training, right after the world is written, a step measured up to 40 % dearer than it ran (this
+machine, seed 1: 0.19 s per stage-2 step timed, 0.14 s run), and the run ended 100 s early. (Not pending disk
+writes: a throwaway probe found none left and a sync before the timing changed nothing; the cause is not known.)
 The chosen schedule goes into `metrics.json`.
 
     >>> scale_for(estimated_s=756.0, available_s=500.0)

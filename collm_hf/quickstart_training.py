@@ -91,7 +91,7 @@ class QuickstartRecipe:
     # Stage 2: the batch's reference images as negatives of every query (`ContrastiveLossConfig.reference_negatives`).
     # The CIRCO-style gallery holds each query's reference, and without them it came among the first five results
     # of 87 % of the colour / shape / size and 92 % of the position / background queries (seed 2, map@5 69.5; 79.3
-    # with the reference left out). With them, 68 % and 68 % (seed 2, a first run on a shorter schedule); at about
+    # with the reference left out). With them, 72 % and 66 % (`examples/diagnose_quickstart.py`); at about
     # the same schedule (720 + 2,100 steps against 760 + 2,100, seed 2, same machine) recall@1 86.8 -> 86.4, map@5
     # 69.5 -> 70.1, error ratios 0.42 / 0.53 -> 0.37 / 0.50: a small gain within a single run's noise, kept because
     # it aims at the benchmark's real failure (README "Quickstart results").

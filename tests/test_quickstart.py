@@ -72,6 +72,12 @@ def test_diagnosis_accounts_for_every_query(quickstart_dir, capsys):
     assert sum(row["queries"] for row in by_category.values()) == queries
     hits = sum(row["queries"] * row["recall@1"] / 100 for row in by_category.values())
     assert round(hits) == counts.get("correct", 0)
+    by_aspect = script.circo_by_aspect(quickstart_dir)  # each synthetic CIRCO query has one aspect
+    circo_queries = 30  # WorldConfig.tiny: num_circo_queries
+    assert sum(row["queries"] for row in by_aspect.values()) == circo_queries
+    overall = sum(row["queries"] * row["map@5"] for row in by_aspect.values()) / circo_queries
+    assert overall == pytest.approx(report["benchmarks"]["synthetic-circo"]["collm"]["map@5"], abs=0.06)
+    assert all(row["map@5 without the reference"] >= row["map@5"] - 1e-9 for row in by_aspect.values())
     script.main([str(quickstart_dir)])
     printed = capsys.readouterr().out
     assert all(f"{count:5d}  {kind}" in printed for kind, count in counts.items())
