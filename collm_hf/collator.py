@@ -5,7 +5,8 @@
   template), pre-tokenises captions and templates, and leaves the neighbour-dependent assembly to the model.
 - `CoLLMTripletCollator`: triplets (`reference_id`, `target_id`, `modifications`) with images resolved by id
   through an images table (`image_id`, `image`), or PIL images in the rows; one modification text is sampled
-  per row and step.
+  per row and step, and a target that the sampled text of another row (same reference) describes too is marked
+  as no negative of that row (`query_keys`).
 
 Both are dataclasses with named column fields (never a column order). Use them with
 `TrainingArguments(remove_unused_columns=False)`.
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from .image_io import to_rgb_image
+from .losses import PAD_QUERY_KEY
 from .synthesis import (
     DEFAULT_MODIFICATION_RATE,
     KEEP_CAPTION,
@@ -254,6 +256,12 @@ class CoLLMTripletCollator:
         cache_pixels: keep each image id's processed pixels after its first batch (images given by id only), so
             an image read again skips decoding and the image processor. For small images read many times (the
             quickstart: 48 px, ~25 KB each); the cache grows with the distinct images seen.
+        mask_shared_texts: add `query_keys` (batch,), a key per row of (reference id, sampled text), and
+            `target_query_keys` (batch, texts), the keys of (reference id, each of the row's texts): a row's
+            texts all describe its target, so where row i sampled a text that row j lists for the same reference,
+            target j answers query i as well and the loss does not count it as i's negative
+            (`losses.false_negative_mask`). MTCIR-style groups hold such rows: a loose text ("make the circle a
+            different colour") fits every sibling edit of the circle's colour. Needs the reference id column.
 
     Example:
         >>> collator = CoLLMTripletCollator(processor, images=images_dataset)  # doctest: +SKIP
@@ -269,12 +277,13 @@ class CoLLMTripletCollator:
     modifications_column: str = "modifications"
     seed: int = 0
     cache_pixels: bool = False
+    mask_shared_texts: bool = True
 
     def __post_init__(self):
         self.images = _as_table(self.images)
         self._pixels: dict = {}  # ("id", image_id) -> (3, H, W) processed pixels, when cache_pixels
 
-    def _modification(self, row: dict, index: int, generator: torch.Generator) -> str:
+    def _modifications(self, row: dict, index: int) -> list[str]:
         if self.modifications_column not in row:
             raise KeyError(f"Row {index} has no column {self.modifications_column!r}; it has {sorted(row)}.")
         texts = row[self.modifications_column]
@@ -283,7 +292,17 @@ class CoLLMTripletCollator:
         texts = [t for t in (texts or []) if isinstance(t, str) and t.strip()]
         if not texts:
             raise ValueError(f"Row {index} has no non-empty modification text in {self.modifications_column!r}.")
-        return texts[int(torch.randint(len(texts), (1,), generator=generator))]
+        return texts
+
+    def _query_keys(self, features: list[dict], row_texts: list[list[str]], texts: list[str]) -> dict:
+        """`query_keys` and `target_query_keys` (see `mask_shared_texts`); {} without reference ids."""
+        if not self.mask_shared_texts or not all(self.reference_id_column in row for row in features):
+            return {}
+        references = [str(row[self.reference_id_column]) for row in features]
+        key = lambda reference, text: f"{reference}\x1f{text.strip()}"
+        answered = [hash_ids([key(reference, t) for t in own]).tolist() for reference, own in zip(references, row_texts)]
+        return {"query_keys": hash_ids([key(r, t) for r, t in zip(references, texts)]),  # (batch,)
+                "target_query_keys": pad_id_lists(answered, PAD_QUERY_KEY)}  # (batch, most texts of a row)
 
     def __call__(self, features: list[dict]) -> dict:
         if not features:
@@ -292,7 +311,8 @@ class CoLLMTripletCollator:
             row.get("id", f"{row.get(self.reference_id_column)}>{row.get(self.target_id_column)}") for row in features
         ]
         generator = batch_generator(self.seed, keys)
-        texts = [self._modification(row, i, generator) for i, row in enumerate(features)]
+        row_texts = [self._modifications(row, i) for i, row in enumerate(features)]
+        texts = [own[int(torch.randint(len(own), (1,), generator=generator))] for own in row_texts]
         # Each distinct image is read and processed once: a reference serves all its edits (MTCIR groups).
         slots, distinct, index, to_read = {}, [], [], {}
         for image_column, id_column in ((self.reference_image_column, self.reference_id_column),
@@ -324,6 +344,7 @@ class CoLLMTripletCollator:
         }
         if all(self.target_id_column in row for row in features):
             batch["target_image_ids"] = hash_ids([row[self.target_id_column] for row in features])  # (batch,)
+        batch.update(self._query_keys(features, row_texts, texts))
         return batch
 
 

@@ -11,7 +11,8 @@ Called from `CoLLMModel.forward` when `return_loss=True`, so the stock `Trainer`
   the loss and the gradients do not depend on the number of processes (see `gather_rows`).
 
 False negatives: rows whose targets share an image id (a duplicate image in the batch) are not counted as each
-other's negatives. The temperature is `1 / exp(logit_scale)`: learnable or fixed as `config.learnable_logit_scale`
+other's negatives; nor is a target that answers another row's query too, where the collator knows it (query keys:
+`false_negative_mask`). The temperature is `1 / exp(logit_scale)`: learnable or fixed as `config.learnable_logit_scale`
 says, or fixed by `ContrastiveLossConfig.temperature`.
 
 This module imports only torch and the standard library (it travels with checkpoints for trust_remote_code).
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 
 # CLIP clamps the learnt inverse temperature at 100 to keep training stable.
 MAX_LOGIT_SCALE = math.log(100.0)
+# Padding of `target_query_keys` rows (a value no 64-bit hash key is expected to take).
+PAD_QUERY_KEY = 0
 
 
 @dataclass
@@ -157,13 +160,37 @@ def gather_padded(tensor: torch.Tensor, pad_value: int) -> tuple[torch.Tensor, i
 # ----------------------------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------------------------
-def false_negative_mask(target_ids: torch.Tensor | None, size: int, device=None) -> torch.Tensor:
-    """(size, size) bool: True where rows i != j share a target image id (not each other's negatives)."""
-    if target_ids is None:
-        return torch.zeros((size, size), dtype=torch.bool, device=device)
-    ids = target_ids.to(device)
-    same = ids[:, None] == ids[None, :]
-    return same & ~torch.eye(size, dtype=torch.bool, device=device)
+def false_negative_mask(
+    target_ids: torch.Tensor | None,
+    size: int,
+    device=None,
+    query_keys: torch.Tensor | None = None,
+    target_query_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(size, size) bool: True where target j is not a negative of query i (i != j).
+
+    Either the two rows share a target image id, or query i's key is among target j's query keys: each key
+    names a query (e.g. a hash of reference id and modification text, `CoLLMTripletCollator`), and target j's
+    keys are the queries it answers. A loose text ("make the circle a different colour") written for one edit of a
+    reference is answered as well by its sibling edit (the circle in another colour): that target is a valid answer,
+    not a negative.
+
+    Args:
+        target_ids: (size,) integer target image ids, or None.
+        size: rows in the batch.
+        query_keys: (size,) integer key of each row's query, or None.
+        target_query_keys: (size, keys) integer keys of the queries each row's target answers (padded with any
+            value no query key takes), or None.
+    """
+    eye = torch.eye(size, dtype=torch.bool, device=device)
+    same = torch.zeros((size, size), dtype=torch.bool, device=device)
+    if target_ids is not None:
+        ids = target_ids.to(device)
+        same |= ids[:, None] == ids[None, :]
+    if query_keys is not None and target_query_keys is not None:
+        keys, answered = query_keys.to(device), target_query_keys.to(device)
+        same |= (keys[:, None, None] == answered[None, :, :]).any(-1)  # (size, size)
+    return same & ~eye
 
 
 def _scaled_logits(query_embeds, target_embeds, logit_scale) -> torch.Tensor:
@@ -212,6 +239,8 @@ def info_nce_loss(
     target_ids: torch.Tensor | None = None,
     two_way: bool = False,
     extra_negatives: torch.Tensor | None = None,
+    query_keys: torch.Tensor | None = None,
+    target_query_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE with in-batch negatives: query i must pick target i (no gathering; see `contrastive_loss`).
 
@@ -223,6 +252,8 @@ def info_nce_loss(
         two_way: average with the target -> query direction.
         extra_negatives: (m, dim) L2-normalised negatives of every query (query -> target direction only), e.g.
             the batch's reference images (`ContrastiveLossConfig.reference_negatives`).
+        query_keys, target_query_keys: (batch,) and (batch, keys): a target whose keys hold query i's key is
+            not a negative of query i (`false_negative_mask`).
 
     Returns:
         scalar loss.
@@ -233,7 +264,7 @@ def info_nce_loss(
         torch.Size([])
     """
     logits = _scaled_logits(query_embeds, target_embeds, logit_scale)  # (batch, batch)
-    masked = false_negative_mask(target_ids, logits.shape[0], logits.device)
+    masked = false_negative_mask(target_ids, logits.shape[0], logits.device, query_keys, target_query_keys)
     extended = (logits, masked) if extra_negatives is None else \
         with_extra_negatives(logits, masked, query_embeds, target_embeds, extra_negatives, logit_scale)
     loss = _info_nce_rows(*extended)
@@ -251,6 +282,8 @@ def hn_nce_loss(
     target_ids: torch.Tensor | None = None,
     two_way: bool = True,
     extra_negatives: torch.Tensor | None = None,
+    query_keys: torch.Tensor | None = None,
+    target_query_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hard-negative InfoNCE (HN-NCE, Radenovic et al. 2023): negatives re-weighted by exp(beta * logit).
 
@@ -265,12 +298,13 @@ def hn_nce_loss(
         target_ids: (batch,) integer image ids; rows sharing an id are not negatives of each other.
         two_way: average with the target -> query direction.
         extra_negatives: (m, dim) L2-normalised negatives of every query (query -> target direction only).
+        query_keys, target_query_keys: (batch,) and (batch, keys), see `false_negative_mask`.
 
     Returns:
         scalar loss.
     """
     logits = _scaled_logits(query_embeds, target_embeds, logit_scale)  # (batch, batch)
-    masked = false_negative_mask(target_ids, logits.shape[0], logits.device)
+    masked = false_negative_mask(target_ids, logits.shape[0], logits.device, query_keys, target_query_keys)
     extended = (logits, masked) if extra_negatives is None else \
         with_extra_negatives(logits, masked, query_embeds, target_embeds, extra_negatives, logit_scale)
     loss = _hn_nce_rows(*extended, alpha, beta)
@@ -286,6 +320,8 @@ def contrastive_loss(
     target_ids: torch.Tensor | None = None,
     config: ContrastiveLossConfig | None = None,
     extra_negatives: torch.Tensor | None = None,
+    query_keys: torch.Tensor | None = None,
+    target_query_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The configured loss over the global batch (negatives from every process).
 
@@ -298,6 +334,8 @@ def contrastive_loss(
         target_ids: (batch,) integer target image ids for false-negative masking, or None.
         config: `ContrastiveLossConfig` (default: one-way InfoNCE).
         extra_negatives: (m, dim) this process's extra negatives of every query, L2-normalised, or None.
+        query_keys, target_query_keys: (batch,) and (batch, keys) this process's query keys and the keys each
+            target answers (`false_negative_mask`), or None.
 
     Returns:
         scalar loss.
@@ -316,15 +354,20 @@ def contrastive_loss(
             target_ids, _ = gather_rows(target_ids.to(query_embeds.device), with_grad=False)
         if extra_negatives is not None:
             extra_negatives, _ = gather_rows(extra_negatives)
+        if query_keys is not None and target_query_keys is not None:
+            query_keys, _ = gather_rows(query_keys.to(query_embeds.device), with_grad=False)
+            target_query_keys, _ = gather_padded(target_query_keys.to(query_embeds.device), PAD_QUERY_KEY)
     if config.loss_type == "hn_nce":
         return hn_nce_loss(query_embeds, target_embeds, logit_scale, config.hn_alpha, config.hn_beta, target_ids,
-                           config.two_way, extra_negatives)
-    return info_nce_loss(query_embeds, target_embeds, logit_scale, target_ids, config.two_way, extra_negatives)
+                           config.two_way, extra_negatives, query_keys, target_query_keys)
+    return info_nce_loss(query_embeds, target_embeds, logit_scale, target_ids, config.two_way, extra_negatives,
+                         query_keys, target_query_keys)
 
 
 __all__ = [
     "ContrastiveLossConfig",
     "MAX_LOGIT_SCALE",
+    "PAD_QUERY_KEY",
     "contrastive_loss",
     "false_negative_mask",
     "gather_padded",

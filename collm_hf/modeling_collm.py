@@ -58,6 +58,8 @@ class CoLLMContrastiveInputs:
         image_embeds: (images, dim) one row per query with an image placeholder, in order.
         num_groups: query groups sharing the targets (1 for triplets, 3 for pairs).
         target_embeds: (batch, dim) or None; target_image_ids: (batch,) or None.
+        query_keys, target_query_keys: (batch,) and (batch, keys) or None: which targets answer which queries
+            besides their own (`losses.false_negative_mask`).
     """
 
     input_ids: torch.Tensor
@@ -66,6 +68,8 @@ class CoLLMContrastiveInputs:
     num_groups: int
     target_embeds: torch.Tensor | None
     target_image_ids: torch.Tensor | None
+    query_keys: torch.Tensor | None = None
+    target_query_keys: torch.Tensor | None = None
 
 
 class CoLLMImageAdapter(nn.Module):
@@ -304,6 +308,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
         caption_ids: torch.Tensor | None = None,
         modification_template_ids: torch.Tensor | None = None,
         query_frame_ids: torch.Tensor | None = None,
+        query_keys: torch.Tensor | None = None,
+        target_query_keys: torch.Tensor | None = None,
     ) -> CoLLMContrastiveInputs:
         """Everything before the LLM pass: image embeddings, and for pairs the on-the-fly triplet synthesis.
 
@@ -337,7 +343,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
             )  # (3 * batch, seq): image-only, text-only, composed
             image_embeds = torch.cat([synthesized.reference_embeds, synthesized.reference_embeds])  # (2 * batch, dim)
             num_groups = 3
-        return CoLLMContrastiveInputs(input_ids, attention_mask, image_embeds, num_groups, target_image_embeds, target_image_ids)
+        return CoLLMContrastiveInputs(input_ids, attention_mask, image_embeds, num_groups, target_image_embeds,
+                                      target_image_ids, query_keys, target_query_keys)
 
     def embed_query_groups(self, inputs: CoLLMContrastiveInputs) -> torch.Tensor:
         """Query embeddings of the stacked groups of `inputs`, one LLM pass per group.
@@ -375,7 +382,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
                 extra = None
                 if config.reference_negatives and inputs.num_groups == 1 and inputs.image_embeds is not None:
                     extra = distinct_rows(inputs.image_embeds).to(query_embeds.device, query_embeds.dtype)
-                losses = [contrastive_loss(q, target_embeds, self.logit_scale, inputs.target_image_ids, config, extra)
+                keys = (inputs.query_keys, inputs.target_query_keys) if inputs.num_groups == 1 else (None, None)
+                losses = [contrastive_loss(q, target_embeds, self.logit_scale, inputs.target_image_ids, config, extra, *keys)
                           for q in groups]
                 loss = torch.stack(losses).mean()
         elif return_loss:
@@ -396,6 +404,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
         caption_ids: torch.Tensor | None = None,
         modification_template_ids: torch.Tensor | None = None,
         query_frame_ids: torch.Tensor | None = None,
+        query_keys: torch.Tensor | None = None,
+        target_query_keys: torch.Tensor | None = None,
         return_loss: bool = False,
         **kwargs,
     ) -> CoLLMOutput:
@@ -410,6 +420,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
             text_input_ids, text_attention_mask, caption_ids, modification_template_ids, query_frame_ids: pair
                 pre-training with on-the-fly triplet synthesis (`CoLLMPairCollator`); see
                 `prepare_contrastive_inputs`.
+            query_keys, target_query_keys: triplets, (batch,) and (batch, keys) integer keys (`CoLLMTripletCollator`):
+                a target whose keys hold query i's key answers query i too and is not its negative.
             return_loss: compute the contrastive loss (needs targets); under torch.distributed its negatives
                 come from every process.
 
@@ -419,6 +431,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
         inputs = self.prepare_contrastive_inputs(
             input_ids, attention_mask, pixel_values, image_embeds, target_pixel_values, target_image_embeds,
             target_image_ids, text_input_ids, text_attention_mask, caption_ids, modification_template_ids, query_frame_ids,
+            query_keys, target_query_keys,
         )
         return self.contrastive_output(self.embed_query_groups(inputs), inputs, return_loss)
 

@@ -123,7 +123,7 @@ def _load(folder: Path, config: str, split: str):
 
 def _timing_batches(recipe, pairs, triplets, pair_collate, triplet_collate) -> tuple[list, list]:
     """The first few batches of each stage, as functions that collate them with the stages' own collators, for
-    `fit_schedule` and `refit_triplet_steps`."""
+    `fit_schedule`."""
     from .quickstart_schedule import TIMED_STEPS
 
     def batches(rows, size, collate, warm: bool = False):
@@ -152,7 +152,9 @@ def _note_deadline(schedule, stage: str, ran: int):
 def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict, started: float):
     """Stages 1 and 2, fitted into what is left of `recipe.time_budget_s` since `started` (`quickstart_schedule`);
     saves DIR/model_pairs_only and DIR/model. Returns (model, processor, schedule)."""
-    from .quickstart_schedule import fit_schedule, refit_triplet_steps
+    from dataclasses import replace
+
+    from .quickstart_schedule import fit_schedule
     from .quickstart_training import (TripletGroups, build_model_and_processor, pair_collator, seed_everything,
                                       set_vision_trainable, train_stage, triplet_collator)
 
@@ -173,11 +175,11 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     if recipe.time_budget_s is not None and llm is None:  # with --llm the recipe's steps run, whatever they take
         available = recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S
     pair_collate = pair_collator(processor, seed, recipe.pair_crop_min_area)
-    triplet_collate = triplet_collator(processor, images, seed)
+    triplet_collate = triplet_collator(processor, images, seed, recipe.mask_shared_texts)
     timing_pairs, timing_triplets = _timing_batches(recipe, pairs, triplets, pair_collate, triplet_collate) \
         if available is not None else ([], [])
     schedule = fit_schedule(recipe, model, timing_pairs, timing_triplets, available)
-    del timing_pairs
+    del timing_pairs, timing_triplets
     timings["schedule_fit_s"] = round(time.perf_counter() - start, 1)
     if schedule.scale < 1.0:
         print(f"[quickstart] this machine would take ~{schedule.estimated_training_s:.0f} s for the recipe's "
@@ -196,15 +198,17 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     start = time.perf_counter()
     model.train()
     set_vision_trainable(model, not recipe.freeze_vision_in_triplet_stage)
-    if available is not None:  # stage 2 takes the steps that fit in what is really left
-        schedule = refit_triplet_steps(schedule, recipe, model, timing_triplets,
-                                       recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S)
-    del timing_triplets
+    seconds = None
+    if available is not None:  # stage 2 takes the seconds really left, however many steps they hold
+        seconds = recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S
+        schedule = replace(schedule, triplet_steps=recipe.triplet_steps, triplet_available_s=round(seconds, 1))
     print(f"[quickstart] stage 2: triplet fine-tuning ({schedule.triplet_steps} steps"
-          + (f", fitted to the {schedule.triplet_available_s:.0f} s left)" if schedule.triplet_available_s is not None else ")"))
+          + (f" or the {seconds:.0f} s left, whichever ends first)" if seconds is not None else ")"))
     ran = train_stage(model, triplets, triplet_collate, str(scratch), schedule.triplet_steps, recipe.groups_per_batch,
-                      recipe, seed, show_progress, deadline)
-    schedule = _note_deadline(schedule, "triplet_steps", ran)
+                      recipe, seed, show_progress, deadline, seconds)
+    schedule = replace(schedule, triplet_steps=ran) if seconds is not None else _note_deadline(schedule, "triplet_steps", ran)
+    if seconds is not None and time.perf_counter() > deadline:
+        schedule = replace(schedule, stopped_at_deadline=True)
     set_vision_trainable(model, True)
     timings["triplet_training_s"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(scratch, ignore_errors=True)

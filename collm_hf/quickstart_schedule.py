@@ -4,11 +4,11 @@ The recipe's step counts are sized for a 2-core machine of average speed; 2-core
 speed (the same cold run took 530 s on one and would have taken ~860 s on another). Before training, `fit_schedule` times a few
 steps of each stage on a throwaway copy of the model and, where the recipe's steps would not fit in the seconds
 left, shortens both stages by one factor (in 5 % steps, so that run-to-run jitter rarely changes the schedule).
-Where they fit, the recipe runs unchanged, step for step. Before stage 2, `refit_triplet_steps` times its steps
-again on the stage-1 model and gives stage 2 the steps that fit in the seconds really left (at most the recipe's):
-timed before training, right after the world is written, a step measured up to 40 % dearer than it ran (this
-machine, seed 1: 0.19 s per stage-2 step timed, 0.14 s run), and the run ended 100 s early. (Not pending disk
-writes: a throwaway probe found none left and a sync before the timing changed nothing; the cause is not known.)
+Where they fit, the recipe runs unchanged, step for step. Stage 2 then gets the seconds really left rather than
+a step count (`quickstart_training.timed_cosine_schedule`: at most the recipe's steps, its cosine learning rate
+following the steps or the time, whichever ends first): a step timed here before training misjudged what it then
+took both ways (this machine: stage 2 timed 0.13-0.14 s and ran 0.16-0.17 s; timed again after stage 1, once
+0.15 s and once 0.215 s against 0.167 s run, and that run ended 87 s early).
 The chosen schedule goes into `metrics.json`.
 
     >>> scale_for(estimated_s=756.0, available_s=500.0)
@@ -22,7 +22,7 @@ import math
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -47,8 +47,7 @@ class Schedule:
     triplet_step_s: float | None = None
     estimated_training_s: float | None = None  # of the recipe's full schedule
     available_s: float | None = None
-    triplet_refit_step_s: float | None = None  # stage 2's step time measured again before it ran
-    triplet_available_s: float | None = None  # seconds left for stage 2 then
+    triplet_available_s: float | None = None  # seconds given to stage 2 once stage 1 had run
     stopped_at_deadline: bool = False  # a stage was cut short by the hard deadline (`quickstart_training.deadline_callback`)
 
     def to_dict(self) -> dict:
@@ -100,7 +99,7 @@ def fit_schedule(recipe, model, pair_batches: list, triplet_batches: list, avail
     if available_s is None:
         return Schedule(recipe.pair_steps, recipe.triplet_steps, 1.0)
     # The fastest step, not the median: right after the world is written, steps timed up to 40 % dearer than the
-    # stage then ran, in bursts; an estimate too low here costs stage 2 steps (`refit_triplet_steps`), not the budget.
+    # stage then ran, in bursts; an estimate too low here costs stage 2 time (it takes what is left), not the budget.
     pair_s = time_steps(model, pair_batches, recipe.learning_rate, min) * STEP_TIME_MARGIN
     triplet_s = time_steps(model, triplet_batches, recipe.learning_rate, min) * STEP_TIME_MARGIN
     estimated = recipe.pair_steps * pair_s + recipe.triplet_steps * triplet_s
@@ -109,17 +108,4 @@ def fit_schedule(recipe, model, pair_batches: list, triplet_batches: list, avail
                     pair_s, triplet_s, estimated, available_s)
 
 
-def refit_triplet_steps(schedule: Schedule, recipe, model, triplet_batches: list, available_s: float | None) -> Schedule:
-    """Stage 2's steps re-fitted, once stage 1 has run, to the `available_s` seconds left for it: timed again on
-    the stage-1 `model` (copied, never changed); the largest multiple of `SCALE_QUANTUM` of the recipe's steps (at
-    most all of them, at least `MIN_SCALE`) that fits. Without a budget (`schedule.available_s` None) nothing changes.
-    """
-    if schedule.available_s is None or available_s is None:
-        return schedule
-    triplet_s = time_steps(model, triplet_batches, recipe.learning_rate) * STEP_TIME_MARGIN
-    scale = scale_for(recipe.triplet_steps * triplet_s, max(0.0, available_s))
-    return replace(schedule, triplet_steps=max(1, round(recipe.triplet_steps * scale)), triplet_refit_step_s=triplet_s,
-                   triplet_available_s=available_s)
-
-
-__all__ = ["Schedule", "fit_schedule", "refit_triplet_steps", "scale_for", "time_steps"]
+__all__ = ["Schedule", "fit_schedule", "scale_for", "time_steps"]

@@ -96,6 +96,11 @@ class QuickstartRecipe:
     # 69.5 -> 70.1, error ratios 0.42 / 0.53 -> 0.37 / 0.50: a small gain within a single run's noise, kept because
     # it aims at the benchmark's real failure (README "Quickstart results").
     reference_negatives: bool = True
+    # Stage 2: a target that another row's sampled text describes too (same reference) is not that row's negative
+    # (`CoLLMTripletCollator.mask_shared_texts`; the world lists a sibling's loose text on every row it fits,
+    # `WorldConfig.sibling_loose_texts`). Without it, "remove one of the objects" was trained to prefer one removal
+    # over its twin in the same group, though both are right.
+    mask_shared_texts: bool = True
     # Query layout: the prompt's instruction, image tokens per query, and how the LLM's states are pooled (measured,
     # seed 0: mean pooling recall@1 49.4 vs 45.8 for the last token at learning rate 1e-3, and 79.4 vs 62.0 with
     # today's tower; with the MLP adapter 4 image tokens gave 63.4 vs 62.8 for 1, within the run-to-run noise; 2 now,
@@ -259,15 +264,75 @@ def deadline_callback(deadline: float):
     return StopAtDeadline()
 
 
+class StageClock:
+    """The seconds a training stage may take, counted from the first time it is read (the learning-rate
+    scheduler reads it when the Trainer builds it, just before the first step). `clock` is for tests."""
+
+    def __init__(self, seconds: float, clock=None):
+        import time
+
+        self.seconds, self.clock, self.start = max(1e-6, float(seconds)), clock or time.perf_counter, None
+
+    def fraction(self) -> float:
+        """Share of the seconds used so far (may pass 1)."""
+        if self.start is None:
+            self.start = self.clock()
+        return (self.clock() - self.start) / self.seconds
+
+
+def timed_cosine_schedule(optimizer, warmup_steps: int, max_steps: int, stage_clock: StageClock):
+    """`transformers`' cosine schedule with linear warm-up, whose progress is the larger of the steps' and the
+    time's (`stage_clock`): a stage given seconds rather than steps still ends with its learning rate at zero,
+    whatever the machine's speed does meanwhile."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    def factor(step: int) -> float:
+        by_time = stage_clock.fraction()  # read at every step, so the clock starts with the scheduler
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        by_steps = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(by_steps, by_time))))
+
+    return LambdaLR(optimizer, factor)
+
+
+def _timed_trainer(stage_clock: StageClock):
+    """A `Trainer` whose learning-rate schedule is `timed_cosine_schedule` and that stops when `stage_clock` has run
+    out (after the step under way)."""
+    from transformers import Trainer, TrainerCallback
+
+    class StopWhenTimeIsUp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stage_clock.fraction() >= 1.0:
+                control.should_training_stop = True
+            return control
+
+    class TimedTrainer(Trainer):
+        def __init__(self, *args, callbacks=None, **kwargs):
+            super().__init__(*args, callbacks=[*(callbacks or []), StopWhenTimeIsUp()], **kwargs)
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self.lr_scheduler is None:
+                self.lr_scheduler = timed_cosine_schedule(
+                    optimizer or self.optimizer, self.args.get_warmup_steps(num_training_steps), num_training_steps,
+                    stage_clock)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    return TimedTrainer
+
+
 def train_stage(model, dataset, collator, output_dir: str, steps: int, batch_size: int, recipe: QuickstartRecipe,
-                seed: int, show_progress: bool = True, deadline: float | None = None) -> int:
+                seed: int, show_progress: bool = True, deadline: float | None = None, seconds: float | None = None) -> int:
     """Run one stage with the stock `Trainer`, stopping early past `deadline` (`time.perf_counter()` seconds);
-    returns the steps it ran."""
+    with `seconds`, the stage runs at most `steps` steps and at most about that many seconds, its cosine learning
+    rate following whichever ends first (`timed_cosine_schedule`). Returns the steps it ran."""
     from transformers import Trainer
 
     args = _training_arguments(output_dir, steps, batch_size, recipe, seed, show_progress)
     callbacks = [] if deadline is None else [deadline_callback(deadline)]
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks)
+    trainer_class = Trainer if seconds is None else _timed_trainer(StageClock(seconds))
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks)
     trainer.train()
     model.eval()
     return int(trainer.state.global_step)
@@ -283,12 +348,13 @@ def pair_collator(processor, seed: int, crop_min_area: float):
     return CoLLMPairCollator(processor, augmentation=augmentation, seed=seed, check_tokenization=False)
 
 
-def triplet_collator(processor, images: dict, seed: int) -> GroupedTripletCollator:
+def triplet_collator(processor, images: dict, seed: int, mask_shared_texts: bool = True) -> GroupedTripletCollator:
     """Stage 2 collator; each image's pixels are processed once and kept (the world's images are 48 px: ~500 MB
     for the default world's 18k, and the image processor was ~60 % of a batch's collation)."""
     from .collator import CoLLMTripletCollator
 
-    return GroupedTripletCollator(CoLLMTripletCollator(processor, images=images, seed=seed, cache_pixels=True))
+    return GroupedTripletCollator(CoLLMTripletCollator(processor, images=images, seed=seed, cache_pixels=True,
+                                                       mask_shared_texts=mask_shared_texts))
 
 
 def set_vision_trainable(model, trainable: bool):
@@ -304,4 +370,4 @@ def seed_everything(seed: int):
 
 
 __all__ = ["QuickstartRecipe", "TripletGroups", "GroupedTripletCollator", "build_model_and_processor",
-           "world_tokenizer", "train_stage", "deadline_callback", "set_vision_trainable", "pair_collator", "triplet_collator", "seed_everything"]
+           "world_tokenizer", "train_stage", "deadline_callback", "StageClock", "timed_cosine_schedule", "set_vision_trainable", "pair_collator", "triplet_collator", "seed_everything"]

@@ -196,6 +196,35 @@ def test_triplet_collator_cache_pixels_keeps_ids_only(tiny_model_and_processor, 
     assert plain._pixels == {}  # off by default
 
 
+def test_triplet_collator_marks_targets_that_answer_another_rows_text(tiny_model_and_processor, images):
+    from collm_hf.losses import false_negative_mask
+
+    _, processor = tiny_model_and_processor
+    # One reference, three edits: the loose text fits edits 1 and 2; edit 0 is something else. A second reference's
+    # row lists the same loose text: another reference, so never a valid answer of the first group's queries.
+    loose = "make the circle a different colour"
+    rows = [{"id": "a0", "reference_id": "0", "target_id": "1", "modifications": ["add a dog"]},
+            {"id": "a1", "reference_id": "0", "target_id": "2", "modifications": [loose]},
+            {"id": "a2", "reference_id": "0", "target_id": "3", "modifications": ["make the circle red ", loose]},
+            {"id": "b0", "reference_id": "4", "target_id": "5", "modifications": [loose]}]
+    seen = set()
+    for seed in range(8):
+        batch = CoLLMTripletCollator(processor, images=images, seed=seed)(rows)
+        drawn_loose = batch["input_ids"][2].tolist() == batch["input_ids"][1].tolist()
+        seen.add(drawn_loose)
+        assert batch["target_query_keys"].shape == (4, 2)
+        mask = false_negative_mask(None, 4, None, batch["query_keys"], batch["target_query_keys"])
+        expected = {(1, 2)} | ({(2, 1)} if drawn_loose else set())
+        assert {(i, j) for i in range(4) for j in range(4) if mask[i, j]} == expected
+    assert seen == {True, False}  # row 2 drew each of its texts under some seed
+    # Off, or without reference ids, the batch carries no keys (and the query texts are drawn as before).
+    off = CoLLMTripletCollator(processor, images=images, seed=0, mask_shared_texts=False)(rows)
+    assert "query_keys" not in off and "target_query_keys" not in off
+    assert torch.equal(off["input_ids"], CoLLMTripletCollator(processor, images=images, seed=0)(rows)["input_ids"])
+    pil = [{"reference_image": images["0"], "target_image": images["1"], "modifications": loose}]
+    assert "query_keys" not in CoLLMTripletCollator(processor)(pil)
+
+
 def test_triplet_collator_pil_rows_single_text_and_errors(tiny_model_and_processor, images):
     _, processor = tiny_model_and_processor
     rows = [{"reference_image": images["0"], "target_image": images["1"], "modifications": "make it blue"},

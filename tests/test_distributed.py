@@ -4,7 +4,8 @@ The test launches this same file as the worker (`torchrun --nproc_per_node 2 tes
 each rank takes its rows of one collated batch (an uneven 5/3 split), runs the DDP-wrapped model, and rank 0
 saves the loss and the synchronised gradients. Covered: triplets, and pairs with on-the-fly synthesis (global
 nearest neighbours, Slerp, token assembly) with a trainable vision tower, so gradients also flow through the
-gathered neighbour embeddings; HN-NCE two-way with duplicate-id masking; and gradient caching under DDP.
+gathered neighbour embeddings; HN-NCE two-way with duplicate-id and shared-text masking; and gradient caching
+under DDP.
 """
 
 import os
@@ -37,6 +38,9 @@ def build(stage: str):
     else:
         rows = [{"id": str(k), "reference_id": str(k), "target_id": i, "modifications": [f"make it a {w}", f"add {w}"]}
                 for k, (i, w) in enumerate(zip(ids, words))]
+        # Rows 4 (rank 0) and 5 (rank 1) share a reference and a text: target 4 answers query 5 across the ranks.
+        rows[4]["modifications"].append("make it different")
+        rows[5].update(reference_id="4", modifications=["make it different"])
         batch = CoLLMTripletCollator(processor, images=images, seed=11)(rows)
     return model, batch
 
@@ -85,6 +89,9 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     for stage in ("triplets", "pairs", "pairs_gradcache"):
         model, batch = build(stage.split("_")[0])
         loss, grads = loss_and_grads(model, batch)
+        if stage == "triplets":  # the shared text is masked: the loss differs from one without the query keys
+            without = {k: v for k, v in batch.items() if k not in ("query_keys", "target_query_keys")}
+            assert not torch.allclose(model(**without).loss, loss)
         assert any("vision_tower" in name for name in grads)  # the tower is trained: gradients cross ranks
         for rank_loss, rank_grads in (r[stage] for r in per_rank):
             torch.testing.assert_close(rank_loss, loss, atol=1e-5, rtol=1e-5)  # every rank reports the global loss

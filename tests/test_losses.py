@@ -81,6 +81,51 @@ def test_duplicate_image_ids_are_masked():
     assert torch.isfinite(hn_nce_loss(q[:2], t[:1].expand(2, -1), scale, target_ids=torch.tensor([1, 1])))
 
 
+def naive_info_nce_valid(q, t, scale, valid, two_way=False):
+    """InfoNCE whose query i leaves out every target j != i with (i, j) in `valid` (j answers i too)."""
+    n = len(q)
+    sim = [[scale * float(q[i] @ t[j]) for j in range(n)] for i in range(n)]
+
+    def one_direction(s, pairs):
+        total = 0.0
+        for i in range(n):
+            keep = [j for j in range(n) if j == i or (i, j) not in pairs]
+            total += -s[i][i] + math.log(sum(math.exp(s[i][j]) for j in keep))
+        return total / n
+
+    loss = one_direction(sim, valid)
+    if two_way:
+        loss = (loss + one_direction([list(col) for col in zip(*sim)], {(j, i) for i, j in valid})) / 2
+    return loss
+
+
+def test_targets_that_answer_a_query_by_its_key_are_not_its_negatives():
+    q, t = embeddings(n=5, seed=6)
+    # Row 0 drew text key 7, which rows 1 and 3 list among the texts their targets answer; row 2 drew key 9, listed
+    # by row 4 only; 0 pads. Row 4's own key (5) is nowhere else.
+    query_keys = torch.tensor([7, 8, 9, 7, 5])
+    target_query_keys = torch.tensor([[7, 0, 0], [8, 7, 0], [9, 0, 0], [7, 3, 0], [5, 9, 2]])
+    valid = {(0, 1), (0, 3), (3, 0), (3, 1), (2, 4)}
+    scale = torch.tensor(math.log(20.0), dtype=torch.float64)
+    from collm_hf.losses import false_negative_mask
+
+    mask = false_negative_mask(None, 5, None, query_keys, target_query_keys)
+    assert {(i, j) for i in range(5) for j in range(5) if mask[i, j]} == valid
+    for two_way in (False, True):
+        got = info_nce_loss(q, t, scale, two_way=two_way, query_keys=query_keys, target_query_keys=target_query_keys)
+        assert float(got) == pytest.approx(naive_info_nce_valid(q, t, 20.0, valid, two_way), rel=1e-6)
+    # with target ids as well, both reasons mask (row 2's and row 4's targets are one image)
+    ids = torch.tensor([1, 2, 3, 4, 3])
+    got = info_nce_loss(q, t, scale, ids, query_keys=query_keys, target_query_keys=target_query_keys)
+    assert float(got) == pytest.approx(naive_info_nce_valid(q, t, 20.0, valid | {(4, 2)}), rel=1e-6)
+    # HN-NCE at beta 0, alpha 1 is InfoNCE, masks included; contrastive_loss passes the keys through
+    hn = hn_nce_loss(q, t, scale, 1.0, 0.0, two_way=True, query_keys=query_keys, target_query_keys=target_query_keys)
+    assert float(hn) == pytest.approx(naive_info_nce_valid(q, t, 20.0, valid, True), rel=1e-6)
+    config = ContrastiveLossConfig(two_way=True)
+    got = contrastive_loss(q, t, scale, config=config, query_keys=query_keys, target_query_keys=target_query_keys)
+    assert float(got) == pytest.approx(naive_info_nce_valid(q, t, 20.0, valid, True), rel=1e-6)
+
+
 def naive_with_references(q, t, r, scale, alpha=1.0, beta=0.0):
     """One-way HN-NCE (InfoNCE at alpha 1, beta 0) whose negatives are the other targets plus every reference in
     `r` that is not the row's own target."""

@@ -79,6 +79,20 @@ def test_reference_negatives_use_each_distinct_reference_once(rgb_images):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision_tower.parameters())
 
 
+def test_query_keys_reach_the_loss(rgb_images):
+    from collm_hf.losses import info_nce_loss
+
+    model, processor = make_tiny()
+    inputs = processor(images=[rgb_images[0]] * 3, text=["make it red", "make it another colour", "make it blue"])
+    targets = processor(images=rgb_images[1:4])["pixel_values"]
+    keys = {"query_keys": torch.tensor([1, 2, 3]), "target_query_keys": torch.tensor([[1, 2], [2, 0], [3, 2]])}
+    out = model(**inputs, target_pixel_values=targets, return_loss=True, **keys)
+    expected = info_nce_loss(out.query_embeds, out.target_embeds, model.logit_scale, **keys)
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
+    plain = model(**inputs, target_pixel_values=targets, return_loss=True)
+    assert float(out.loss) < float(plain.loss)  # targets 0 and 2 are no longer negatives of query 1
+
+
 def test_unfrozen_tower_trains(rgb_images):
     model, processor = make_tiny(freeze_vision_tower=False)
     model.train()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from collm_hf import quickstart_schedule
-from collm_hf.quickstart_schedule import MIN_SCALE, fit_schedule, refit_triplet_steps, scale_for
+from collm_hf.quickstart_schedule import MIN_SCALE, fit_schedule, scale_for
 
 
 class LossModel(torch.nn.Module):
@@ -72,20 +72,3 @@ def test_timing_leaves_the_model_and_the_random_streams_as_they_were():
     random.seed(5)
     assert torch.equal(after[0], torch.rand(3)) and after[1] == random.random()
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-
-
-def test_stage_two_refit_to_the_time_really_left(monkeypatch):
-    short = fit_schedule(RECIPE, LossModel(), batches(), batches(), 0.0)  # both stages at MIN_SCALE
-    monkeypatch.setattr(quickstart_schedule, "time_steps", lambda model, batches, learning_rate: 0.01)
-    step_s = 0.01 * quickstart_schedule.STEP_TIME_MARGIN
-    ample = refit_triplet_steps(short, RECIPE, LossModel(), batches(), 1e9)
-    assert (ample.pair_steps, ample.triplet_steps, ample.scale) == (short.pair_steps, 1900, short.scale)  # at most all
-    assert ample.triplet_refit_step_s == pytest.approx(step_s) and ample.triplet_available_s == 1e9
-    assert refit_triplet_steps(short, RECIPE, LossModel(), batches(), 0.5 * 1900 * step_s).triplet_steps == 950
-    assert refit_triplet_steps(short, RECIPE, LossModel(), batches(), 0.47 * 1900 * step_s).triplet_steps == 855  # 45 %
-    assert refit_triplet_steps(short, RECIPE, LossModel(), batches(), -1.0).triplet_steps == round(1900 * MIN_SCALE)
-
-
-def test_no_budget_no_refit():
-    schedule = fit_schedule(RECIPE, LossModel(), [], [], None)
-    assert refit_triplet_steps(schedule, RECIPE, LossModel(), [], 100.0) is schedule

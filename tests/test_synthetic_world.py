@@ -94,6 +94,25 @@ def test_training_groups_hold_same_category_twins():
     assert with_twins > 0.7 and without < 0.5, (with_twins, without)
 
 
+def test_rows_list_the_loose_texts_of_siblings_they_answer():
+    """Every removal of one object answers "remove one of the objects": with `sibling_loose_texts`, each "remove" row
+    of a group lists every loose removal text of the group (its own and its twins'); without it, only its own."""
+    loose = {"remove one of the objects", "take away any one object"}
+
+    def groups(config):
+        found: dict = {}
+        for row in sw.triplet_rows(config):
+            if row["category"] == "remove":
+                found.setdefault(row["reference_id"], []).append(set(row["modifications"]) & loose)
+        return [texts for texts in found.values() if len(texts) >= 2]
+
+    with_siblings = groups(sw.WorldConfig(seed=5, num_groups=150))
+    assert with_siblings and all(texts == [set.union(*texts)] * len(texts) for texts in with_siblings)
+    without = groups(sw.WorldConfig(seed=5, num_groups=150, sibling_loose_texts=False))
+    assert all(len(t) == 1 for texts in without for t in texts)
+    assert any(len(set.union(*texts)) == 2 for texts in without)  # twins that drew the other wording
+
+
 def test_cirr_style_benchmark():
     queries, gallery = sw.cirr_rows(TINY)
     ids = [g["image_id"] for g in gallery]

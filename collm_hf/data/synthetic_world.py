@@ -384,6 +384,11 @@ class WorldConfig:
     # How often the training groups draw each edit category, over `EDIT_WEIGHTS` (e.g. {"remove": 4}); the
     # benchmarks always use `EDIT_WEIGHTS`.
     training_edit_weights: dict | None = None
+    # A training row also lists the loose text of a sibling edit in the same group whose family holds its target
+    # ("make the red circle a different colour" on the row that makes it green): the row's texts are then all the
+    # texts it answers, which the triplet collator needs to keep a valid answer out of a query's negatives
+    # (`CoLLMTripletCollator.mask_shared_texts`).
+    sibling_loose_texts: bool = True
 
     def __post_init__(self):
         unknown = sorted(set(self.training_edit_weights or {}) - set(EDITS))
@@ -415,11 +420,15 @@ def triplet_scenes(config: WorldConfig):
     rng = _rng(config, "triplets")
     for g in range(config.num_groups):
         scene = sample_scene(rng, max_objects=config.max_objects)
-        for k, edit in enumerate(edits_of(rng, scene, config.edits_per_group, twins=config.twin_edits,
-                                           weights=config.training_edit_weights)):
+        edits = edits_of(rng, scene, config.edits_per_group, twins=config.twin_edits, weights=config.training_edit_weights)
+        for k, edit in enumerate(edits):
             texts = _pick(rng, edit.texts, config.texts_per_triplet)
-            if edit.loose_text:
-                texts.append(edit.loose_text)
+            # Loose texts: the edit's own, and a sibling's whose family holds this target (the sibling "make the
+            # red circle a different colour" fits this edit's green circle too), so every row lists what it answers.
+            for loose in [edit] + [e for e in edits if e is not edit and config.sibling_loose_texts]:
+                fits = loose is edit or edit.target.key in {s.key for s in loose.family}
+                if loose.loose_text and fits and loose.loose_text not in texts:
+                    texts.append(loose.loose_text)
             row = {"id": f"syn-{config.seed}-{g}-{k}", "reference_id": scene.image_id, "target_id": edit.target.image_id,
                    "modifications": texts, "direction": "forward", "category": edit.category}
             yield row, scene, edit.target
