@@ -23,8 +23,8 @@ BENCHMARKS = {"synthetic-cirr": "cirr", "synthetic-circo": "circo"}
 # Seconds of a cold run's time budget kept for what follows training: saving, reloading, both benchmarks, the
 # picture and the card (8-15 s measured; the rest is margin for a slower machine).
 EVALUATION_RESERVE_S = 30
-# A stage still running this many seconds before the budget's end stops there (a machine that slowed down after
-# the schedule was fitted): what evaluation needs, with a little margin.
+# A stage still running this many seconds before the budget's end stops there, after the step under way (a step
+# that overran its stage's seconds by far): what evaluation needs, with a little margin.
 HARD_STOP_BEFORE_END_S = 20
 
 
@@ -121,40 +121,11 @@ def _load(folder: Path, config: str, split: str):
     return load_dataset(str(folder), config, split=split)
 
 
-def _timing_batches(recipe, pairs, triplets, pair_collate, triplet_collate) -> tuple[list, list]:
-    """The first few batches of each stage, as functions that collate them with the stages' own collators, for
-    `fit_schedule`."""
-    from .quickstart_schedule import TIMED_STEPS
-
-    def batches(rows, size, collate, warm: bool = False):
-        chunks = [[j % len(rows) for j in range(i * size, (i + 1) * size)] for i in range(1 + TIMED_STEPS)]
-        if warm:  # the triplet collator keeps processed pixels: time the steady state, where nearly all are kept
-            for chunk in chunks:
-                collate([rows[j] for j in chunk])
-        # Rows read (pair images are decoded on access) and collated inside the timed step, as the Trainer does.
-        return [lambda chunk=chunk: collate([rows[j] for j in chunk]) for chunk in chunks]
-
-    return (batches(pairs, recipe.pair_batch_size, pair_collate),
-            batches(triplets, recipe.groups_per_batch, triplet_collate, warm=True))
-
-
-def _note_deadline(schedule, stage: str, ran: int):
-    """The schedule with the steps a stage really ran, where the hard deadline cut it short."""
-    from dataclasses import replace
-
-    if ran >= getattr(schedule, stage):
-        return schedule
-    print(f"[quickstart] the machine slowed down: {stage.split('_')[0]} stage stopped at the time budget's hard "
-          f"deadline after {ran} of {getattr(schedule, stage)} steps (its learning rate had not reached zero)")
-    return replace(schedule, **{stage: ran, "stopped_at_deadline": True})
-
-
 def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict, started: float):
-    """Stages 1 and 2, fitted into what is left of `recipe.time_budget_s` since `started` (`quickstart_schedule`);
-    saves DIR/model_pairs_only and DIR/model. Returns (model, processor, schedule)."""
-    from dataclasses import replace
-
-    from .quickstart_schedule import fit_schedule
+    """Stages 1 and 2 within what is left of `recipe.time_budget_s` since `started` (`quickstart_schedule`: stage 1
+    gets `recipe.pair_time_share` of the seconds left for training, stage 2 the rest); saves DIR/model_pairs_only
+    and DIR/model. Returns (model, processor, schedule)."""
+    from .quickstart_schedule import Schedule
     from .quickstart_training import (TripletGroups, build_model_and_processor, pair_collator, seed_everything,
                                       set_vision_trainable, train_stage, triplet_collator)
 
@@ -169,50 +140,43 @@ def _train(out: Path, recipe, seed: int, llm, show_progress: bool, timings: dict
     triplets = TripletGroups(_load(world["mtcir"], "triplets", "train"))
     images_table = _load(world["mtcir"], "images", "train")
     images = dict(zip(images_table["image_id"], images_table["image"]))
-
-    start = time.perf_counter()
-    available = None
-    if recipe.time_budget_s is not None and llm is None:  # with --llm the recipe's steps run, whatever they take
-        available = recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S
     pair_collate = pair_collator(processor, seed, recipe.pair_crop_min_area)
     triplet_collate = triplet_collator(processor, images, seed, recipe.mask_shared_texts)
-    timing_pairs, timing_triplets = _timing_batches(recipe, pairs, triplets, pair_collate, triplet_collate) \
-        if available is not None else ([], [])
-    schedule = fit_schedule(recipe, model, timing_pairs, timing_triplets, available)
-    del timing_pairs, timing_triplets
-    timings["schedule_fit_s"] = round(time.perf_counter() - start, 1)
-    if schedule.scale < 1.0:
-        print(f"[quickstart] this machine would take ~{schedule.estimated_training_s:.0f} s for the recipe's "
-              f"{recipe.pair_steps} + {recipe.triplet_steps} steps; {schedule.available_s:.0f} s are left of the "
-              f"{recipe.time_budget_s:.0f} s budget, so both stages keep {schedule.scale:.0%} of their steps")
 
-    deadline = None if available is None else started + recipe.time_budget_s - HARD_STOP_BEFORE_END_S
+    timed = recipe.time_budget_s is not None and llm is None  # with --llm the recipe's steps run, whatever they take
+    end_of_training = started + recipe.time_budget_s - EVALUATION_RESERVE_S if timed else None
+    deadline = started + recipe.time_budget_s - HARD_STOP_BEFORE_END_S if timed else None
+
+    def seconds_left(share: float = 1.0) -> float | None:
+        return None if not timed else max(1.0, end_of_training - time.perf_counter()) * share
+
+    def stage_text(steps: int, seconds: float | None) -> str:
+        return f"{steps} steps" + (f" or {seconds:.0f} s, whichever ends first" if seconds is not None else "")
+
     start = time.perf_counter()
-    print(f"[quickstart] stage 1: pair pre-training with on-the-fly synthesis ({schedule.pair_steps} steps)")
-    ran = train_stage(model, pairs, pair_collate, str(scratch), schedule.pair_steps, recipe.pair_batch_size, recipe,
-                      seed, show_progress, deadline)
-    schedule = _note_deadline(schedule, "pair_steps", ran)
+    pair_seconds = seconds_left(recipe.pair_time_share)
+    print(f"[quickstart] stage 1: pair pre-training with on-the-fly synthesis ({stage_text(recipe.pair_steps, pair_seconds)})")
+    pair_steps = train_stage(model, pairs, pair_collate, str(scratch), recipe.pair_steps, recipe.pair_batch_size,
+                             recipe, seed, show_progress, deadline, pair_seconds)
     _save_atomically(model, processor, out / "model_pairs_only")
     timings["pair_training_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
     model.train()
     set_vision_trainable(model, not recipe.freeze_vision_in_triplet_stage)
-    seconds = None
-    if available is not None:  # stage 2 takes the seconds really left, however many steps they hold
-        seconds = recipe.time_budget_s - (time.perf_counter() - started) - EVALUATION_RESERVE_S
-        schedule = replace(schedule, triplet_steps=recipe.triplet_steps, triplet_available_s=round(seconds, 1))
-    print(f"[quickstart] stage 2: triplet fine-tuning ({schedule.triplet_steps} steps"
-          + (f" or the {seconds:.0f} s left, whichever ends first)" if seconds is not None else ")"))
-    ran = train_stage(model, triplets, triplet_collate, str(scratch), schedule.triplet_steps, recipe.groups_per_batch,
-                      recipe, seed, show_progress, deadline, seconds)
-    schedule = replace(schedule, triplet_steps=ran) if seconds is not None else _note_deadline(schedule, "triplet_steps", ran)
-    if seconds is not None and time.perf_counter() > deadline:
-        schedule = replace(schedule, stopped_at_deadline=True)
+    triplet_seconds = seconds_left()
+    print(f"[quickstart] stage 2: triplet fine-tuning ({stage_text(recipe.triplet_steps, triplet_seconds)})")
+    triplet_steps = train_stage(model, triplets, triplet_collate, str(scratch), recipe.triplet_steps,
+                                recipe.groups_per_batch, recipe, seed, show_progress, deadline, triplet_seconds)
     set_vision_trainable(model, True)
     timings["triplet_training_s"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(scratch, ignore_errors=True)
-    return model, processor, schedule
+    stopped = deadline is not None and time.perf_counter() > deadline
+    if stopped:
+        print("[quickstart] the machine slowed down: a stage ran into the time budget's hard deadline and stopped "
+              "before its learning rate reached zero")
+    print(f"[quickstart] trained {pair_steps} + {triplet_steps} steps")
+    return model, processor, Schedule(pair_steps, triplet_steps, pair_seconds, triplet_seconds, stopped)
 
 
 def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str | None = None, tiny: bool = False,

@@ -61,7 +61,7 @@ class QuickstartRecipe:
     # 2,650 triplet steps recall@1 86.8 and map@5 75.0 vs 79.4 / 63.6 for 1,300 + 2,000). 800 + 2,100 steps scored
     # better than 750 + 1,900 on the earlier rounds' Zen 4 machine (seed 0 error ratios 0.48 / 0.49 vs 0.53 / 0.53)
     # and took 527-594 s there with sdpa attention; eager attention (`attn_implementation`) makes a step 5-20 %
-    # cheaper, and `time_budget_s` shortens both stages on a machine too slow for them.
+    # cheaper, and `time_budget_s` gives both stages seconds instead of steps on a machine too slow for them.
     pair_steps: int = 800
     pair_batch_size: int = 64
     # Stage 1's augmentation t of the target before it is encoded as h': the random resized crop keeps this
@@ -120,6 +120,11 @@ class QuickstartRecipe:
     # longer for the steps above, both stages are shortened by one factor (`quickstart_schedule`). None = always
     # run the steps above; so does `--llm` (a pretrained LLM is for those with time).
     time_budget_s: float | None = 570.0
+    # Under the budget, stage 1 gets this share of the seconds left for training and stage 2 the rest
+    # (`quickstart_schedule`; each stops at its recipe steps if those come first). The recipe's 800 pair steps took
+    # 45-47 % of the time of all its steps on this round's machine (0.30-0.38 s per pair step, 0.14-0.17 s per
+    # triplet step), so the share keeps the recipe's balance on a slower machine.
+    pair_time_share: float = 0.45
     # Attention kernel of both towers while training. A throwaway probe (not kept) with the optimizer step on
     # full-size batches measured eager faster (stage 1 0.45 -> 0.43 s, stage 2 0.25 -> 0.20 s per step); the
     # repository's benchmark figure (`python examples/benchmark.py --quick --only quickstart`, forward + backward)
@@ -127,6 +132,13 @@ class QuickstartRecipe:
     # in the meantime. So the two are within this machine's noise; this round's runs used eager. The saved model
     # keeps the library default.
     attn_implementation: str = "eager"
+
+    def __post_init__(self):
+        if not 0.0 < self.pair_time_share < 1.0:
+            raise ValueError(f"pair_time_share must be between 0 and 1 (stage 1's share of the seconds), got "
+                             f"{self.pair_time_share}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be > 0 seconds or None, got {self.time_budget_s}")
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "QuickstartRecipe":
@@ -264,42 +276,12 @@ def deadline_callback(deadline: float):
     return StopAtDeadline()
 
 
-class StageClock:
-    """The seconds a training stage may take, counted from the first time it is read (the learning-rate
-    scheduler reads it when the Trainer builds it, just before the first step). `clock` is for tests."""
-
-    def __init__(self, seconds: float, clock=None):
-        import time
-
-        self.seconds, self.clock, self.start = max(1e-6, float(seconds)), clock or time.perf_counter, None
-
-    def fraction(self) -> float:
-        """Share of the seconds used so far (may pass 1)."""
-        if self.start is None:
-            self.start = self.clock()
-        return (self.clock() - self.start) / self.seconds
-
-
-def timed_cosine_schedule(optimizer, warmup_steps: int, max_steps: int, stage_clock: StageClock):
-    """`transformers`' cosine schedule with linear warm-up, whose progress is the larger of the steps' and the
-    time's (`stage_clock`): a stage given seconds rather than steps still ends with its learning rate at zero,
-    whatever the machine's speed does meanwhile."""
-    from torch.optim.lr_scheduler import LambdaLR
-
-    def factor(step: int) -> float:
-        by_time = stage_clock.fraction()  # read at every step, so the clock starts with the scheduler
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        by_steps = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(by_steps, by_time))))
-
-    return LambdaLR(optimizer, factor)
-
-
-def _timed_trainer(stage_clock: StageClock):
+def _timed_trainer(stage_clock):
     """A `Trainer` whose learning-rate schedule is `timed_cosine_schedule` and that stops when `stage_clock` has run
     out (after the step under way)."""
     from transformers import Trainer, TrainerCallback
+
+    from .quickstart_schedule import timed_cosine_schedule
 
     class StopWhenTimeIsUp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -328,6 +310,8 @@ def train_stage(model, dataset, collator, output_dir: str, steps: int, batch_siz
     with `seconds`, the stage runs at most `steps` steps and at most about that many seconds, its cosine learning
     rate following whichever ends first (`timed_cosine_schedule`). Returns the steps it ran."""
     from transformers import Trainer
+
+    from .quickstart_schedule import StageClock
 
     args = _training_arguments(output_dir, steps, batch_size, recipe, seed, show_progress)
     callbacks = [] if deadline is None else [deadline_callback(deadline)]
@@ -370,4 +354,4 @@ def seed_everything(seed: int):
 
 
 __all__ = ["QuickstartRecipe", "TripletGroups", "GroupedTripletCollator", "build_model_and_processor",
-           "world_tokenizer", "train_stage", "deadline_callback", "StageClock", "timed_cosine_schedule", "set_vision_trainable", "pair_collator", "triplet_collator", "seed_everything"]
+           "world_tokenizer", "train_stage", "deadline_callback", "set_vision_trainable", "pair_collator", "triplet_collator", "seed_everything"]
