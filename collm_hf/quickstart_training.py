@@ -99,7 +99,8 @@ class QuickstartRecipe:
     # Stage 2: a target that another row's sampled text describes too (same reference) is not that row's negative
     # (`CoLLMTripletCollator.mask_shared_texts`; the world lists a sibling's loose text on every row it fits,
     # `WorldConfig.sibling_loose_texts`). Without it, "remove one of the objects" was trained to prefer one removal
-    # over its twin in the same group, though both are right.
+    # over its twin in the same group, though both are right. Seed 3: error ratios 0.34 / 0.54 -> 0.29 / 0.48,
+    # "remove" recall@1 13.9 -> 29.2 %; seed 2 gave no clear answer (README "Quickstart results", ninth round).
     mask_shared_texts: bool = True
     # Query layout: the prompt's instruction, image tokens per query, and how the LLM's states are pooled (measured,
     # seed 0: mean pooling recall@1 49.4 vs 45.8 for the last token at learning rate 1e-3, and 79.4 vs 62.0 with
@@ -122,8 +123,8 @@ class QuickstartRecipe:
     time_budget_s: float | None = 570.0
     # Under the budget, stage 1 gets this share of the seconds left for training and stage 2 the rest
     # (`quickstart_schedule`; each stops at its recipe steps if those come first). The recipe's 800 pair steps took
-    # 45-47 % of the time of all its steps on this round's machine (0.30-0.38 s per pair step, 0.14-0.17 s per
-    # triplet step), so the share keeps the recipe's balance on a slower machine.
+    # 45-47 % of the time of all its steps on the eighth and ninth rounds' machine (0.30-0.38 s per pair step,
+    # 0.14-0.17 s per triplet step), so the share keeps the recipe's balance on a slower machine.
     pair_time_share: float = 0.45
     # Attention kernel of both towers while training. A throwaway probe (not kept) with the optimizer step on
     # full-size batches measured eager faster (stage 1 0.45 -> 0.43 s, stage 2 0.25 -> 0.20 s per step); the

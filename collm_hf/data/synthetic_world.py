@@ -425,10 +425,11 @@ def triplet_scenes(config: WorldConfig):
             texts = _pick(rng, edit.texts, config.texts_per_triplet)
             # Loose texts: the edit's own, and a sibling's whose family holds this target (the sibling "make the
             # red circle a different colour" fits this edit's green circle too), so every row lists what it answers.
-            for loose in [edit] + [e for e in edits if e is not edit and config.sibling_loose_texts]:
-                fits = loose is edit or edit.target.key in {s.key for s in loose.family}
-                if loose.loose_text and fits and loose.loose_text not in texts:
-                    texts.append(loose.loose_text)
+            siblings = [e for e in edits if e is not edit] if config.sibling_loose_texts else []
+            fitting = [edit] + [e for e in siblings if edit.target.key in {s.key for s in e.family}]
+            for loose_text in [e.loose_text for e in fitting if e.loose_text]:
+                if loose_text not in texts:
+                    texts.append(loose_text)
             row = {"id": f"syn-{config.seed}-{g}-{k}", "reference_id": scene.image_id, "target_id": edit.target.image_id,
                    "modifications": texts, "direction": "forward", "category": edit.category}
             yield row, scene, edit.target
