@@ -260,39 +260,38 @@ def _training_arguments(output_dir: str, steps: int, batch_size: int, recipe: Qu
     )
 
 
-def deadline_callback(deadline: float):
-    """A `TrainerCallback` that ends training after the step during which `time.perf_counter()` passed `deadline`:
-    the quickstart's guard against a machine that slows down after its schedule was fitted (a stage stopped this
-    way has not finished its learning-rate schedule; the run says so)."""
-    import time
-
+def stop_when(condition):
+    """A `TrainerCallback` that ends training after the step at whose end `condition()` holds."""
     from transformers import TrainerCallback
 
-    class StopAtDeadline(TrainerCallback):
+    class StopWhen(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if time.perf_counter() > deadline:
+            if condition():
                 control.should_training_stop = True
             return control
 
-    return StopAtDeadline()
+    return StopWhen()
+
+
+def deadline_callback(deadline: float):
+    """`stop_when` `time.perf_counter()` has passed `deadline`: the quickstart's guard against a step that overran its
+    stage's seconds by far (a stage stopped this way has not finished its learning-rate schedule; the run says so)."""
+    import time
+
+    return stop_when(lambda: time.perf_counter() > deadline)
 
 
 def _timed_trainer(stage_clock):
     """A `Trainer` whose learning-rate schedule is `timed_cosine_schedule` and that stops when `stage_clock` has run
     out (after the step under way)."""
-    from transformers import Trainer, TrainerCallback
+    from transformers import Trainer
 
     from .quickstart_schedule import timed_cosine_schedule
 
-    class StopWhenTimeIsUp(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if stage_clock.fraction() >= 1.0:
-                control.should_training_stop = True
-            return control
-
     class TimedTrainer(Trainer):
         def __init__(self, *args, callbacks=None, **kwargs):
-            super().__init__(*args, callbacks=[*(callbacks or []), StopWhenTimeIsUp()], **kwargs)
+            time_is_up = stop_when(lambda: stage_clock.fraction() >= 1.0)
+            super().__init__(*args, callbacks=[*(callbacks or []), time_is_up], **kwargs)
 
         def create_scheduler(self, num_training_steps: int, optimizer=None):
             if self.lr_scheduler is None:

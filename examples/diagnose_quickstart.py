@@ -13,6 +13,7 @@ so it rebuilds exactly the scenes the run evaluated on.
 
 import argparse
 import collections
+import functools
 import json
 from pathlib import Path
 
@@ -24,18 +25,29 @@ from collm_hf.data.synthetic_world import CIRCO_GALLERY_SPLIT, CIRCO_QUERY_SPLIT
 from collm_hf.evaluation import embed_gallery, embed_queries
 
 
+@functools.lru_cache(maxsize=1)
+def load_model(run_dir: Path):
+    """The run's final model (eval mode) and processor, loaded once per run folder."""
+    model = AutoModel.from_pretrained(run_dir / "model", dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(run_dir / "model")
+
+
+def benchmark_scores(run_dir: Path, benchmark: str, query_split: str, gallery_split: str):
+    """(queries, gallery ids, index, scores (queries, gallery)) of the final model on one of the run's benchmarks."""
+    model, processor = load_model(run_dir)
+    queries = load_dataset(str(run_dir / "world" / benchmark), "queries", split=query_split)
+    gallery = load_dataset(str(run_dir / "world" / benchmark), "gallery", split=gallery_split)
+    index = embed_gallery(model, processor, gallery, batch_size=256, show_progress=False)
+    scores = embed_queries(model, processor, queries, batch_size=256, index=index, show_progress=False) @ index.embeddings.float().T
+    return queries, [str(i) for i in index.ids], index, scores
+
+
 def first_results(run_dir: Path):
     """Yield (query row, its scenes, the first result's image id, the gallery's scenes) for every CIRR-style query."""
     state = json.loads((run_dir / "model" / "quickstart.json").read_text())
     world = WorldConfig(**state["key"]["recipe"]["world"])
-    model = AutoModel.from_pretrained(run_dir / "model", dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(run_dir / "model")
-    queries = load_dataset(str(run_dir / "world" / "cirr"), "queries", split=CIRR_SPLIT)
-    gallery = load_dataset(str(run_dir / "world" / "cirr"), "gallery", split=CIRR_SPLIT)
-    index = embed_gallery(model, processor, gallery, batch_size=256, show_progress=False)
-    scores = embed_queries(model, processor, queries, batch_size=256, index=index, show_progress=False) @ index.embeddings.float().T
+    queries, ids, index, scores = benchmark_scores(run_dir, "cirr", CIRR_SPLIT, CIRR_SPLIT)
     scenes, scene_gallery = cirr_scenes(world)
-    ids = [str(i) for i in index.ids]
     for row, (query, scene) in enumerate(zip(queries, scenes)):
         if scene["reference"].image_id != query["reference_id"]:
             raise ValueError(f"query {query['query_id']}: the rebuilt world differs from {run_dir / 'world'}")
@@ -74,13 +86,7 @@ def circo_by_aspect(run_dir: Path, k: int = 5) -> dict:
     takes it out, so the gap is what a query that stays near its reference costs."""
     from collm_hf.cir_metric import average_precision_at_k, remove_reference
 
-    model = AutoModel.from_pretrained(run_dir / "model", dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(run_dir / "model")
-    queries = load_dataset(str(run_dir / "world" / "circo"), "queries", split=CIRCO_QUERY_SPLIT)
-    gallery = load_dataset(str(run_dir / "world" / "circo"), "gallery", split=CIRCO_GALLERY_SPLIT)
-    index = embed_gallery(model, processor, gallery, batch_size=256, show_progress=False)
-    scores = embed_queries(model, processor, queries, batch_size=256, index=index, show_progress=False) @ index.embeddings.float().T
-    ids = [str(i) for i in index.ids]
+    queries, ids, _, scores = benchmark_scores(run_dir, "circo", CIRCO_QUERY_SPLIT, CIRCO_GALLERY_SPLIT)
     rows = collections.defaultdict(lambda: collections.Counter())
     for query, row in zip(queries, scores):
         ranking = [ids[i] for i in row.topk(k + 1).indices.tolist()]  # one spare for the reference taken out
