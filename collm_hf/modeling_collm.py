@@ -318,6 +318,11 @@ class CoLLMModel(CoLLMPreTrainedModel):
         (`synthesis.synthesize_composed_queries`), and three query groups are stacked: image-only from h*
         (`input_ids`), text-only from the target caption (`text_input_ids`), composed from h* and w* (CoLLM §3.2).
         """
+        joint = (image_embeds is None and target_image_embeds is None and pixel_values is not None
+                 and target_pixel_values is not None and pixel_values.shape[1:] == target_pixel_values.shape[1:])
+        if joint:  # one tower pass for both sides: larger, fewer matrix products (a shared image is embedded once)
+            embeds = self.embed_distinct_images(torch.cat([pixel_values, target_pixel_values]))
+            image_embeds, target_image_embeds = embeds[: len(pixel_values)], embeds[len(pixel_values) :]
         if image_embeds is None and pixel_values is not None:
             image_embeds = self.embed_distinct_images(pixel_values)  # (images, dim)
         if target_image_embeds is None and target_pixel_values is not None:

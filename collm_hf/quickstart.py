@@ -110,7 +110,7 @@ def _ensure_world(root: Path, world, parts) -> dict:
         missing = list(parts)
         shutil.rmtree(root, ignore_errors=True)
     if missing:
-        write_world(root, world, parts=missing)
+        write_world(root, world, parts=missing, workers=min(2, os.cpu_count() or 1))
         _write_json(stamp_path, stamp)
     return {p: root / p for p in parts}
 

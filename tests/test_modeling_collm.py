@@ -93,6 +93,23 @@ def test_query_keys_reach_the_loss(rgb_images):
     assert float(out.loss) < float(plain.loss)  # targets 0 and 2 are no longer negatives of query 1
 
 
+def test_references_and_targets_share_one_tower_pass(rgb_images):
+    model, processor = make_tiny(freeze_vision_tower=False)
+    inputs = processor(images=[rgb_images[0]] * 2 + [rgb_images[1]], text=["make it red", "make it blue", "add a dot"])
+    targets = processor(images=rgb_images[1:4])["pixel_values"]  # the third query's reference is the first target
+    calls = []
+    model.vision_tower.register_forward_hook(lambda module, args, kwargs, out: calls.append(len(kwargs["pixel_values"])),
+                                             with_kwargs=True)
+    joint = model(**inputs, target_pixel_values=targets, return_loss=True)
+    assert calls == [4]  # the 4 distinct images of 3 references and 3 targets, in one pass
+    with torch.no_grad():
+        apart = model(**{k: v for k, v in inputs.items() if k != "pixel_values"}, return_loss=True,
+                      image_embeds=model.get_image_embeds(inputs["pixel_values"]),
+                      target_image_embeds=model.get_image_embeds(targets))
+    torch.testing.assert_close(joint.loss, apart.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(joint.query_embeds, apart.query_embeds, atol=1e-5, rtol=1e-5)
+
+
 def test_unfrozen_tower_trains(rgb_images):
     model, processor = make_tiny(freeze_vision_tower=False)
     model.train()

@@ -159,8 +159,21 @@ def test_write_world_loads_back_with_the_schema(tmp_path):
 
 
 def test_unknown_part_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="bogus"):
-        sw.write_world(tmp_path, TINY, parts=("bogus",))
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="bogus"):
+            sw.write_world(tmp_path, TINY, parts=("pairs", "bogus"), workers=workers)
+    assert not (tmp_path / "pairs").exists()  # refused before anything is written
+
+
+def test_parts_written_at_once_are_the_same_files(tmp_path):
+    config = sw.WorldConfig(seed=5, num_pairs=30, num_groups=6, num_cirr_queries=5, num_circo_queries=4)
+    one = sw.write_world(tmp_path / "one", config)
+    two = sw.write_world(tmp_path / "two", config, workers=2)
+    assert list(two) == list(one)
+    for part, folder in one.items():
+        files = sorted(f.relative_to(folder) for f in folder.rglob("*") if f.is_file())
+        assert files == sorted(f.relative_to(two[part]) for f in two[part].rglob("*") if f.is_file())
+        assert all((folder / f).read_bytes() == (two[part] / f).read_bytes() for f in files), part
 
 
 def test_max_objects_bounds_sampled_scenes():

