@@ -118,7 +118,7 @@ class QuickstartRecipe:
     # layer; a linear map onto 2 tokens of 64 keeps all of it (seed 0: recall@1 63.4 -> 66.6, sum fusion 33.2 -> 51.6).
     adapter_type: str = "linear"
     # Seconds the whole cold run may take (the 10 minutes, less a margin): training ends 30 s before it
-    # (`quickstart.EVALUATION_RESERVE_S`; saving, reloading and both benchmarks took 14-16 s), so a run takes
+    # (`quickstart.EVALUATION_RESERVE_S`; saving, reloading and both benchmarks took 11-16 s), so a run takes
     # ~570 s. Where this machine is too slow for the steps above, the stages run out of seconds first
     # (`pair_time_share`, `quickstart_schedule`). None = always run the steps above; so does `--llm` (a
     # pretrained LLM is for those with time).
