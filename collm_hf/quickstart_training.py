@@ -28,8 +28,8 @@ from .processing_collm import CoLLMProcessor
 class QuickstartRecipe:
     """Model sizes and training schedule of the quickstart.
 
-    The defaults come from the runs in README "Quickstart results" (seed 0; each row of its table is
-    `collm-hf quickstart --recipe JSON` away from this default), which also gives the cold-run time.
+    The defaults come from the runs in docs/quickstart_history.md (each row of its tables is `collm-hf quickstart
+    --recipe JSON` away from the default of its round); README "Quickstart results" gives today's numbers.
     """
 
     world: WorldConfig = field(default_factory=WorldConfig)
@@ -37,11 +37,11 @@ class QuickstartRecipe:
     # 3x as often in training, `{"world": {"training_edit_weights": {"remove": 6}}}`: recall@1 85.4 -> 87.8, "remove"
     # 35 -> 49 %, error ratios 0.64 / 0.57 -> 0.48 / 0.53) but worse at equal time, which is what `time_budget_s`
     # holds fixed: its steps cost ~25 % more (the same machine's budget-fitted seed-0 runs: recall@1 50.8 for 96 at
-    # 40 % of the steps vs 66.2 for 64 at 50 %). README "Quickstart results".
+    # 40 % of the steps vs 66.2 for 64 at 50 %). docs/quickstart_history.md.
     hidden_size: int = 64
     vision_hidden_size: int = 128  # vision tower width
     # The retrieval space (the tower's projection); None = vision_hidden_size. 64 (the LLM's width, so the query
-    # is not confined to a subspace of the targets' space) measured no better (README).
+    # is not confined to a subspace of the targets' space) measured no better (docs/quickstart_history.md).
     retrieval_size: int | None = None
     vision_layers: int = 2
     # Std of the tower's position embeddings at initialisation. CLIP draws them at 0.02, ~35x below the patch
@@ -50,19 +50,22 @@ class QuickstartRecipe:
     # 0.99996 from the right one; "move" queries 47 % recall@1). At 0.5, the patches' scale, recall@1 went 66.6 -> 79.4
     # (move 47 -> 76 %, colour 70 -> 94 %). None keeps the family's initialisation.
     vision_position_std: float | None = 0.5
-    vision_heads: int = 4  # 8 or 16 (a head per grid cell) measured no better (README)
+    vision_heads: int = 4  # 8 or 16 (a head per grid cell) measured no better (docs/quickstart_history.md)
     # LLM layers: a third one bought more than more steps did once the tower saw positions (seed 0, one thread:
     # recall@1 79.4 -> 83.4, map@5 63.6 -> 73.1, sum fusion unchanged), for ~1.4x the step time.
     text_layers: int = 3
     vocab_size: int = 800  # BPE tokenizer trained on the world's vocabulary (whole words, a short prompt)
     # Stage 1: pair pre-training with on-the-fly synthesis. Both stages are limited by optimizer steps more than
-    # by samples (seed 0, one thread: 192 groups x 250 triplet steps recall@1 33.8 vs 61.4 for 24 x 1,700); with
-    # the third LLM layer the steps go mostly to stage 2, which measured better per second (2 LLM layers: 800 pair +
-    # 2,650 triplet steps recall@1 86.8 and map@5 75.0 vs 79.4 / 63.6 for 1,300 + 2,000). 800 + 2,100 steps scored
-    # better than 750 + 1,900 on the earlier rounds' Zen 4 machine (seed 0 error ratios 0.48 / 0.49 vs 0.53 / 0.53)
-    # and took 527-594 s there with sdpa attention; eager attention (`attn_implementation`) makes a step 5-20 %
-    # cheaper, and `time_budget_s` gives both stages seconds instead of steps on a machine too slow for them.
-    pair_steps: int = 800
+    # by samples (seed 0, one thread: 192 groups x 250 triplet steps recall@1 33.8 vs 61.4 for 24 x 1,700), and more
+    # steps have kept paying: the step counts are caps that only a fast machine reaches within `time_budget_s`
+    # (below), where each stage otherwise runs for its share of the seconds. The eleventh round's machine (2-core
+    # AMD EPYC, ~2x the speed of the one before) ran 800 + 2,100 steps in 292 s (seed 1: recall@1 82.2, map@5 73.8,
+    # error ratios 0.37 / 0.45); 1,600 + 4,200 in 512 s: 91.8 / 82.7, 0.28 / 0.42; and 1,600 + 4,800 used the
+    # budget (seed 2, 560 s: 91.0 / 80.3, 0.21 / 0.35). On a machine half as fast the budget cuts both stages to
+    # about the earlier 800 + 2,100 (docs/quickstart_history.md, tenth round). Stage 2 measured better per second
+    # than stage 1 (2 LLM layers: 800 pair + 2,650 triplet steps recall@1 86.8 and map@5 75.0 vs 79.4 / 63.6 for
+    # 1,300 + 2,000) but stage 1 cannot be cut (20 % of the seconds: error ratios 0.46 / 0.68 vs 0.47 / 0.59).
+    pair_steps: int = 1600
     pair_batch_size: int = 64
     # Stage 1's augmentation t of the target before it is encoded as h': the random resized crop keeps this
     # fraction of the area at least (the aspect ratio still varies 3/4-4/3). Objects sit on a 3x3 grid that the
@@ -71,7 +74,7 @@ class QuickstartRecipe:
     # Stage 2: triplet fine-tuning, groups_per_batch MTCIR-style groups (x edits_per_group triplets) per batch.
     # Smaller batches for more steps in the same time: 24 x 2,400 as good as 48 x 1,700 (seed 0, one thread:
     # recall@1 63.8 vs 65.6, map@5 65.8 vs 65.0, both after 1,600 pair steps) for ~60 % of the stage's time.
-    triplet_steps: int = 2100
+    triplet_steps: int = 4800
     groups_per_batch: int = 24
     # 5e-4 for both stages: at 2e-3 the towers trained from scratch drift towards one embedding (seed 0, recall@1:
     # 2e-3 32.0 and 1e-3 45.8 with the previous 24 groups x 1600 steps; 5e-4 60.2 and 3e-4 55.8 with 48 x 1000).
@@ -94,13 +97,13 @@ class QuickstartRecipe:
     # with the reference left out). With them, 72 % and 66 % (`examples/diagnose_quickstart.py`); at about
     # the same schedule (720 + 2,100 steps against 760 + 2,100, seed 2, same machine) recall@1 86.8 -> 86.4, map@5
     # 69.5 -> 70.1, error ratios 0.42 / 0.53 -> 0.37 / 0.50: a small gain within a single run's noise, kept because
-    # it aims at the benchmark's real failure (README "Quickstart results").
+    # it aims at the benchmark's real failure (docs/quickstart_history.md).
     reference_negatives: bool = True
     # Stage 2: a target that another row's sampled text describes too (same reference) is not that row's negative
     # (`CoLLMTripletCollator.mask_shared_texts`; the world lists a sibling's loose text on every row it fits,
     # `WorldConfig.sibling_loose_texts`). Without it, "remove one of the objects" was trained to prefer one removal
     # over its twin in the same group, though both are right. Seed 3: error ratios 0.34 / 0.54 -> 0.29 / 0.48,
-    # "remove" recall@1 13.9 -> 29.2 %; seed 2 gave no clear answer (README "Quickstart results", ninth round).
+    # "remove" recall@1 13.9 -> 29.2 %; seed 2 gave no clear answer (docs/quickstart_history.md, ninth round).
     mask_shared_texts: bool = True
     # Query layout: the prompt's instruction, image tokens per query, and how the LLM's states are pooled (measured,
     # seed 0: mean pooling recall@1 49.4 vs 45.8 for the last token at learning rate 1e-3, and 79.4 vs 62.0 with
@@ -118,15 +121,17 @@ class QuickstartRecipe:
     # layer; a linear map onto 2 tokens of 64 keeps all of it (seed 0: recall@1 63.4 -> 66.6, sum fusion 33.2 -> 51.6).
     adapter_type: str = "linear"
     # Seconds the whole cold run may take (the issue's 10 minutes, less a margin): training ends 30 s before it
-    # (`quickstart.EVALUATION_RESERVE_S`; saving, reloading and both benchmarks took 11-16 s), so a run takes
+    # (`quickstart.EVALUATION_RESERVE_S`; saving, reloading and both benchmarks took 11-16 s on the tenth round's
+    # machine, 4-5 s on the eleventh's), so a run takes
     # ~570 s. Where this machine is too slow for the steps above, the stages run out of seconds first
     # (`pair_time_share`, `quickstart_schedule`). None = always run the steps above; so does `--llm` (a
     # pretrained LLM is for those with time).
     time_budget_s: float | None = 585.0
     # Under the budget, stage 1 gets this share of the seconds left for training and stage 2 the rest
-    # (`quickstart_schedule`; each stops at its recipe steps if those come first). The recipe's 800 pair steps took
-    # 45-47 % of the time of all its steps on the eighth and ninth rounds' machine (0.30-0.38 s per pair step,
-    # 0.14-0.17 s per triplet step), so the share keeps the recipe's balance on a slower machine.
+    # (`quickstart_schedule`; each stops at its recipe steps if those come first). 800 pair steps took 45-47 % of the
+    # time of 800 + 2,100 on the eighth to tenth rounds' machine (0.30-0.38 s per pair step, 0.14-0.20 s per
+    # triplet step), so the share keeps that balance on a slow machine; on the eleventh round's (0.13 and 0.07 s)
+    # stage 1 reached its 1,600 steps in 214 s of its 245 and stage 2 took the rest.
     pair_time_share: float = 0.45
     # Attention kernel of both towers while training. A throwaway probe (not kept) with the optimizer step on
     # full-size batches measured eager faster (stage 1 0.45 -> 0.43 s, stage 2 0.25 -> 0.20 s per step); the

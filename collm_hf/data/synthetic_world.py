@@ -379,7 +379,7 @@ class WorldConfig:
     # Training groups draw their edits in same-category twins (`edits_of(twins=True)`): "remove the circle" next
     # to "remove the square" of the same scene, so each batch holds the hard negatives a CIRR set holds. Measured
     # with the quickstart (seed 0, one thread, 800 + 2,100 steps): CoLLM recall@1 81.6 -> 85.4 and map@5 71.3 -> 72.0
-    # (README "Quickstart results").
+    # (docs/quickstart_history.md).
     twin_edits: bool = True
     # How often the training groups draw each edit category, over `EDIT_WEIGHTS` (e.g. {"remove": 4}); the
     # benchmarks always use `EDIT_WEIGHTS`.
