@@ -123,7 +123,7 @@ class QuickstartRecipe:
     # Seconds the whole cold run may take (the issue's 10 minutes, less a margin): training ends 30 s before it
     # (`quickstart.EVALUATION_RESERVE_S`; saving, reloading and both benchmarks took 11-16 s on the tenth round's
     # machine, 4-5 s on the eleventh's), so a run takes
-    # ~570 s. Where this machine is too slow for the steps above, the stages run out of seconds first
+    # ~560-570 s. Where this machine is too slow for the steps above, the stages run out of seconds first
     # (`pair_time_share`, `quickstart_schedule`). None = always run the steps above; so does `--llm` (a
     # pretrained LLM is for those with time).
     time_budget_s: float | None = 585.0
@@ -131,7 +131,7 @@ class QuickstartRecipe:
     # (`quickstart_schedule`; each stops at its recipe steps if those come first). 800 pair steps took 45-47 % of the
     # time of 800 + 2,100 on the eighth to tenth rounds' machine (0.30-0.38 s per pair step, 0.14-0.20 s per
     # triplet step), so the share keeps that balance on a slow machine; on the eleventh round's (0.13 and 0.07 s)
-    # stage 1 reached its 1,600 steps in 214 s of its 245 and stage 2 took the rest.
+    # stage 1 reached its 1,600 steps in 199-240 s of its ~245 and stage 2 took the rest.
     pair_time_share: float = 0.45
     # Attention kernel of both towers while training. A throwaway probe (not kept) with the optimizer step on
     # full-size batches measured eager faster (stage 1 0.45 -> 0.43 s, stage 2 0.25 -> 0.20 s per step); the
