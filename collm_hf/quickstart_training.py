@@ -57,14 +57,13 @@ class QuickstartRecipe:
     vocab_size: int = 800  # BPE tokenizer trained on the world's vocabulary (whole words, a short prompt)
     # Stage 1: pair pre-training with on-the-fly synthesis. Both stages are limited by optimizer steps more than
     # by samples (seed 0, one thread: 192 groups x 250 triplet steps recall@1 33.8 vs 61.4 for 24 x 1,700), and more
-    # steps have kept paying: the step counts are caps that only a fast machine reaches within `time_budget_s`
-    # (below), where each stage otherwise runs for its share of the seconds. The eleventh round's machine (2-core
-    # AMD EPYC, ~2x the speed of the one before) ran 800 + 2,100 steps in 292 s (seed 1: recall@1 82.2, map@5 73.8,
-    # error ratios 0.37 / 0.45); 1,600 + 4,200 in 512 s: 91.8 / 82.7, 0.28 / 0.42; and 1,600 + 4,800 used the
-    # budget (seed 2, 560 s: 91.0 / 80.3, 0.21 / 0.35). On a machine half as fast the budget cuts both stages to
-    # about the earlier 800 + 2,100 (docs/quickstart_history.md, tenth round). Stage 2 measured better per second
-    # than stage 1 (2 LLM layers: 800 pair + 2,650 triplet steps recall@1 86.8 and map@5 75.0 vs 79.4 / 63.6 for
-    # 1,300 + 2,000) but stage 1 cannot be cut (20 % of the seconds: error ratios 0.46 / 0.68 vs 0.47 / 0.59).
+    # steps have kept paying. The step counts are caps that only a fast machine reaches within `time_budget_s`
+    # (below), where each stage otherwise runs for its share of the seconds: the eleventh round's machine ran the
+    # earlier caps, 800 + 2,100, in 292 s and scored better with these (docs/quickstart_history.md, eleventh
+    # round; README "Quickstart results"), while a machine half as fast stops near 800 + 2,100 on the budget. Stage
+    # 2 measured better per second than stage 1 (2 LLM layers: 800 pair + 2,650 triplet steps recall@1 86.8 and
+    # map@5 75.0 vs 79.4 / 63.6 for 1,300 + 2,000) but stage 1 cannot be cut (20 % of the seconds: error ratios
+    # 0.46 / 0.68 vs 0.47 / 0.59).
     pair_steps: int = 1600
     pair_batch_size: int = 64
     # Stage 1's augmentation t of the target before it is encoded as h': the random resized crop keeps this
