@@ -8,10 +8,10 @@ fresh Python without this package loads them with `trust_remote_code=True`, as f
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from .configuration_collm import DEFAULT_INSTRUCTION, CoLLMConfig
-from .modeling_collm import CoLLMModel, CoLLMOutput, CoLLMPreTrainedModel
-from .processing_collm import CoLLMProcessor
-from .query_encoder import CoLLMQueryEncoder  # the fast query path (same embeddings, instruction prefix cached)
+from .models.collm.configuration_collm import DEFAULT_INSTRUCTION, CoLLMConfig
+from .models.collm.modeling_collm import CoLLMModel, CoLLMOutput, CoLLMPreTrainedModel
+from .models.collm.processing_collm import CoLLMProcessor
+from .models.collm.query_encoder import CoLLMQueryEncoder  # the fast query path (same embeddings, instruction prefix cached)
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ Run with --help for every flag. The logic lives in `collm_hf.data` (`build_cli.b
 
 import sys
 
-from collm_hf.data.build_cli import build_main
+from collm_hf.apps.commands.build_dataset import build_main
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
     python examples/app.py --model DIR --gallery D           # any model; a gallery dataset or `collm-hf index` folder
 
 As a Space: copy this file as `app.py`, put `collm-hf[demo]` in `requirements.txt` and the model folder (or its
-hub id) in `--model` / $COLLM_MODEL. The logic lives in `collm_hf.demo`.
+hub id) in `--model` / $COLLM_MODEL. The logic lives in `collm_hf.apps.demo`.
 """
 
 import argparse
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from collm_hf.demo import build_demo, launch
+    from collm_hf.apps.demo import build_demo, launch
 
     try:
         demo = build_demo(args.model, args.gallery, images=args.images, k=args.k, device=args.device, seed=args.seed,

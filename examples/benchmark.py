@@ -5,7 +5,7 @@
     python examples/benchmark.py --smoke                           # tiny shapes, seconds (tests)
 
 Prints a table of the figures and their targets and writes them, with the sizes used, as JSON
-(see `collm_hf.benchmarking`).
+(see `collm_hf.apps.benchmark`).
 """
 
 import argparse
@@ -16,7 +16,7 @@ from dataclasses import replace
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from collm_hf.benchmarking import FIGURES
+    from collm_hf.apps.benchmark import FIGURES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     preset = parser.add_mutually_exclusive_group()
@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from collm_hf.benchmarking import BenchmarkSizes, format_table, run_benchmarks
+    from collm_hf.apps.benchmark import BenchmarkSizes, format_table, run_benchmarks
 
     if args.threads:
         torch.set_num_threads(args.threads)

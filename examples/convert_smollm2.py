@@ -8,7 +8,7 @@ The result loads with `AutoModel.from_pretrained(folder)` and composes with a vi
 
 import argparse
 
-from collm_hf.gguf_weights import convert_gguf_to_safetensors, fetch_smollm2_gguf, smollm2_folder
+from collm_hf.utils.gguf_weights import convert_gguf_to_safetensors, fetch_smollm2_gguf, smollm2_folder
 
 
 def main(argv=None):

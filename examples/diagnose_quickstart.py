@@ -22,7 +22,7 @@ from datasets import load_dataset
 from transformers import AutoModel, AutoProcessor
 
 from collm_hf.data.synthetic_world import CIRCO_GALLERY_SPLIT, CIRCO_QUERY_SPLIT, CIRR_SPLIT, WorldConfig, cirr_scenes
-from collm_hf.evaluation import embed_gallery, embed_queries
+from collm_hf.evaluation.benchmarks import embed_gallery, embed_queries
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,7 +84,7 @@ def circo_by_aspect(run_dir: Path, k: int = 5) -> dict:
     """The CIRCO-style benchmark per semantic aspect: {aspect: {"queries", "map@k", "map@k without the reference",
     "reference in top k"}} (percentages). CIRCO's protocol keeps the reference in the ranking; the second column
     takes it out, so the gap is what a query that stays near its reference costs."""
-    from collm_hf.cir_metric import average_precision_at_k, remove_reference
+    from collm_hf.evaluation.cir_metric import average_precision_at_k, remove_reference
 
     queries, ids, _, scores = benchmark_scores(run_dir, "circo", CIRCO_QUERY_SPLIT, CIRCO_GALLERY_SPLIT)
     rows = collections.defaultdict(lambda: collections.Counter())

@@ -8,13 +8,13 @@
 BENCHMARK_DIR is a dataset folder in the collm_hf schema (configs `queries`, `gallery`, optionally
 `queries_refined`), as the `dataset_scripts/build_*.py` builders write it. The protocol (CIRR, CIRCO,
 Fashion-IQ, plain recall) follows from its columns unless `--protocol` says otherwise. Same as
-`collm-hf evaluate ...`; the work is done by `collm_hf.evaluation.evaluate_folder`.
+`collm-hf evaluate ...`; the work is done by `collm_hf.evaluation.benchmarks.evaluate_folder`.
 """
 
 import argparse
 import sys
 
-from collm_hf.evaluate_cli import add_arguments, evaluate_from_args
+from collm_hf.apps.commands.evaluate import add_arguments, evaluate_from_args
 
 
 def main(argv=None) -> dict:

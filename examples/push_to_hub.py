@@ -7,7 +7,7 @@
 travel with the weights (`register_for_auto_class`), so the repo loads with
 `AutoModel.from_pretrained(repo_id, trust_remote_code=True)`. `--metrics` takes a quickstart `metrics.json` (or
 any {"benchmarks": {name: {method: {metric: value}}}} / {name: {metric: value}} file) to render the card's
-model-index. The logic lives in `collm_hf.hub_upload`.
+model-index. The logic lives in `collm_hf.utils.hub_upload`.
 """
 
 import argparse
@@ -42,7 +42,7 @@ def read_metrics(path: str, method: str = "collm") -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from collm_hf.hub_upload import dry_run, push_model_to_hub
+    from collm_hf.utils.hub_upload import dry_run, push_model_to_hub
 
     metrics = read_metrics(args.metrics, args.method) if args.metrics else None
     try:

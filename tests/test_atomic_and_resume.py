@@ -118,7 +118,7 @@ def test_sigkilled_build_leaves_nothing_and_rerun_is_identical(tmp_path, pairs_s
             time.sleep(0.05)
             return encode(*args, **kwargs)
         writer._encode_row = slow
-        from collm_hf.data.build_cli import build_main
+        from collm_hf.apps.commands.build_dataset import build_main
         sys.exit(build_main("pairs", {_build_argv(pairs_source, output)!r}))
     """)
     process = subprocess.Popen([sys.executable, "-c", script], env=_env(), stdout=subprocess.DEVNULL,
@@ -141,7 +141,7 @@ def test_sigkilled_build_leaves_nothing_and_rerun_is_identical(tmp_path, pairs_s
 # Index write killed midway
 # ==============================================================================================================
 def test_sigkilled_index_save_never_leaves_a_torn_index(tmp_path):
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     folder = tmp_path / "index"
     old = GalleryIndex(torch.nn.functional.normalize(torch.randn(50, 16), dim=-1), [f"old{i}" for i in range(50)])
@@ -150,7 +150,7 @@ def test_sigkilled_index_save_never_leaves_a_torn_index(tmp_path):
     torch.save(new_embeddings, tmp_path / "new.pt")
     script = LIGHT_PACKAGE + textwrap.dedent(f"""
         import torch
-        from collm_hf.retrieval import GalleryIndex
+        from collm_hf.evaluation.index import GalleryIndex
         embeddings = torch.load({str(tmp_path / 'new.pt')!r})
         index = GalleryIndex(embeddings, [f"new{{i}}" for i in range(len(embeddings))])
         print("READY", flush=True)

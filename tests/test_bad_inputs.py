@@ -58,7 +58,7 @@ import pytest
 import torch
 from PIL import Image
 
-from collm_hf.image_io import ImageReadError, open_image, to_rgb_image
+from collm_hf.models.collm.image_io import ImageReadError, open_image, to_rgb_image
 
 RNG = np.random.default_rng(0)
 
@@ -272,7 +272,7 @@ def test_long_text_is_truncated_with_a_warning(tiny_model_and_processor):
      ({}, "needs texts, images or image_embeds")],
 )
 def test_fast_query_encoder_bad_inputs(tiny_model_and_processor, kwargs, match):
-    from collm_hf.query_encoder import CoLLMQueryEncoder
+    from collm_hf.models.collm.query_encoder import CoLLMQueryEncoder
 
     model, processor = tiny_model_and_processor
     with pytest.raises(ValueError, match=match):
@@ -280,7 +280,7 @@ def test_fast_query_encoder_bad_inputs(tiny_model_and_processor, kwargs, match):
 
 
 def test_fast_query_encoder_long_text_warns(tiny_model_and_processor):
-    from collm_hf.query_encoder import CoLLMQueryEncoder
+    from collm_hf.models.collm.query_encoder import CoLLMQueryEncoder
 
     model, processor = tiny_model_and_processor
     with pytest.warns(UserWarning, match="truncated"):
@@ -374,7 +374,7 @@ def _pair_rows(n=3):
     ],
 )
 def test_pair_collator_bad_rows(tiny_model_and_processor, mutate, error, match):
-    from collm_hf.collator import CoLLMPairCollator
+    from collm_hf.training.collators import CoLLMPairCollator
 
     _, processor = tiny_model_and_processor
     rows = _pair_rows()
@@ -385,7 +385,7 @@ def test_pair_collator_bad_rows(tiny_model_and_processor, mutate, error, match):
 
 
 def test_pair_collator_long_caption_is_cut_with_a_warning(tiny_model_and_processor):
-    from collm_hf.collator import CoLLMPairCollator
+    from collm_hf.training.collators import CoLLMPairCollator
 
     _, processor = tiny_model_and_processor
     rows = _pair_rows()
@@ -418,7 +418,7 @@ def image_table():
     ],
 )
 def test_triplet_collator_bad_rows(tiny_model_and_processor, image_table, mutate, error, match):
-    from collm_hf.collator import CoLLMTripletCollator
+    from collm_hf.training.collators import CoLLMTripletCollator
 
     _, processor = tiny_model_and_processor
     rows = _triplet_rows()
@@ -428,7 +428,7 @@ def test_triplet_collator_bad_rows(tiny_model_and_processor, image_table, mutate
 
 
 def test_triplet_collator_long_modification_warns(tiny_model_and_processor, image_table):
-    from collm_hf.collator import CoLLMTripletCollator
+    from collm_hf.training.collators import CoLLMTripletCollator
 
     model, processor = tiny_model_and_processor
     rows = _triplet_rows()
@@ -464,7 +464,7 @@ def test_triplet_collator_long_modification_warns(tiny_model_and_processor, imag
     ],
 )
 def test_metric_bad_inputs(kwargs, error, match):
-    from collm_hf.cir_metric import compute_cir_metrics
+    from collm_hf.evaluation.cir_metric import compute_cir_metrics
 
     with pytest.raises(error, match=match):
         compute_cir_metrics(**kwargs)
@@ -480,16 +480,16 @@ def test_metric_bad_inputs(kwargs, error, match):
      ({"predictions": [["a"]], "references": [["a"]], "protocol": "nope"}, ValueError, "protocol must be one of")],
 )
 def test_evaluate_module_bad_inputs(kwargs, error, match):
-    """The same checks through `evaluate.load("collm_hf/cir_metric.py")` (its own input path)."""
+    """The same checks through `evaluate.load("collm_hf/evaluation/cir_metric.py")` (its own input path)."""
     import evaluate
 
-    metric = evaluate.load(str(Path(__file__).resolve().parents[1] / "collm_hf" / "cir_metric.py"))
+    metric = evaluate.load(str(Path(__file__).resolve().parents[1] / "collm_hf" / "evaluation" / "cir_metric.py"))
     with pytest.raises(error, match=match):
         metric.compute(**kwargs)
 
 
 def test_metric_k_larger_than_the_gallery():
-    from collm_hf.cir_metric import compute_cir_metrics
+    from collm_hf.evaluation.cir_metric import compute_cir_metrics
 
     scores = compute_cir_metrics([["b", "a"], ["c", "d"]], [["a"], ["x"]], k_values=[1, 2, 1000])
     assert scores == {"recall@1": 0.0, "recall@2": 50.0, "recall@1000": 50.0}
@@ -517,7 +517,7 @@ def _gallery(n=4, dim=8):
     ],
 )
 def test_index_bad_galleries(build, error, match):
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     with pytest.raises(error, match=match):
         build(GalleryIndex)
@@ -538,7 +538,7 @@ def test_index_bad_galleries(build, error, match):
     ],
 )
 def test_index_bad_searches(kwargs, error, match):
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     with pytest.raises(error, match=match):
         GalleryIndex(_gallery(), list("abcd")).search(**kwargs)
@@ -546,7 +546,7 @@ def test_index_bad_searches(kwargs, error, match):
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_index_k_larger_than_the_gallery(backend):
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     if backend == "faiss":
         pytest.importorskip("faiss")
@@ -559,7 +559,7 @@ def test_index_k_larger_than_the_gallery(backend):
 
 
 def test_index_folder_damage_is_detected(tmp_path):
-    from collm_hf.retrieval import EMBEDDINGS_FILE, IDS_FILE, GalleryIndex
+    from collm_hf.evaluation.index import EMBEDDINGS_FILE, IDS_FILE, GalleryIndex
 
     GalleryIndex(_gallery(), list("abcd")).save(tmp_path / "index")
     good = tmp_path / "index"
@@ -579,8 +579,8 @@ def test_index_folder_damage_is_detected(tmp_path):
 
 
 def test_benchmark_target_missing_from_the_gallery_is_an_error():
-    from collm_hf.evaluation import rank_benchmark
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.benchmarks import rank_benchmark
+    from collm_hf.evaluation.index import GalleryIndex
 
     index = GalleryIndex(_gallery(), list("abcd"))
     queries = {"query_id": ["q0", "q1"], "reference_id": ["a", "b"], "target_ids": [["c"], ["zz"]]}
@@ -601,8 +601,8 @@ def test_benchmark_target_missing_from_the_gallery_is_an_error():
      ({"text": 5}, "ValueError", r"texts\[0\]")],
 )
 def test_search_api_bad_queries(tiny_model_and_processor, kwargs, error, match):
-    from collm_hf.retrieval import GalleryIndex
-    from collm_hf.search import GallerySearcher
+    from collm_hf.evaluation.index import GalleryIndex
+    from collm_hf.apps.search import GallerySearcher
 
     model, processor = tiny_model_and_processor
     searcher = GallerySearcher(model, processor, GalleryIndex(_gallery(3, 24), ["a", "b", "c"]))
@@ -875,7 +875,7 @@ def test_builders_report_bad_images_by_name(tmp_path, damage):
 # CLI
 # ==============================================================================================================
 def _cli(argv, capsys):
-    from collm_hf.cli import main
+    from collm_hf.apps.cli import main
 
     try:
         code = main(argv)
@@ -901,7 +901,7 @@ def test_cli_search_errors_are_one_line(tmp_path, capsys, tiny_model_and_process
     model, processor = tiny_model_and_processor
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     GalleryIndex(_gallery(2, 24), ["a", "b"]).save(tmp_path / "index")
     base = ["search", "--model", str(tmp_path / "model"), "--index", str(tmp_path / "index"), "--device", "cpu"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from _scripts import load_script
-from collm_hf.benchmarking import (TARGETS, encoder_flops, format_table, interleaved_medians, modification_texts,
+from collm_hf.apps.benchmark import (TARGETS, encoder_flops, format_table, interleaved_medians, modification_texts,
                                    peak_memory_above_baseline)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "benchmark.py"
@@ -66,7 +66,7 @@ def test_encoder_flops_counts_linear_params_per_token(tiny_model_and_processor):
 
 
 def test_unknown_figure_is_rejected():
-    from collm_hf.benchmarking import BenchmarkSizes, run_benchmarks
+    from collm_hf.apps.benchmark import BenchmarkSizes, run_benchmarks
 
     with pytest.raises(ValueError, match="Unknown figure"):
         run_benchmarks(BenchmarkSizes.smoke(), ["speed"])

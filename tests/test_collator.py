@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from collm_hf.collator import CoLLMPairCollator, CoLLMTripletCollator, ImageTable
-from collm_hf.synthesis import (
+from collm_hf.training.collators import CoLLMPairCollator, CoLLMTripletCollator, ImageTable
+from collm_hf.models.collm.synthesis import (
     KEEP_CAPTION, MODIFICATION_TEMPLATES, PAD_SLOT, apply_template, hash_ids, nearest_neighbor_indices,
 )
 
@@ -197,7 +197,7 @@ def test_triplet_collator_cache_pixels_keeps_ids_only(tiny_model_and_processor, 
 
 
 def test_triplet_collator_marks_targets_that_answer_another_rows_text(tiny_model_and_processor, images):
-    from collm_hf.losses import false_negative_mask
+    from collm_hf.models.collm.losses import false_negative_mask
 
     _, processor = tiny_model_and_processor
     # One reference, three edits: the loose text fits edits 1 and 2; edit 0 is something else. A second reference's

@@ -2,7 +2,7 @@ import pytest
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig
 
 from collm_hf import CoLLMConfig
-from collm_hf._testing import TEXT_CONFIGS, VISION_CONFIGS, tiny_config
+from collm_hf.testing_utils import TEXT_CONFIGS, VISION_CONFIGS, tiny_config
 
 
 def test_defaults_are_tiny_and_paper_options():

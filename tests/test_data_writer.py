@@ -145,7 +145,7 @@ def test_benchmark_builder_memory_reports_a_peak(tmp_path):
 def test_push_works_with_huggingface_hub_hfapi_mocked_and_cli_subcommand(tmp_path, png):
     import json
 
-    from collm_hf.cli import main as collm_hf_main
+    from collm_hf.apps.cli import main as collm_hf_main
 
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"image": "a.png", "caption": "a"}) + "\n")

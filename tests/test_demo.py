@@ -10,7 +10,7 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install collm-hf[demo])")
 
-from collm_hf.demo import BadUpload, build_demo, reference_image_input, search_step, synthetic_world_gallery  # noqa: E402
+from collm_hf.apps.demo import BadUpload, build_demo, reference_image_input, search_step, synthetic_world_gallery  # noqa: E402
 from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def gallery():
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, gallery):
     """A saved tiny model and the gallery as Parquet."""
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
 
     root = tmp_path_factory.mktemp("demo")
     model, processor = tiny_model_and_processor()
@@ -109,8 +109,8 @@ def test_app_layout_and_handler(demo):
 
 def test_index_folder_shows_images_from_its_source(saved, tmp_path):
     """An index written by `collm-hf index` finds its gallery images again; one without images shows ids."""
-    from collm_hf.cli import main as cli_main
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.apps.cli import main as cli_main
+    from collm_hf.evaluation.index import GalleryIndex
 
     assert cli_main(["index", "--model", str(saved / "model"), "--dataset", str(saved / "gallery.parquet"),
                      "--output", str(tmp_path / "index"), "--device", "cpu", "--no-progress"]) == 0
@@ -135,10 +135,10 @@ def _load_app():
 
 
 def test_app_main_builds_and_launches(saved, monkeypatch):
-    import collm_hf.demo
+    import collm_hf.apps.demo
 
     launched = {}
-    monkeypatch.setattr(collm_hf.demo, "launch", lambda demo, host, port: launched.update(demo=demo, port=port))
+    monkeypatch.setattr(collm_hf.apps.demo, "launch", lambda demo, host, port: launched.update(demo=demo, port=port))
     app = _load_app()
     assert app.main(["--model", str(saved / "model"), "--gallery", str(saved / "gallery.parquet"), "--port", "7999",
                      "--device", "cpu"]) == 0
@@ -153,7 +153,7 @@ def test_app_main_without_a_model_says_how_to_get_one(tmp_path, capsys):
 
 def test_default_gallery_is_the_quickstarts_world(tmp_path):
     """Beside a quickstart-style `DIR/model`, the default gallery and samples come from `DIR/world/cirr`."""
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
     from collm_hf.data.synthetic_world import WorldConfig, cirr_scenes, write_world
 
     model, processor = tiny_model_and_processor()
@@ -176,7 +176,7 @@ def test_served_api_answers_like_the_page(demo, saved):
 
     from gradio_client import Client, handle_file
 
-    from collm_hf.demo import launch
+    from collm_hf.apps.demo import launch
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -57,8 +57,8 @@ def served(tmp_path_factory):
     """
     import datasets
 
-    from collm_hf._testing import tiny_model_and_processor
-    from collm_hf.demo import build_demo, launch
+    from collm_hf.testing_utils import tiny_model_and_processor
+    from collm_hf.apps.demo import build_demo, launch
 
     root = tmp_path_factory.mktemp("demo_browser")
     model_path = os.environ.get("COLLM_DEMO_MODEL")

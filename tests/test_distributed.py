@@ -25,8 +25,8 @@ def build(stage: str):
     """The tiny model and the global batch (8 rows, with one duplicate image id) of a stage."""
     from PIL import Image
 
-    from collm_hf._testing import tiny_model_and_processor
-    from collm_hf.collator import CoLLMPairCollator, CoLLMTripletCollator
+    from collm_hf.testing_utils import tiny_model_and_processor
+    from collm_hf.training.collators import CoLLMPairCollator, CoLLMTripletCollator
 
     model, processor = tiny_model_and_processor(seed=0, freeze_vision_tower=False)
     model.config.contrastive_loss = dict(LOSS)
@@ -62,7 +62,7 @@ def worker(out_dir: str):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from collm_hf.training_gradcache import wrapped_grad_cache_step
+    from collm_hf.training.gradient_cache import wrapped_grad_cache_step
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a stuck collective raises, not hangs
     rank = dist.get_rank()
@@ -121,7 +121,7 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
 
 
 def test_single_process_gather_is_identity():
-    from collm_hf.losses import gather_padded, gather_rows
+    from collm_hf.models.collm.losses import gather_padded, gather_rows
 
     x = torch.randn(3, 4)
     assert gather_rows(x) == (x, 0)

@@ -58,7 +58,7 @@ def _queries(gallery, n: int, extra, labelled: bool = True):
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
 
     path = tmp_path_factory.mktemp("model")
     model, processor = tiny_model_and_processor()
@@ -98,7 +98,7 @@ def test_cirr_val_metrics_json_picture_and_index_cache(saved_model, cirr_folder,
 
 
 def test_console_command(saved_model, cirr_folder, capsys):
-    from collm_hf.cli import main as cli_main
+    from collm_hf.apps.cli import main as cli_main
 
     assert cli_main(["evaluate", saved_model, cirr_folder, "--max-queries", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -1,12 +1,12 @@
-"""collm_hf.evaluation: query embedding paths, per-protocol ranking, and the Trainer callback."""
+"""collm_hf.evaluation.benchmarks: query embedding paths, per-protocol ranking, and the Trainer callback."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from collm_hf.cir_metric import cirr_metrics
-from collm_hf.evaluation import (
+from collm_hf.evaluation.cir_metric import cirr_metrics
+from collm_hf.evaluation.benchmarks import (
     SHARED_CONCEPT_TEMPLATE,
     add_retrieval_evaluation,
     embed_gallery,
@@ -57,7 +57,7 @@ def test_query_embeds_reuse_gallery_embeddings_exactly(tiny_model_and_processor,
     from_index = embed_queries(model, processor, queries, batch_size=4, index=index, show_progress=False)
     assert from_pixels.shape == (6, model.config.projection_dim)
     assert torch.allclose(from_pixels, from_index, atol=1e-5)
-    encoder_module = pytest.importorskip("collm_hf.query_encoder")
+    encoder_module = pytest.importorskip("collm_hf.models.collm.query_encoder")
     encoder = encoder_module.CoLLMQueryEncoder(model, processor)
     fast = embed_queries(model, processor, queries, batch_size=4, index=index, query_encoder=encoder, show_progress=False)
     assert torch.allclose(fast, from_pixels, atol=1e-4)

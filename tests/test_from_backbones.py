@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from collm_hf import CoLLMModel, CoLLMProcessor
-from collm_hf._testing import tiny_image_processor, tiny_tokenizer
+from collm_hf.testing_utils import tiny_image_processor, tiny_tokenizer
 
 VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
 TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from collm_hf.collator import CoLLMPairCollator
-from collm_hf.llm_synthesis import (
+from collm_hf.training.collators import CoLLMPairCollator
+from collm_hf.training.llm_synthesis import (
     LLMModificationWriter,
     attach_llm_writer,
     clean_reply,
@@ -15,7 +15,7 @@ from collm_hf.llm_synthesis import (
     measure_llm_synthesis_cost,
     writer_messages,
 )
-from collm_hf.synthesis import MODIFICATION_TEMPLATES, PAD_SLOT, apply_template
+from collm_hf.models.collm.synthesis import MODIFICATION_TEMPLATES, PAD_SLOT, apply_template
 
 CAPTIONS = ["a red circle on the left", "a small blue square", "two yellow stars at the top",
             "a large purple cross on a white background", "a dog sitting on a wooden bench", "a green triangle",

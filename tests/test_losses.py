@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from collm_hf.losses import ContrastiveLossConfig, contrastive_loss, hn_nce_loss, info_nce_loss
+from collm_hf.models.collm.losses import ContrastiveLossConfig, contrastive_loss, hn_nce_loss, info_nce_loss
 
 
 def embeddings(n=6, dim=8, seed=0):
@@ -107,7 +107,7 @@ def test_targets_that_answer_a_query_by_its_key_are_not_its_negatives():
     target_query_keys = torch.tensor([[7, 0, 0], [8, 7, 0], [9, 0, 0], [7, 3, 0], [5, 9, 2]])
     valid = {(0, 1), (0, 3), (3, 0), (3, 1), (2, 4)}
     scale = torch.tensor(math.log(20.0), dtype=torch.float64)
-    from collm_hf.losses import false_negative_mask
+    from collm_hf.models.collm.losses import false_negative_mask
 
     mask = false_negative_mask(None, 5, None, query_keys, target_query_keys)
     assert {(i, j) for i in range(5) for j in range(5) if mask[i, j]} == valid

@@ -4,8 +4,8 @@ sentence-transformers, any model (not only the quickstart's)."""
 import pytest
 from huggingface_hub import ModelCard
 
-from collm_hf._testing import tiny_config
-from collm_hf.model_card import eval_results, render_model_card, write_model_card
+from collm_hf.testing_utils import tiny_config
+from collm_hf.utils.model_card import eval_results, render_model_card, write_model_card
 
 METRICS = {"cirr": {"recall@1": 45.8, "recall@5": 80.1, "recall_subset@1": 70.0},
            "circo": {"map@5": 29.0, "map@10": 29.8, "per_aspect/map@10": {"x": 1}}}

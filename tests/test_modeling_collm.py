@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModel
 
 from collm_hf import CoLLMModel, CoLLMOutput
-from collm_hf._testing import tiny_model_and_processor as make_tiny
+from collm_hf.testing_utils import tiny_model_and_processor as make_tiny
 
 TEXTS = ["make it red", "add two yellow stars at the top", "a"]
 
@@ -62,7 +62,7 @@ def test_forward_loss_and_backward(tiny_model_and_processor, rgb_images):
 
 
 def test_reference_negatives_use_each_distinct_reference_once(rgb_images):
-    from collm_hf.losses import ContrastiveLossConfig, info_nce_loss
+    from collm_hf.models.collm.losses import ContrastiveLossConfig, info_nce_loss
 
     model, processor = make_tiny(freeze_vision_tower=False)
     references = [rgb_images[0], rgb_images[0], rgb_images[1]]  # a reference serving two edits, as in MTCIR groups
@@ -80,7 +80,7 @@ def test_reference_negatives_use_each_distinct_reference_once(rgb_images):
 
 
 def test_query_keys_reach_the_loss(rgb_images):
-    from collm_hf.losses import info_nce_loss
+    from collm_hf.models.collm.losses import info_nce_loss
 
     model, processor = make_tiny()
     inputs = processor(images=[rgb_images[0]] * 3, text=["make it red", "make it another colour", "make it blue"])

@@ -385,7 +385,7 @@ def test_sigkill_during_generation_then_resume_equals_uninterrupted(tmp_path):
 def test_image_embedder_from_a_vision_checkpoint_equals_the_source_model(tmp_path, rgb_images):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from collm_hf._testing import VISION_CONFIGS, tiny_image_processor
+    from collm_hf.testing_utils import VISION_CONFIGS, tiny_image_processor
     from collm_hf.pipelines.embedding import ImageEmbedder
 
     torch.manual_seed(0)

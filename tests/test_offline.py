@@ -4,7 +4,7 @@ Each check runs in a fresh Python whose sockets refuse to connect or resolve (so
 connect_ex, create_connection and getaddrinfo raise), once with `HF_HUB_OFFLINE=1` and once with every
 offline variable unset: importing `collm_hf`, `CoLLMModel.from_pretrained` / `AutoModel.from_pretrained` of a
 local folder (without trust_remote_code), `AutoProcessor.from_pretrained` of it, `datasets.load_dataset` of a
-local Parquet folder written by `collm_hf.data.write_dataset`, and `evaluate.load` of `collm_hf/cir_metric.py`.
+local Parquet folder written by `collm_hf.data.write_dataset`, and `evaluate.load` of `collm_hf/evaluation/cir_metric.py`.
 """
 
 import os
@@ -33,7 +33,7 @@ socket.getaddrinfo = _refuse
 @pytest.fixture(scope="module")
 def local_artifacts(tmp_path_factory):
     """A saved tiny model + processor folder and a local Parquet dataset folder."""
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
     from collm_hf.data.schema import PAIRS_FEATURES
     from collm_hf.data.writer import write_dataset
     from PIL import Image
@@ -87,7 +87,7 @@ def test_local_use_never_touches_the_network(local_artifacts, tmp_path):
     assert len(pairs) == 3 and pairs[0]["image"].size == (8, 8), pairs
 
     import evaluate
-    metric = evaluate.load({str(ROOT / 'collm_hf' / 'cir_metric.py')!r})
+    metric = evaluate.load({str(ROOT / 'collm_hf' / 'evaluation' / 'cir_metric.py')!r})
     scores = metric.compute(predictions=[["a", "b"], ["c", "d"]], references=[["b"], ["c"]], k_values=[1, 2])
     assert scores == {{"recall@1": 50.0, "recall@2": 100.0}}, scores
     print("OFFLINE-OK")

@@ -23,7 +23,7 @@ def own_domain_block() -> str:
 @pytest.mark.slow
 @pytest.mark.smollm2
 def test_readme_own_domain_commands_run_as_written(tmp_path):
-    from collm_hf.gguf_weights import smollm2_folder
+    from collm_hf.utils.gguf_weights import smollm2_folder
 
     try:
         smollm2_folder()

@@ -31,7 +31,7 @@ def test_prompt_layout_and_pooled_end_token(tiny_model_and_processor):
 
 
 def test_no_instruction_line_and_round_trip(tmp_path, rgb_images):
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
 
     model, processor = tiny_model_and_processor("clip", "llama", instruction=None)
     assert model.config.instruction is None and processor.instruction is None

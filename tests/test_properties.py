@@ -1,10 +1,10 @@
 """Property-based tests (hypothesis) of the metric, the gallery search and Slerp.
 
-Metric (`collm_hf.cir_metric`): every value lies in [0, 100]; recall@K is non-decreasing in K; results do not
+Metric (`collm_hf.evaluation.cir_metric`): every value lies in [0, 100]; recall@K is non-decreasing in K; results do not
 depend on the order of the queries nor on the names of the ids (any bijection); recall and AP agree with
 naive oracles written differently. Search: permuting the gallery rows of a ties-free similarity matrix gives
 the same rankings (hence the same metric); K larger than the gallery returns the whole gallery.
-Slerp (`collm_hf.synthesis.slerp`): the result stays on the unit sphere, alpha=0/1 give the endpoints, the
+Slerp (`collm_hf.models.collm.synthesis.slerp`): the result stays on the unit sphere, alpha=0/1 give the endpoints, the
 angle from the start is alpha times the angle between the endpoints, and slerp(a, b, t) = slerp(b, a, 1 - t).
 """
 
@@ -16,8 +16,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from collm_hf.cir_metric import circo_metrics, cirr_metrics, recall_at_k
-from collm_hf.synthesis import slerp
+from collm_hf.evaluation.cir_metric import circo_metrics, cirr_metrics, recall_at_k
+from collm_hf.models.collm.synthesis import slerp
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -115,7 +115,7 @@ def test_cirr_bounds_and_monotonic(data, k_values):
 @SETTINGS
 @given(st.integers(2, 20), st.integers(1, 5), st.integers(1, 30), st.integers(0, 2**31 - 1))
 def test_search_is_invariant_to_gallery_order(n, q, k, seed):
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     generator = torch.Generator().manual_seed(seed)
     gallery = torch.nn.functional.normalize(torch.randn(n, 8, generator=generator), dim=-1)

@@ -62,7 +62,7 @@ def test_dry_run_folder_loads_without_the_package(saved):
 
 
 def test_push_uses_upload_folder(saved, monkeypatch):
-    from collm_hf import hub_upload
+    from collm_hf.utils import hub_upload
 
     calls = {}
 

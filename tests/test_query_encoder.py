@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from collm_hf._testing import tiny_model_and_processor
-from collm_hf.query_encoder import CoLLMQueryEncoder, _common_prefix, _is_causal, bf16_supported
+from collm_hf.testing_utils import tiny_model_and_processor
+from collm_hf.models.collm.query_encoder import CoLLMQueryEncoder, _common_prefix, _is_causal, bf16_supported
 
 TEXTS = [
     "make it green",

@@ -5,14 +5,14 @@ import json
 import pytest
 from PIL import Image
 
-from collm_hf.quickstart_eval import BASELINES, METHODS, error_ratio, results_table
+from collm_hf.apps.quickstart.evaluation import BASELINES, METHODS, error_ratio, results_table
 
 BENCHMARKS = {"synthetic-cirr": "recall@1", "synthetic-circo": "map@5"}
 
 
 @pytest.fixture(scope="module")
 def quickstart_dir(tmp_path_factory):
-    from collm_hf.cli import main
+    from collm_hf.apps.cli import main
 
     out = tmp_path_factory.mktemp("quickstart")
     assert main(["quickstart", "--tiny", "--output-dir", str(out), "--seed", "3", "--no-progress"]) == 0
@@ -95,7 +95,7 @@ def test_retrievals_picture(quickstart_dir):
 
 
 def test_second_run_reuses_the_model(quickstart_dir):
-    from collm_hf.quickstart import run_quickstart
+    from collm_hf.apps.quickstart.run import run_quickstart
 
     weights = (quickstart_dir / "model" / "model.safetensors").stat().st_mtime_ns
     report = run_quickstart(str(quickstart_dir), seed=3, tiny=True, show_progress=False)
@@ -118,7 +118,7 @@ def test_error_ratio_and_table():
 
 
 def test_cli_help_lists_quickstart(capsys):
-    from collm_hf.cli import main
+    from collm_hf.apps.cli import main
 
     with pytest.raises(SystemExit):
         main(["quickstart", "--help"])
@@ -126,8 +126,8 @@ def test_cli_help_lists_quickstart(capsys):
 
 
 def test_recipe_overrides_and_their_errors(tmp_path):
-    from collm_hf.cli import main
-    from collm_hf.quickstart_training import QuickstartRecipe
+    from collm_hf.apps.cli import main
+    from collm_hf.apps.quickstart.training import QuickstartRecipe
 
     recipe = QuickstartRecipe().with_overrides({"pair_steps": 250, "world": {"max_objects": 2}})
     assert (recipe.pair_steps, recipe.world.max_objects, recipe.triplet_steps) == (250, 2, QuickstartRecipe().triplet_steps)
@@ -143,7 +143,7 @@ def test_recipe_overrides_and_their_errors(tmp_path):
 def test_pair_augmentation_follows_the_recipe(tiny_model_and_processor):
     import torch
 
-    from collm_hf.quickstart_training import pair_collator
+    from collm_hf.apps.quickstart.training import pair_collator
 
     _, processor = tiny_model_and_processor
     collator = pair_collator(processor, 0, crop_min_area=0.5)
@@ -155,7 +155,7 @@ def test_pair_augmentation_follows_the_recipe(tiny_model_and_processor):
 def test_quickstart_tower_starts_with_position_embeddings_at_the_recipe_scale():
     import torch
 
-    from collm_hf.quickstart_training import QuickstartRecipe, build_model_and_processor, init_position_embeddings
+    from collm_hf.apps.quickstart.training import QuickstartRecipe, build_model_and_processor, init_position_embeddings
 
     recipe = QuickstartRecipe.tiny().with_overrides({"vision_position_std": 0.5})
     model, _ = build_model_and_processor(recipe)
@@ -172,7 +172,7 @@ def test_a_stage_past_its_deadline_stops_after_the_step_under_way(tmp_path):
     import time
 
     from collm_hf.data.synthetic_world import WorldConfig, image_rows, triplet_rows
-    from collm_hf.quickstart_training import (QuickstartRecipe, TripletGroups, build_model_and_processor,
+    from collm_hf.apps.quickstart.training import (QuickstartRecipe, TripletGroups, build_model_and_processor,
                                               train_stage, triplet_collator)
 
     recipe = QuickstartRecipe.tiny()

@@ -5,8 +5,8 @@ import doctest
 import pytest
 import torch
 
-from collm_hf import quickstart_schedule
-from collm_hf.quickstart_schedule import Schedule, StageClock, timed_cosine_schedule
+from collm_hf.apps.quickstart import schedule as quickstart_schedule
+from collm_hf.apps.quickstart.schedule import Schedule, StageClock, timed_cosine_schedule
 
 
 def test_doctests():

@@ -191,7 +191,7 @@ def tiny_llava():
         LlavaProcessor,
     )
 
-    from collm_hf._testing import (
+    from collm_hf.testing_utils import (
         TEXT_CONFIGS,
         VISION_CONFIGS,
         tiny_image_processor,

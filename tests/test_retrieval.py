@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from collm_hf import retrieval
-from collm_hf.retrieval import GalleryIndex, shard_range
+from collm_hf.evaluation import index as retrieval
+from collm_hf.evaluation.index import GalleryIndex, shard_range
 
 faiss = pytest.importorskip("faiss")
 

@@ -28,16 +28,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from collm_hf import CoLLMModel
-from collm_hf.archives import ImageArchive, UnsafeArchiveError, safe_extract
-from collm_hf.image_io import ImageReadError
-from collm_hf.safe_loading import MissingWeightsError, UnsafeWeightsError
+from collm_hf.utils.archives import ImageArchive, UnsafeArchiveError, safe_extract
+from collm_hf.models.collm.image_io import ImageReadError
+from collm_hf.models.collm.safe_loading import MissingWeightsError, UnsafeWeightsError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "collm_hf"
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
 
     model, _ = tiny_model_and_processor()
     folder = tmp_path_factory.mktemp("ckpt")
@@ -264,8 +264,8 @@ def test_vision_backbone_pickle_only_is_refused_unless_opted_in(tmp_path):
     """`from_backbones` / `ImageEmbedder` load towers through `load_pretrained_vision`: safetensors only too."""
     from transformers import CLIPConfig, CLIPModel
 
-    from collm_hf._testing import VISION_CONFIGS
-    from collm_hf.vision_families import load_pretrained_vision
+    from collm_hf.testing_utils import VISION_CONFIGS
+    from collm_hf.models.collm.vision_families import load_pretrained_vision
 
     vision = {k: v for k, v in VISION_CONFIGS["clip"].items() if k not in ("model_type", "projection_dim")}
     text = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
@@ -285,7 +285,7 @@ def test_processor_with_a_corrupt_json_file_is_named(tmp_path, name):
     from transformers import AutoProcessor
 
     from collm_hf import CoLLMProcessor
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
 
     _, processor = tiny_model_and_processor()
     processor.save_pretrained(tmp_path / "proc")

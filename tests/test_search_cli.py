@@ -1,4 +1,4 @@
-"""`collm-hf index` / `collm-hf search` and the `collm_hf.search` glue, on a tiny saved model and gallery."""
+"""`collm-hf index` / `collm-hf search` and the `collm_hf.apps.search` glue, on a tiny saved model and gallery."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from collm_hf.cli import main as cli_main
+from collm_hf.apps.cli import main as cli_main
 
 
 def _image(seed: int, size: int = 40) -> Image.Image:
@@ -20,7 +20,7 @@ def assets(tmp_path_factory):
     """A saved tiny model, a 12-image gallery as Parquet, a reference image file and a non-image file."""
     import datasets
 
-    from collm_hf._testing import tiny_model_and_processor
+    from collm_hf.testing_utils import tiny_model_and_processor
 
     root = tmp_path_factory.mktemp("search")
     model, processor = tiny_model_and_processor()
@@ -51,7 +51,7 @@ def _search_json(capsys, *argv) -> dict:
 
 
 def test_index_writes_gallery_files_and_source(index_dir, assets, capsys):
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     out = assets["root"] / "index-again"
     assert cli_main(["index", "--model", assets["model"], "--dataset", assets["gallery"], "--output", str(out)]) == 0
@@ -120,7 +120,7 @@ def test_bad_queries_give_one_clear_error(index_dir, assets, capsys, argv, messa
 def test_missing_model_and_mismatched_index(index_dir, assets, tmp_path, capsys):
     assert cli_main(["search", "--model", str(tmp_path / "nope"), "--index", index_dir, "--text", "x"]) == 2
     assert "No CoLLM model" in capsys.readouterr().err
-    from collm_hf.retrieval import GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     GalleryIndex(torch.nn.functional.normalize(torch.randn(3, 7), dim=-1), ["a", "b", "c"]).save(str(tmp_path / "i7"))
     assert cli_main(["search", "--device", "cpu", "--model", assets["model"], "--index", str(tmp_path / "i7"),
@@ -131,7 +131,7 @@ def test_missing_model_and_mismatched_index(index_dir, assets, tmp_path, capsys)
 def test_load_gallery_formats(assets, tmp_path):
     import datasets
 
-    from collm_hf.search import SearchInputError, load_gallery
+    from collm_hf.apps.search import SearchInputError, load_gallery
 
     parquet = load_gallery(assets["gallery"])
     parquet.save_to_disk(str(tmp_path / "disk"))
@@ -150,7 +150,7 @@ def test_load_gallery_formats(assets, tmp_path):
 
 
 def test_local_paths_and_hub_ids_are_told_apart(tmp_path, monkeypatch):
-    from collm_hf.search import is_local_path
+    from collm_hf.apps.search import is_local_path
 
     monkeypatch.chdir(tmp_path)
     assert not is_local_path("someone/collm-model")  # a hub id

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from collm_hf.sentence_transformers import MODALITY_CONFIG, load_sentence_transformer, write_sentence_transformers_config
+from collm_hf.utils.sentence_transformers import MODALITY_CONFIG, load_sentence_transformer, write_sentence_transformers_config
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
 from collm_hf import CoLLMModel, CoLLMProcessor
-from collm_hf._testing import tiny_image_processor
+from collm_hf.testing_utils import tiny_image_processor
 
 pytestmark = pytest.mark.smollm2
 

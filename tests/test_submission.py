@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from collm_hf import submission
-from collm_hf.cir_metric import cirr_metrics
-from collm_hf.submission import (
+from collm_hf.evaluation import submission
+from collm_hf.evaluation.cir_metric import cirr_metrics
+from collm_hf.evaluation.submission import (
     circo_submission,
     cirr_submissions,
     write_circo_submission,
@@ -107,7 +107,7 @@ def test_invalid_input(call, message):
 
 
 def test_write_submission_refuses_other_protocols(tmp_path):
-    from collm_hf.evaluation import BenchmarkRankings
+    from collm_hf.evaluation.benchmarks import BenchmarkRankings
 
     rankings = BenchmarkRankings("fashioniq", ["0"], [["a"]], [["a"]], ["r"])
     with pytest.raises(ValueError, match="only cirr and circo"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from collm_hf.synthesis import (
+from collm_hf.models.collm.synthesis import (
     KEEP_CAPTION,
     MODIFICATION_TEMPLATES,
     NEIGHBOR_SLOT,

@@ -83,7 +83,7 @@ def test_pairs_then_triplets_save_reload_resume(workspace):
 def test_adapter_folder_restores_the_merged_model(workspace):
     from peft import PeftModel
 
-    from collm_hf.lora import load_lora_adapter
+    from collm_hf.training.lora import load_lora_adapter
 
     run = workspace / "adapter_run"
     example = load_example()
@@ -107,7 +107,7 @@ def test_json_options_file_through_the_console_command(workspace, tmp_path):
                "output_dir": str(tmp_path / "run"), "max_steps": 1, "per_device_train_batch_size": 4, "use_cpu": True,
                "lora_rank": 4, "loss_type": "info_nce", "save_strategy": "no", "report_to": "none"}
     (tmp_path / "options.json").write_text(json.dumps(options))
-    from collm_hf.cli import main as cli_main
+    from collm_hf.apps.cli import main as cli_main
 
     assert cli_main(["train", "triplets", str(tmp_path / "options.json")]) == 0  # `collm-hf train`, the same code
     assert AutoModel.from_pretrained(tmp_path / "run").config.contrastive_loss["loss_type"] == "info_nce"

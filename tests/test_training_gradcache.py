@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from collm_hf._testing import tiny_model_and_processor
-from collm_hf.collator import CoLLMPairCollator, CoLLMTripletCollator
-from collm_hf.training_gradcache import RandomState, grad_cache_step
+from collm_hf.testing_utils import tiny_model_and_processor
+from collm_hf.training.collators import CoLLMPairCollator, CoLLMTripletCollator
+from collm_hf.training.gradient_cache import RandomState, grad_cache_step
 
 
 @pytest.fixture(scope="module")

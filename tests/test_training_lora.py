@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from collm_hf.collator import CoLLMTripletCollator
-from collm_hf.lora import LoraArguments, apply_lora, lora_config_for, lora_target_regex, merge_lora, quantization_config
+from collm_hf.training.collators import CoLLMTripletCollator
+from collm_hf.training.lora import LoraArguments, apply_lora, lora_config_for, lora_target_regex, merge_lora, quantization_config
 
 
 def triplet_batch(processor):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from collm_hf.visualization import GREEN, gallery_lookup, retrieval_grid, save_retrieval_grid
+from collm_hf.evaluation.visualization import GREEN, gallery_lookup, retrieval_grid, save_retrieval_grid
 
 
 def _image(colour, size=(30, 40)):

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..image_io import ImageReadError, open_image
+from ..models.collm.image_io import ImageReadError, open_image
 
 # Image checks run in threads: PIL releases the GIL while decoding.
 DEFAULT_CHECK_WORKERS = min(8, os.cpu_count() or 1)

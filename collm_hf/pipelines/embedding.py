@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..image_io import to_rgb_image
+from ..models.collm.image_io import to_rgb_image
 
 
 class ImageEmbedder:
@@ -47,7 +47,7 @@ class ImageEmbedder:
         from transformers import AutoConfig, AutoImageProcessor
 
         from .. import CoLLMModel, CoLLMProcessor
-        from ..vision_families import load_pretrained_vision, pool_vision_output
+        from ..models.collm.vision_families import load_pretrained_vision, pool_vision_output
 
         name_or_path = str(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path)

@@ -34,7 +34,7 @@ import torch
 from datasets import Image
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write, atomic_write_text
+from ..utils.atomic import atomic_write, atomic_write_text
 from ..data.schema import IMAGES_CONFIG, TRIPLETS_CONFIG, triplet_features
 from ..data.writer import write_dataset
 from .generation import (

@@ -1,6 +1,0 @@
-"""`collm-hf index`: embed a gallery dataset into a saved index (the code lives in `collm_hf.search_cli`)."""
-
-from .search_cli import add_index_arguments as add_arguments
-from .search_cli import run_index as run
-
-__all__ = ["add_arguments", "run"]
