@@ -104,7 +104,7 @@ def circo_by_aspect(run_dir: Path, k: int = 5) -> dict:
 
 def failures(category: str, results) -> list[dict]:
     """The wrong first results of one edit category, as captions: reference, text, target, first result."""
-    from collm_hf.data.synthetic_world import caption
+    from collm_hf.data.synthetic_scenes import caption
 
     return [{"reference": caption(scene["reference"]), "text": query["modification_text"],
              "target": caption(scene["target"]), "first": caption(gallery[first])}

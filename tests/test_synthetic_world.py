@@ -2,9 +2,11 @@
 datasets writer and loaded back with `load_dataset`."""
 
 import random
+from dataclasses import replace
 
 import pytest
 
+from collm_hf.data import synthetic_scenes as scenes
 from collm_hf.data import synthetic_world as sw
 from collm_hf.data.schema import PAIRS_FEATURES, benchmark_features, triplet_features
 
@@ -24,32 +26,32 @@ def test_same_seed_same_world_other_seed_other_world():
 def test_render_and_caption_describe_every_object():
     rng = random.Random(0)
     for _ in range(50):
-        scene = sw.sample_scene(rng)
-        image = sw.render(scene, 48)
+        scene = scenes.sample_scene(rng)
+        image = scenes.render(scene, 48)
         assert image.size == (48, 48) and image.mode == "RGB"
-        text = sw.caption(scene)
+        text = scenes.caption(scene)
         assert text.endswith(f"on a {scene.background} background")
         for obj in scene.objects:
-            assert f"{obj.size} {obj.colour} {obj.shape} at the {sw.POSITIONS[obj.cell]}" in text
+            assert f"{obj.size} {obj.colour} {obj.shape} at the {scenes.POSITIONS[obj.cell]}" in text
     # Objects are drawn where the scene says: the centre pixel of an object's cell has its colour.
-    scene = sw.Scene("black", (sw.Obj(4, "square", "red", "large"),))
-    assert sw.render(scene, 48).getpixel((24, 24)) == sw.COLOURS["red"]
+    scene = scenes.Scene("black", (scenes.Obj(4, "square", "red", "large"),))
+    assert scenes.render(scene, 48).getpixel((24, 24)) == scenes.COLOURS["red"]
 
 
 def test_refer_is_unambiguous():
-    a, b = sw.Obj(0, "circle", "red", "small"), sw.Obj(1, "circle", "blue", "small")
-    scene = sw.Scene("gray", (a, b))
-    assert sw.refer(scene, a) == "the red circle"
-    same = sw.Scene("gray", (a, sw.Obj(5, "circle", "red", "small")))
-    assert sw.refer(same, a) == "the red circle at the top left"
+    a, b = scenes.Obj(0, "circle", "red", "small"), scenes.Obj(1, "circle", "blue", "small")
+    scene = scenes.Scene("gray", (a, b))
+    assert scenes.refer(scene, a) == "the red circle"
+    same = scenes.Scene("gray", (a, scenes.Obj(5, "circle", "red", "small")))
+    assert scenes.refer(same, a) == "the red circle at the top left"
 
 
-@pytest.mark.parametrize("name", list(sw.EDITS))
+@pytest.mark.parametrize("name", list(scenes.EDITS))
 def test_every_edit_changes_the_scene_and_says_how(name):
     rng, made = random.Random(name), 0
     for _ in range(200):
-        scene = sw.sample_scene(rng, min_objects=2, duplicate_p=0.5)
-        edit = sw.EDITS[name](rng, scene)
+        scene = scenes.sample_scene(rng, min_objects=2, duplicate_p=0.5)
+        edit = scenes.EDITS[name](rng, scene)
         if edit is None:
             continue
         made += 1
@@ -197,7 +199,7 @@ def test_training_edit_weights_change_the_training_mix_only():
 
     assert share(weighted) > 1.5 * share(base)
     small = dict(num_cirr_queries=20, num_circo_queries=10)
-    assert [q["modification_text"] for q in sw.cirr_rows(sw.replace(base, **small))[0]] == \
-        [q["modification_text"] for q in sw.cirr_rows(sw.replace(weighted, **small))[0]]
+    assert [q["modification_text"] for q in sw.cirr_rows(replace(base, **small))[0]] == \
+        [q["modification_text"] for q in sw.cirr_rows(replace(weighted, **small))[0]]
     with pytest.raises(ValueError, match=r"unknown edit categories \['recolour'\]"):
         sw.WorldConfig(training_edit_weights={"recolour": 2})
