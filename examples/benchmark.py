@@ -1,7 +1,7 @@
 """Benchmark the package against plain transformers, FAISS and the machine's own matmul rate.
 
     python examples/benchmark.py --quick --json benchmark.json     # under 3 minutes on 2 CPU cores
-    python examples/benchmark.py --json benchmark.json             # the issue's full sizes (slower)
+    python examples/benchmark.py --json benchmark.json             # the full sizes (slower)
     python examples/benchmark.py --smoke                           # tiny shapes, seconds (tests)
 
 Prints a table of the figures and their targets and writes them, with the sizes used, as JSON

@@ -1,4 +1,4 @@
-"""Performance figures of the package, each a ratio measured in one process on the same inputs (issue 7).
+"""Performance figures of the package, each a ratio measured in one process on the same inputs.
 
 Every timing is the median of `repeats` runs after one warm-up run; the two sides of a ratio are interleaved
 (A, B, A, B, ...) so that load from other processes hits both alike. Models have random weights (shapes are what
@@ -41,7 +41,7 @@ TINY_VISION = {"model_type": "clip_vision_model", "hidden_size": 32, "intermedia
 
 @dataclass
 class BenchmarkSizes:
-    """What one run measures on; the JSON records it. `full()` is the issue's protocol, `quick()` fits 3 minutes."""
+    """What one run measures on; the JSON records it. `full()` is the full protocol, `quick()` fits 3 minutes."""
 
     llm_layers: int = 30  # SmolLM2-135M has 30; --quick keeps the layer shape and uses fewer layers
     tiny_models: bool = False  # hidden-32 towers (tests)
@@ -290,7 +290,7 @@ def search_benchmark(gallery_size: int = 200_000, num_queries: int = 1000, dim: 
 
 
 def synthesis_benchmark(model, processor, batch_size: int = 16, steps: int = 3, seed: int = 0) -> dict:
-    """`synthesis_overhead` through the training issue's `measure_synthesis_overhead`, on synthetic-world pairs."""
+    """`synthesis_overhead` through the training code's `measure_synthesis_overhead`, on synthetic-world pairs."""
     from ..training.collators import CoLLMPairCollator
     from ..data.synthetic_world import WorldConfig, pair_rows
     from ..training.trainer import measure_synthesis_overhead
@@ -346,7 +346,7 @@ def gallery_pipeline_benchmark(model, processor, num_images: int = 128, batch_si
 
 def builder_memory_benchmark(small: int = 2000, large: int = 8000) -> dict:
     """`builder_memory_growth`: peak RSS of an MTCIR-shaped dataset build at `large` images over `small`
-    (the datasets issue's `benchmark_builder_memory`, each build in its own subprocess)."""
+    (`collm_hf.data.benchmark_builder_memory`, each build in its own subprocess)."""
     from ..data.benchmark import benchmark_builder_memory
 
     with tempfile.TemporaryDirectory() as workdir:

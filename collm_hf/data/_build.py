@@ -19,7 +19,7 @@ from ..models.collm.image_io import ImageReadError, open_image
 # Image checks run in threads: PIL releases the GIL while decoding.
 DEFAULT_CHECK_WORKERS = min(8, os.cpu_count() or 1)
 CHECK_BLOCK = 2048
-# How many problems an error message spells out (all of them for images, as the issue asks).
+# How many problems an error message spells out (all of them for images: each must be fixed).
 MAX_LISTED_PROBLEMS = 50
 
 

@@ -1,6 +1,6 @@
 """CIRCO from its official files into the `queries` / `gallery` schema.
 
-Official layout (github.com/miccunifi/CIRCO, benchmarks.md):
+Official layout (github.com/miccunifi/CIRCO, docs/benchmarks.md):
     <source_dir>/annotations/val.json, test.json   list of {"id", "reference_img_id", "target_img_id",
                                                     "relative_caption", "shared_concept", "gt_img_ids",
                                                     "semantic_aspects"}; test keeps id, reference_img_id,

@@ -1,6 +1,6 @@
 """CIRR (version rc2) from its official files into the `queries` / `gallery` (/ `queries_refined`) schema.
 
-Official layout (github.com/Cuberick-Orion/CIRR, benchmarks.md):
+Official layout (github.com/Cuberick-Orion/CIRR, docs/benchmarks.md):
     <source_dir>/captions/cap.rc2.<split>.json       list of {"pairid", "reference", "target_hard",
                                                       "target_soft", "caption", "img_set": {"id", "members",
                                                       "reference_rank", "target_rank"}}; test1 has no targets

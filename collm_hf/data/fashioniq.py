@@ -1,6 +1,6 @@
 """Fashion-IQ from its official files into the `queries` / `gallery` (/ `queries_refined`) schema.
 
-Official layout (github.com/XiaoxiaoGuo/fashion-iq, benchmarks.md):
+Official layout (github.com/XiaoxiaoGuo/fashion-iq, docs/benchmarks.md):
     <source_dir>/captions/cap.<category>.<split>.json     list of {"candidate": ASIN, "target": ASIN,
                                                            "captions": [str, str]} (test: no "target")
     <source_dir>/image_splits/split.<category>.<split>.json  list of ASINs: that category's gallery

@@ -1,6 +1,6 @@
 """MTCIR (CoLLM §4.1) from `mtcir.jsonl` into the `triplets` + `images` schema.
 
-Source (as published at `chuonghm/MT-CIR` and read by third-party loaders, method.md):
+Source (as published at `chuonghm/MT-CIR` and read by third-party loaders, docs/method.md):
     <source_dir>/mtcir.jsonl      one JSON object per line: {"id": str, "image": relative path,
                                   "target_image": relative path, "modifications": [str, ...]}
                                   (optional "direction" and "category" are kept if present)

@@ -1,4 +1,4 @@
-"""The one schema every CoLLM dataset uses, as `datasets.Features` (contracts.md, "Datasets").
+"""The one schema every CoLLM dataset uses, as `datasets.Features`.
 
 Benchmarks (CIRR, CIRCO, Fashion-IQ, and the synthetic world's benchmarks) publish two configs:
 `queries` (reference image + modification text -> target ids) and `gallery` (the images ranked).

@@ -59,9 +59,8 @@ class WorldConfig:
     circo_max_targets: int = 5  # ground truths rendered per CIRCO-style query
     max_objects: int = 3  # objects in a sampled scene (edits that add one may make it one more, up to 4)
     # Training groups draw their edits in same-category twins (`edits_of(twins=True)`): "remove the circle" next
-    # to "remove the square" of the same scene, so each batch holds the hard negatives a CIRR set holds. Measured
-    # with the quickstart (seed 0, one thread, 800 + 2,100 steps): CoLLM recall@1 81.6 -> 85.4 and map@5 71.3 -> 72.0
-    # (docs/quickstart_history.md).
+    # to "remove the square" of the same scene, so each batch holds the hard negatives a CIRR set holds
+    # (measured with the quickstart: docs/quickstart_recipe.md).
     twin_edits: bool = True
     # How often the training groups draw each edit category, over `EDIT_WEIGHTS` (e.g. {"remove": 4}); the
     # benchmarks always use `EDIT_WEIGHTS`.
@@ -225,7 +224,7 @@ def _gallery_rows(gallery: dict, config: WorldConfig) -> list:
 
 
 # Benchmark splits: CIRR-style queries and gallery are `val`; the CIRCO-style gallery is one split shared by
-# its queries, named as CIRCO's (contracts.md).
+# its queries, named as CIRCO's (`collm_hf.data.circo`).
 CIRR_SPLIT, CIRCO_QUERY_SPLIT, CIRCO_GALLERY_SPLIT = "val", "val", "unlabeled2017"
 WORLD_PARTS = ("pairs", "mtcir", "cirr", "circo")
 

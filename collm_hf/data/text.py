@@ -3,7 +3,7 @@
 
 def join_fashioniq_captions(captions: list[str]) -> str:
     """Join Fashion-IQ's two relative captions into one modification text, the de-facto way (CLIP4Cir,
-    SEARLE, benchmarks.md): `f"{c0.strip('.?, ').capitalize()} and {c1.strip('.?, ')}"`.
+    SEARLE, docs/benchmarks.md): `f"{c0.strip('.?, ').capitalize()} and {c1.strip('.?, ')}"`.
 
     `capitalize()` lower-cases the rest of the first caption, as the reference code does. One caption is
     used alone (capitalised); more than two are joined with " and " after the same stripping.

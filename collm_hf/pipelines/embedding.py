@@ -3,7 +3,7 @@
 `ImageEmbedder.from_pretrained(path)` accepts either a CoLLM folder (its gallery embedding
 `CoLLMModel.get_image_embeds` is used) or a vision checkpoint (CLIP, SigLIP, BLIP; full or vision-only,
 through `vision_families.load_pretrained_vision`). Both give the L2-normalised embedding the family defines
-for retrieval (contracts.md), so similarity windows mean the same as in the paper for CLIP.
+for retrieval (`collm_hf.models.collm.vision_families`), so similarity windows mean the same as in the paper for CLIP.
 """
 
 import os

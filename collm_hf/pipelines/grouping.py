@@ -1,4 +1,4 @@
-"""Groups of similar images and the image pairs inside them (CoLLM §4.1, MTCIR; ../shared/docs/method.md).
+"""Groups of similar images and the image pairs inside them (CoLLM §4.1, MTCIR; docs/method.md).
 
 The paper forms groups of 6 similar images, each member's similarity to the group's *first* image lying in
 a window (0.5-0.95 with CLIP): below the window the images are unrelated, above it they are near-duplicates

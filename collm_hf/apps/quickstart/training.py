@@ -28,117 +28,51 @@ from ...models.collm.processing_collm import CoLLMProcessor
 class QuickstartRecipe:
     """Model sizes and training schedule of the quickstart.
 
-    The defaults come from the runs in docs/quickstart_history.md (each row of its tables is `collm-hf quickstart
-    --recipe JSON` away from the default of its round); README "Quickstart results" gives today's numbers.
+    Each field's comment gives the reason for its value; docs/quickstart_recipe.md gives the runs behind it and
+    the `collm-hf quickstart --recipe JSON` commands that repeat them.
     """
 
     world: WorldConfig = field(default_factory=WorldConfig)
-    # LLM width. 96 measured better at equal steps (seed 0, one thread, 800 + 2,100 steps, with "remove" edits drawn
-    # 3x as often in training, `{"world": {"training_edit_weights": {"remove": 6}}}`: recall@1 85.4 -> 87.8, "remove"
-    # 35 -> 49 %, error ratios 0.64 / 0.57 -> 0.48 / 0.53) but worse at equal time, which is what `time_budget_s`
-    # holds fixed: its steps cost ~25 % more (the same machine's budget-fitted seed-0 runs: recall@1 50.8 for 96 at
-    # 40 % of the steps vs 66.2 for 64 at 50 %). docs/quickstart_history.md.
+    # LLM width: wider is better per step but worse per second, and the time budget fixes the seconds.
     hidden_size: int = 64
-    vision_hidden_size: int = 128  # vision tower width
-    # The retrieval space (the tower's projection); None = vision_hidden_size. 64 (the LLM's width, so the query
-    # is not confined to a subspace of the targets' space) measured no better (docs/quickstart_history.md).
+    vision_hidden_size: int = 128  # vision tower width (and retrieval space); cheap at 48 px
+    # The retrieval space (the tower's projection); None = vision_hidden_size (64, the LLM's width, was no better).
     retrieval_size: int | None = None
-    vision_layers: int = 2
-    # Std of the tower's position embeddings at initialisation. CLIP draws them at 0.02, ~35x below the patch
-    # embeddings of these images (std ~0.7; this and the cosine below come from a throwaway probe), so a tower trained from scratch starts, and after the whole schedule
-    # stayed, nearly blind to *where* an object is (seed 0: the scene with an object moved to another cell at cosine
-    # 0.99996 from the right one; "move" queries 47 % recall@1). At 0.5, the patches' scale, recall@1 went 66.6 -> 79.4
-    # (move 47 -> 76 %, colour 70 -> 94 %). None keeps the family's initialisation.
+    vision_layers: int = 2  # 4 layers trained from scratch collapsed
+    # Position embeddings start at the patches' scale: CLIP's 0.02 leaves a new tower blind to where objects are.
     vision_position_std: float | None = 0.5
-    vision_heads: int = 4  # 8 or 16 (a head per grid cell) measured no better (docs/quickstart_history.md)
-    # LLM layers: a third one bought more than more steps did once the tower saw positions (seed 0, one thread:
-    # recall@1 79.4 -> 83.4, map@5 63.6 -> 73.1, sum fusion unchanged), for ~1.4x the step time.
-    text_layers: int = 3
+    vision_heads: int = 4  # 8 or 16 (a head per grid cell) were no better
+    text_layers: int = 3  # with position-aware images, a third LLM layer paid more than more steps
     vocab_size: int = 800  # BPE tokenizer trained on the world's vocabulary (whole words, a short prompt)
-    # Stage 1: pair pre-training with on-the-fly synthesis. Both stages are limited by optimizer steps more than
-    # by samples (seed 0, one thread: 192 groups x 250 triplet steps recall@1 33.8 vs 61.4 for 24 x 1,700), and more
-    # steps have kept paying. The step counts are caps that only a fast machine reaches within `time_budget_s`
-    # (below), where each stage otherwise runs for its share of the seconds: the eleventh round's machine ran the
-    # earlier caps, 800 + 2,100, in 292 s and scored better with these (docs/quickstart_history.md, eleventh
-    # round; README "Quickstart results"), while a machine half as fast stops near 800 + 2,100 on the budget. Stage
-    # 2 measured better per second than stage 1 (2 LLM layers: 800 pair + 2,650 triplet steps recall@1 86.8 and
-    # map@5 75.0 vs 79.4 / 63.6 for 1,300 + 2,000) but stage 1 cannot be cut (20 % of the seconds: error ratios
-    # 0.46 / 0.68 vs 0.47 / 0.59).
+    # Stage 1 step cap: more steps keep paying; within `time_budget_s` only a fast machine reaches it.
     pair_steps: int = 1600
-    pair_batch_size: int = 64
-    # Stage 1's augmentation t of the target before it is encoded as h': the random resized crop keeps this
-    # fraction of the area at least (the aspect ratio still varies 3/4-4/3). Objects sit on a 3x3 grid that the
-    # captions name, so strong crops blur "top left" vs "top" (measured, seed 0: 0.85 gave recall@1 60.2 vs 62.8).
+    pair_batch_size: int = 64  # 32 and 128 were no better
+    # Least area the stage-1 crop of the target keeps: captions name grid cells, which crops blur.
     pair_crop_min_area: float = 1.0
-    # Stage 2: triplet fine-tuning, groups_per_batch MTCIR-style groups (x edits_per_group triplets) per batch.
-    # Smaller batches for more steps in the same time: 24 x 2,400 as good as 48 x 1,700 (seed 0, one thread:
-    # recall@1 63.8 vs 65.6, map@5 65.8 vs 65.0, both after 1,600 pair steps) for ~60 % of the stage's time.
-    triplet_steps: int = 4800
-    groups_per_batch: int = 24
-    # 5e-4 for both stages: at 2e-3 the towers trained from scratch drift towards one embedding (seed 0, recall@1:
-    # 2e-3 32.0 and 1e-3 45.8 with the previous 24 groups x 1600 steps; 5e-4 60.2 and 3e-4 55.8 with 48 x 1000).
-    learning_rate: float = 5e-4
-    # Stage 2 can train the LLM side only, as the paper does with its pretrained tower; a tower trained from
-    # scratch for 800 pair steps is not good enough to freeze (measured with the previous recipe, seed 0: recall@1
-    # 13.2 frozen vs 32.0).
-    freeze_vision_in_triplet_stage: bool = False
-    warmup_steps: int = 30
-    weight_decay: float = 0.01
-    # Contrastive loss: a fixed inverse temperature (None = learnable from 1/0.07) and both directions; measured
-    # better than the learnable temperature and the one-way loss when both towers start from scratch. 100 rather
-    # than 50 (seed 0, with 4 image tokens): recall@1 65.0 vs 63.4, and sum fusion, the best baseline, 20.0 vs 34.4.
+    triplet_steps: int = 4800  # stage 2 (triplet fine-tuning) step cap, as `pair_steps`
+    groups_per_batch: int = 24  # MTCIR-style groups a batch: steps matter more than batch size
+    learning_rate: float = 5e-4  # higher rates collapse the towers trained from scratch; lower ones learn slower
+    freeze_vision_in_triplet_stage: bool = False  # a tower trained from scratch in stage 1 is not good enough to freeze
+    warmup_steps: int = 30  # a short warm-up for weights that start from scratch (not tuned)
+    weight_decay: float = 0.01  # mild decay (not tuned)
+    # Fixed inverse temperature (None: learnable from 1/0.07), better from scratch than learnable; 50, 200 no better.
     inverse_temperature: float | None = 100.0
-    two_way_loss: bool = True
-    loss_type: str = "info_nce"  # or "hn_nce" (`collm_hf.models.collm.losses.ContrastiveLossConfig`)
-    # Stage 2: the batch's reference images as negatives of every query (`ContrastiveLossConfig.reference_negatives`).
-    # The CIRCO-style gallery holds each query's reference, and without them it came among the first five results
-    # of 87 % of the colour / shape / size and 92 % of the position / background queries (seed 2, map@5 69.5; 79.3
-    # with the reference left out). With them, 72 % and 66 % (`examples/diagnose_quickstart.py`); at about
-    # the same schedule (720 + 2,100 steps against 760 + 2,100, seed 2, same machine) recall@1 86.8 -> 86.4, map@5
-    # 69.5 -> 70.1, error ratios 0.42 / 0.53 -> 0.37 / 0.50: a small gain within a single run's noise, kept because
-    # it aims at the benchmark's real failure (docs/quickstart_history.md).
+    two_way_loss: bool = True  # both directions trained better than one with both towers from scratch
+    loss_type: str = "info_nce"  # HN-NCE (`ContrastiveLossConfig`, the library default) was no better here
+    # Stage 2: the batch's references are negatives too, so queries leave their reference (CIRCO's gallery holds it).
     reference_negatives: bool = True
-    # Stage 2: a target that another row's sampled text describes too (same reference) is not that row's negative
-    # (`CoLLMTripletCollator.mask_shared_texts`; the world lists a sibling's loose text on every row it fits,
-    # `WorldConfig.sibling_loose_texts`). Without it, "remove one of the objects" was trained to prefer one removal
-    # over its twin in the same group, though both are right. Seed 3: error ratios 0.34 / 0.54 -> 0.29 / 0.48,
-    # "remove" recall@1 13.9 -> 29.2 %; seed 2 gave no clear answer (docs/quickstart_history.md, ninth round).
+    # Stage 2: a target that another row's text also describes is a right answer, not that row's negative.
     mask_shared_texts: bool = True
-    # Query layout: the prompt's instruction, image tokens per query, and how the LLM's states are pooled (measured,
-    # seed 0: mean pooling recall@1 49.4 vs 45.8 for the last token at learning rate 1e-3, and 79.4 vs 62.0 with
-    # today's tower; with the MLP adapter 4 image tokens gave 63.4 vs 62.8 for 1, within the run-to-run noise; 2 now,
-    # the width the linear adapter needs to pass the whole image embedding).
-    # No instruction line (None): an LLM trained from scratch gains nothing from tokens every query shares (their
-    # causal states are constant, and mean pooling averaged them in: 16 of a stage-2 query's 35 tokens) and paid
-    # for them in every step. Measured, seed 0, budget-fitted on the same slow machine: the step times fell (stage
-    # 2 0.25 -> 0.17 s with the pixel cache of `triplet_collator`), so the budget kept 90 % of the steps instead of
-    # 55 %, and recall@1 went 69.2 -> 82.2 against sum fusion 55.2 -> 43.2 (error ratios 0.69 / 0.68 -> 0.31 / 0.47).
+    # No instruction line: an LLM trained from scratch learns nothing from tokens every query shares, and pays for them.
     instruction: str | None = None
-    num_visual_tokens: int = 2
-    pooling: str = "mean"
-    # The adapter g: the MLP ("mlp", LLaVA's) squeezes the 128-wide image embedding through the LLM's 64-wide hidden
-    # layer; a linear map onto 2 tokens of 64 keeps all of it (seed 0: recall@1 63.4 -> 66.6, sum fusion 33.2 -> 51.6).
-    adapter_type: str = "linear"
-    # Seconds the whole cold run may take (the issue's 10 minutes, less a margin): training ends 30 s before it
-    # (`quickstart.EVALUATION_RESERVE_S`; saving, reloading and both benchmarks took 11-16 s on the tenth round's
-    # machine, 4-5 s on the eleventh's), so a run takes
-    # ~560-570 s. Where this machine is too slow for the steps above, the stages run out of seconds first
-    # (`pair_time_share`, `quickstart_schedule`). None = always run the steps above; so does `--llm` (a
-    # pretrained LLM is for those with time).
+    num_visual_tokens: int = 2  # 2 x 64 LLM dims carry the whole 128-wide image embedding (with the linear adapter)
+    pooling: str = "mean"  # learned better than the last token
+    adapter_type: str = "linear"  # the MLP squeezes the image embedding through the LLM's 64-wide hidden layer
+    # Seconds a cold run may take: 10 minutes less a margin (None, or `--llm`: run every step whatever the time).
     time_budget_s: float | None = 585.0
-    # Under the budget, stage 1 gets this share of the seconds left for training and stage 2 the rest
-    # (`quickstart_schedule`; each stops at its recipe steps if those come first). 800 pair steps took 45-47 % of the
-    # time of 800 + 2,100 on the eighth to tenth rounds' machine (0.30-0.38 s per pair step, 0.14-0.20 s per
-    # triplet step), so the share keeps that balance on a slow machine; on the eleventh round's (0.13 and 0.07 s)
-    # stage 1 reached its 1,600 steps in 199-240 s of its ~245 and stage 2 took the rest.
+    # Stage 1's share of the training seconds under the budget: the balance of the every-step runs on a slow machine.
     pair_time_share: float = 0.45
-    # Attention kernel of both towers while training. A throwaway probe (not kept) with the optimizer step on
-    # full-size batches measured eager faster (stage 1 0.45 -> 0.43 s, stage 2 0.25 -> 0.20 s per step); the
-    # repository's benchmark figure (`python examples/benchmark.py --quick --only quickstart`, forward + backward)
-    # later measured sdpa faster (`quickstart_eager_speedup` 0.88-0.94) on the same machine, whose speed swung ~25 %
-    # in the meantime. So the two are within this machine's noise; this round's runs used eager. The saved model
-    # keeps the library default.
-    attn_implementation: str = "eager"
+    attn_implementation: str = "eager"  # training only: as fast as sdpa at these sizes (saved models keep the default)
 
     def __post_init__(self):
         if not 0.0 < self.pair_time_share < 1.0:
@@ -151,7 +85,7 @@ class QuickstartRecipe:
     def tiny(cls, seed: int = 0) -> "QuickstartRecipe":
         """A reduced run for tests: a small world and a few steps (proves the plumbing, not the learning)."""
         return cls(world=WorldConfig.tiny(seed), pair_steps=4, pair_batch_size=16, triplet_steps=4, groups_per_batch=4,
-                   time_budget_s=120.0)  # the tiny run's limit (issue: under 2 minutes); it fits with room to spare
+                   time_budget_s=120.0)  # the tiny run's limit, under 2 minutes; it fits with room to spare
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -85,7 +85,7 @@ class CoLLMConfig(PreTrainedConfig):
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    # Which embedding of the tower is the gallery embedding (contracts.md); inferred from the tower's type.
+    # Which embedding of the tower is the gallery embedding (`vision_families.py`); inferred from the tower's type.
     vision_family: str | None = None
     # Output size of the tower's own projection layer (CLIP projection_dim, BLIP image_text_hidden_size).
     vision_projection_dim: int | None = None

@@ -181,7 +181,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
     # Gallery side: f(v)
     # ----------------------------------------------------------------------------------------------------------
     def get_image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Gallery / target embeddings `f(v)`, as the vision family defines them (contracts.md).
+        """Gallery / target embeddings `f(v)`, as the vision family defines them (`vision_families.py`).
 
         Args:
             pixel_values: (batch, channels, height, width) from the processor.

@@ -1,4 +1,4 @@
-"""On-the-fly triplet synthesis from image-caption pairs (CoLLM §3.2, §7; ../shared/docs/method.md).
+"""On-the-fly triplet synthesis from image-caption pairs (CoLLM §3.2, §7; docs/method.md).
 
 For each pair (v_i, w_i) of a batch, v_i is the *target*; a reference embedding and a modification text are
 synthesised inside the (global) batch:

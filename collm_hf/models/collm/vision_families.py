@@ -1,6 +1,6 @@
 """Vision tower families: which module is the tower, and which of its outputs is the gallery embedding.
 
-contracts.md fixes the gallery embedding per family, so that a CoLLM gallery equals what the source model
+The gallery embedding is fixed per family, so that a CoLLM gallery equals what the source model
 itself gives for retrieval:
 
 | family | tower (built from `vision_config`) | gallery embedding `f(v)` |
