@@ -2,7 +2,9 @@
 
     python dataset_scripts/build_cirr.py --source-dir RAW --images-dir IMAGES --output-dir OUT [--push-to-hub ORG/NAME]
 
-Run with --help for every flag. The logic lives in `collm_hf.data` (`build_cli.build_main("cirr", argv)`).
+Run with --help for every flag. The logic lives in `collm_hf.data`, the options in
+`collm_hf.apps.commands.build_dataset` (also `collm-hf build-dataset cirr ...`). A failed build prints one line
+naming every offending item and exits with status 2, leaving nothing at --output-dir.
 """
 
 import sys

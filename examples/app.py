@@ -7,13 +7,13 @@ As a Space: copy this file as `app.py`, put `collm-hf[demo]` in `requirements.tx
 hub id) in `--model` / $COLLM_MODEL. The logic lives in `collm_hf.apps.demo`.
 """
 
-import argparse
 import os
 import sys
 
+from collm_hf.apps.cli import run_script
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+def add_arguments(parser):
     parser.add_argument("--model", default=os.environ.get("COLLM_MODEL", os.path.join("collm-quickstart", "model")),
                         help="saved CoLLM folder or hub id (default: $COLLM_MODEL or collm-quickstart/model)")
     parser.add_argument("--gallery", default=os.environ.get("COLLM_GALLERY"),
@@ -27,21 +27,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860)")
-    return parser.parse_args(argv)
+
+
+def serve(args) -> int:
+    from collm_hf.apps.demo import build_demo, launch
+
+    demo = build_demo(args.model, args.gallery, images=args.images, k=args.k, device=args.device, seed=args.seed,
+                      config=args.config, split=args.split)
+    launch(demo, host=args.host, port=args.port)
+    return 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from collm_hf.apps.demo import build_demo, launch
-
-    try:
-        demo = build_demo(args.model, args.gallery, images=args.images, k=args.k, device=args.device, seed=args.seed,
-                          config=args.config, split=args.split)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"app.py: error: {error}", file=sys.stderr)
-        return 2
-    launch(demo, host=args.host, port=args.port)
-    return 0
+    """Build the demo and serve it; a missing model or gallery prints one line and exits with status 2."""
+    return run_script("app.py", add_arguments, serve, argv, __doc__)
 
 
 if __name__ == "__main__":

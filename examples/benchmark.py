@@ -8,17 +8,17 @@ Prints a table of the figures and their targets and writes them, with the sizes 
 (see `collm_hf.apps.benchmark`).
 """
 
-import argparse
 import json
 import os
 import sys
 from dataclasses import replace
 
+from collm_hf.apps.cli import run_script
 
-def parse_args(argv=None) -> argparse.Namespace:
+
+def add_arguments(parser):
     from collm_hf.apps.benchmark import FIGURES
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (under 3 minutes)")
     preset.add_argument("--smoke", action="store_true", help="tiny shapes, for tests")
@@ -29,11 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--llm-layers", type=int, help="layers of the SmolLM2-shaped LLM (30 = SmolLM2-135M)")
     parser.add_argument("--gallery-size", type=int, help="gallery rows for the search figure")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def benchmark(args) -> dict:
     import torch
 
     from collm_hf.apps.benchmark import BenchmarkSizes, format_table, run_benchmarks
@@ -53,6 +51,11 @@ def main(argv=None) -> dict:
             json.dump(result, handle, indent=2)
         os.replace(temp, args.json)
     return result
+
+
+def main(argv=None) -> dict:
+    """The figures and the sizes used (what `--json` writes)."""
+    return run_script("benchmark.py", add_arguments, benchmark, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -4,27 +4,30 @@ Examples:
     # pre-training on image-caption pairs, LoRA rank 64, HN-NCE, 2 GPUs
     torchrun --nproc_per_node 2 examples/train_collm.py pairs \\
         --vision_name_or_path openai/clip-vit-large-patch14 --llm_name_or_path Salesforce/SFR-Embedding-2_R \\
-        --dataset_name_or_path ./pairs_dataset --output_dir runs/pretrain --per_device_train_batch_size 64 --bf16 True
+        --dataset ./pairs_dataset --output_dir runs/pretrain --per_device_train_batch_size 64 --bf16 True
 
     # fine-tuning a saved CoLLM on MTCIR-style triplets (LoRA rank 16), resuming from the last checkpoint
-    python examples/train_collm.py triplets --model_name_or_path runs/pretrain --dataset_name_or_path ./mtcir \\
+    python examples/train_collm.py triplets --model runs/pretrain --dataset ./mtcir \\
         --output_dir runs/mtcir --resume_from_checkpoint latest
 
     # synthesis overhead (share of a training step spent assembling the synthesised queries)
     python examples/train_collm.py --measure-synthesis-overhead --size base --batch-size 64
 
 Every `TrainingArguments` option is accepted (`train_collm.py pairs --help` lists them all), or one JSON file
-with all options (`train_collm.py pairs options.json`). `accelerate launch` works the same way; so does
-`collm-hf train ...`.
+with all options (`train_collm.py pairs options.json`); `--model` / `--dataset` are short for
+`--model_name_or_path` / `--dataset_name_or_path`. `accelerate launch` works the same way; so does
+`collm-hf train ...` (`collm_hf.apps.commands.train`). A missing input or a bad option prints one line and exits
+with status 2; `train_collm.py --debug pairs ...` shows the traceback.
 """
 
 import sys
 
-from collm_hf.apps.commands.train import main as train_main
+from collm_hf.apps.cli import run_script
+from collm_hf.apps.commands import train
 
 
 def main(argv=None) -> int:
-    return train_main(argv)
+    return run_script("train_collm.py", train.add_arguments, train.run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -86,9 +86,9 @@ def test_reference_not_in_image_info_is_an_error(circo_raw, tmp_path, capsys):
     entries = json.loads((root / "annotations" / "val.json").read_text())
     entries[1]["gt_img_ids"] = [34, 123456]
     (root / "annotations" / "val.json").write_text(json.dumps(entries))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         build_script.main(["--source-dir", str(root), "--images-dir", str(images), "--output-dir", str(tmp_path / "o")])
-    assert "123456" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "123456" in capsys.readouterr().err
 
 
 def test_missing_gallery_images_named_and_nothing_written(circo_raw, tmp_path, capsys):
@@ -98,9 +98,9 @@ def test_missing_gallery_images_named_and_nothing_written(circo_raw, tmp_path, c
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         build_script.main(["--source-dir", str(root), "--images-dir", str(images), "--output-dir", str(out)])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "000000000042.jpg" in err and "000000000071.jpg" in err
+    assert "000000000042.jpg" in err and "000000000071.jpg" in err and len(err.splitlines()) == 1
     assert not out.exists()
     build_script.main(["--source-dir", str(root), "--images-dir", str(images), "--output-dir", str(out),
                        "--allow-missing"])

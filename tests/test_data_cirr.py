@@ -112,7 +112,7 @@ def test_refined_unknown_pairid_fails_clearly(cirr_raw, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_script.main(["--source-dir", str(source), "--images-dir", str(images), "--output-dir",
                            str(tmp_path / "out"), "--refined", str(refined)])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     assert "999" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -124,10 +124,10 @@ def test_missing_images_name_every_file_and_write_nothing(cirr_raw, tmp_path, ca
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         build_script.main(["--source-dir", str(source), "--images-dir", str(images), "--output-dir", str(out)])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"{splits['val'][1]}.png" in err and f"{splits['test1'][3]}.png" in err
-    assert f"./dev/{splits['val'][1]}.png" in str(exit_info.value)  # the file as the split file writes it
+    assert f"{splits['val'][1]}.png" in err and f"{splits['test1'][3]}.png" in err and len(err.splitlines()) == 1
+    assert f"./dev/{splits['val'][1]}.png" in err  # the file as the split file writes it
     assert not out.exists()
     assert {p.name for p in tmp_path.iterdir()} == {"cirr", "nlvr2"}  # no temporary folder left either
 

@@ -101,10 +101,10 @@ def test_refined_other_layouts_fail_clearly(fiq_raw, tmp_path, capsys, content):
     source, images, _ = fiq_raw
     refined = tmp_path / "refined.json"
     refined.write_text(json.dumps(content))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         build_script.main(["--source-dir", str(source), "--images-dir", str(images), "--output-dir",
                            str(tmp_path / "out"), "--refined", str(refined)])
-    assert "refined file" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "refined file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -116,7 +116,7 @@ def test_missing_images_are_never_silently_dropped(fiq_raw, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         build_script.main(["--source-dir", str(source), "--images-dir", str(images), "--output-dir", str(out)])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert all(f"{asin}.png" in err for asin in missing)
     assert not out.exists()

@@ -75,9 +75,9 @@ def test_mtcir_parent_folder_and_missing_image(llava_images, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:  # the LLaVA-Pretrain folder itself is accepted as --images-dir
         build_mtcir.main(["--source-dir", str(mtcir), "--images-dir", str(images.parent), "--output-dir", str(out)])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert rel[3] in err and rel[4] in err and "2 referenced image(s)" in err
+    assert rel[3] in err and rel[4] in err and "2 referenced image(s)" in err and len(err.splitlines()) == 1
     assert not out.exists()
     build_mtcir.main(["--source-dir", str(mtcir), "--images-dir", str(images.parent), "--output-dir", str(out),
                       "--allow-missing"])
@@ -144,8 +144,9 @@ def test_pairs_missing_images_named(llava_images, tmp_path, capsys):
     path = tmp_path / "captions.jsonl"
     path.write_text("".join(json.dumps({"image": r, "caption": "c"}) + "\n" for r in [*rel, "00009/nope.jpg"]))
     (images / rel[1]).unlink()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         build_pairs.main(["--source-dir", str(path), "--images-dir", str(images), "--output-dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "00009/nope.jpg" in err and rel[1] in err
     assert not (tmp_path / "o").exists()

@@ -30,7 +30,7 @@ def saved(tmp_path, tiny_model_and_processor):
 
 def test_dry_run_writes_the_upload(saved, capsys):
     out = saved / "upload"
-    code = _example().main([str(saved / "model"), "--repo-id", "me/collm-test", "--dry-run", str(out),
+    code = _example().main(["--model", str(saved / "model"), "--repo-id", "me/collm-test", "--dry-run", str(out),
                             "--metrics", str(saved / "metrics.json")])
     assert code == 0
     files = {p.name for p in out.iterdir()}
@@ -46,7 +46,7 @@ def test_dry_run_writes_the_upload(saved, capsys):
 
 def test_dry_run_folder_loads_without_the_package(saved):
     out = saved / "upload"
-    _example().main([str(saved / "model"), "--repo-id", "me/collm-test", "--dry-run", str(out)])
+    _example().main(["--model", str(saved / "model"), "--repo-id", "me/collm-test", "--dry-run", str(out)])
     script = (
         "import sys; sys.modules['collm_hf'] = None\n"  # the package is unavailable: code comes from the folder
         "import torch\nfrom transformers import AutoModel, AutoProcessor\n"
@@ -79,11 +79,20 @@ def test_push_uses_upload_folder(saved, monkeypatch):
     assert "model.safetensors" in calls["files"] and "README.md" in calls["files"]
 
 
-def test_errors_are_clear(saved, tmp_path):
+def test_errors_are_clear(saved, tmp_path, capsys):
     example = _example()
-    assert example.main([str(tmp_path / "nothing"), "--repo-id", "me/x", "--dry-run", str(tmp_path / "o")]) == 2
+
+    def error_line(argv) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            example.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    assert "nothing" in error_line(["--model", str(tmp_path / "nothing"), "--repo-id", "me/x", "--dry-run",
+                                    str(tmp_path / "o")])
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")
-    assert example.main([str(saved / "model"), "--repo-id", "me/x", "--dry-run", str(busy)]) == 2
+    assert "busy" in error_line(["--model", str(saved / "model"), "--repo-id", "me/x", "--dry-run", str(busy)])
     assert (busy / "keep.txt").is_file()

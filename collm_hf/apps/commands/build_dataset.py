@@ -2,14 +2,17 @@
 
 Every builder takes the same flags (`--source-dir`, `--images-dir`, `--output-dir`, `--push-to-hub`,
 `--no-images`, `--allow-missing`, ...) plus its own (`--refined` for CIRR and Fashion-IQ, `--image-info`
-for CIRCO). A failed build prints one error naming every offending item and exits with status 1; nothing
-is left at `--output-dir`.
+for CIRCO). A failed build (missing or unreadable images, malformed annotations, an output folder in the way) is
+a user error (`collm_hf.apps.cli`): one line naming every offending item, exit status 2; Ctrl-C or SIGTERM exits
+with 130. Either way nothing is left at `--output-dir`.
 """
 
 import argparse
 import signal
 import sys
 import threading
+
+from ..cli import require_path, run_script
 
 BUILDERS = {
     "cirr": "CIRR (rc2): captions/ + image_splits/ -> queries, gallery (+ queries_refined)",
@@ -18,14 +21,6 @@ BUILDERS = {
     "mtcir": "MTCIR: mtcir.jsonl + LLaVA-Pretrain images -> triplets, images",
     "pairs": "image-caption pairs: captions .json/.jsonl/.csv/.tsv + images folder -> pairs",
 }
-
-
-class BuildFailed(SystemExit):
-    """A failed build, as `SystemExit`: `code` is the exit status (1, or 130 on Ctrl-C), `str()` the message."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
 
 
 def add_build_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -85,27 +80,25 @@ def run_build(name: str, args: argparse.Namespace):
 
 
 def build_main(name: str, argv=None) -> int:
-    """`main(argv)` of `dataset_scripts/build_<name>.py`: 0 on success; on a failed build, print the error
-    and raise `SystemExit(1)` (status 130 on Ctrl-C); in both failure cases nothing is left at --output-dir."""
-    parser = argparse.ArgumentParser(prog=f"build_{name}.py", description=BUILDERS[name])
-    add_build_arguments(parser, name)
-    args = parser.parse_args(argv)
-    return _run_reporting(name, args)
+    """`main(argv)` of `dataset_scripts/build_<name>.py`: 0 on success; a failed build prints one line and raises
+    `SystemExit(2)` (130 on Ctrl-C), leaving nothing at --output-dir."""
+    return run_script(f"build_{name}.py", lambda parser: add_build_arguments(parser, name),
+                      lambda args: _run(name, args), argv, BUILDERS[name])
 
 
-def _run_reporting(name: str, args: argparse.Namespace) -> int:
-    from ...data._build import DatasetBuildError
-    from ...data.writer import DatasetWriteError, HubPushError
-
+def _run(name: str, args: argparse.Namespace) -> int:
+    require_path(args.source_dir, "--source-dir")
+    for option, value, kind in (("--images-dir", args.images_dir, "folder"),
+                                ("--refined", getattr(args, "refined", None), "file"),
+                                ("--image-info", getattr(args, "image_info", None), "file")):
+        if value is not None:
+            require_path(value, option, kind)
     previous = _terminate_as_interrupt()
     try:
         folder = run_build(name, args)
-    except (DatasetBuildError, DatasetWriteError, HubPushError, FileExistsError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise BuildFailed(f"error: {error}", code=1) from error
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
-        raise BuildFailed("interrupted: nothing was written", code=130) from None
+        raise SystemExit(130) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -124,7 +117,7 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-# `collm-hf build-dataset <name> ...` (collm_hf/cli.py SUBCOMMANDS entry)
+# `collm-hf build-dataset <name> ...` (an entry of `collm_hf.apps.cli.SUBCOMMANDS`)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="builder", required=True)
     for name, help_text in BUILDERS.items():
@@ -132,4 +125,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return _run_reporting(args.builder, args)
+    return _run(args.builder, args)

@@ -1,21 +1,21 @@
 """`collm-hf search` and `collm-hf index`: composed image retrieval from the terminal.
 
-    collm-hf index  --model M --dataset D --output I                       # embed a gallery once (progress bar)
+    collm-hf index  --model M --dataset D --output-dir I                    # embed a gallery once (progress bar)
     collm-hf search --model M --index I --image ref.png --text "make it blue" [-k 10] [--json]
 
 `--index` takes the folder `collm-hf index` wrote, or a gallery dataset directly (embedded on the fly).
 Either of `--image` / `--text` may be left out for an image-only or text-only query. Bad input (a missing or
-unreadable image, a query with neither part, a model that does not match the index) ends with one clear
-error line and exit status 2, not a traceback. `collm_hf/index_cli.py` registers `index` with `collm_hf.apps.cli`.
+unreadable image, a query with neither part, a model that does not match the index) is a user error
+(`collm_hf.apps.cli`): one line naming it, exit status 2. `commands/index.py` registers `index`.
 """
 
 import argparse
 import json
 import os
-import sys
+
+from ..cli import UsageError, require_dataset, require_path
 
 DEFAULT_MODEL = os.path.join("collm-quickstart", "model")  # = collm_hf.apps.search.DEFAULT_MODEL (not imported: heavy)
-EXIT_BAD_INPUT = 2
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -44,35 +44,29 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `collm-hf index`."""
     _add_common(parser)
     parser.add_argument("--dataset", required=True, help="gallery dataset (`image_id`, `image`): folder, Parquet or hub id")
-    parser.add_argument("--output", required=True, help="index folder to write")
+    parser.add_argument("--output-dir", required=True, help="index folder to write")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def _fail(command: str, error: Exception) -> int:
-    print(f"collm-hf {command}: error: {error}", file=sys.stderr)
-    return EXIT_BAD_INPUT
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `collm-hf search`: print the top-k gallery ids with their scores (a table, or JSON)."""
-    from ...models.collm.image_io import ImageReadError
-    from ..search import GallerySearcher, SearchInputError, query_mode
+    from ..search import GallerySearcher, query_mode, read_query_image
 
     text = args.text if args.text is not None and args.text.strip() else None
     if args.text is not None and text is None and args.image is None:
-        return _fail("search", SearchInputError("--text is empty and no --image is given: nothing to search for."))
-    try:
-        mode = query_mode(args.image is not None, text is not None)
-        if args.k < 1:
-            raise SearchInputError(f"-k must be a positive integer, got {args.k}.")
-        if args.image is not None and not os.path.isfile(args.image):
-            raise FileNotFoundError(f"--image {args.image!r}: no such file.")
-        searcher = GallerySearcher.from_pretrained(args.model, args.index, device=args.device, batch_size=args.batch_size,
-                                                   show_progress=not args.json, config=args.config, split=args.split)
-        hits = searcher.search(image=args.image, text=text, k=args.k, exclude_ids=args.exclude,
-                               exclude_reference=args.exclude_reference)
-    except (FileNotFoundError, ImageReadError, SearchInputError) as error:
-        return _fail("search", error)
+        raise UsageError("--text is empty and no --image is given: nothing to search for.")
+    mode = query_mode(args.image is not None, text is not None)
+    if args.k < 1:
+        raise UsageError(f"-k must be a positive integer, got {args.k}.")
+    image = None
+    if args.image is not None:  # read before the model loads: a bad file is reported at once
+        require_path(args.image, "--image", "file")
+        image = read_query_image(args.image)
+    require_dataset(args.index, "--index")
+    searcher = GallerySearcher.from_pretrained(args.model, args.index, device=args.device, batch_size=args.batch_size,
+                                               show_progress=not args.json, config=args.config, split=args.split)
+    hits = searcher.search(image=image, text=text, k=args.k, exclude_ids=args.exclude,
+                           exclude_reference=args.exclude_reference)
     if args.json:
         print(json.dumps({
             "query": {"image": args.image, "text": text, "mode": mode},
@@ -90,21 +84,19 @@ def run(args: argparse.Namespace) -> int:
 def run_index(args: argparse.Namespace) -> int:
     """Run `collm-hf index`: embed the gallery with the model's vision side and save the index folder."""
     from ...evaluation.index import GalleryIndex
-    from ..search import SearchInputError, load_gallery, load_model_and_processor, save_index
+    from ..search import load_gallery, load_model_and_processor, save_index
 
-    try:
-        model, processor = load_model_and_processor(args.model, args.device)
-        gallery = load_gallery(args.dataset, config=args.config, split=args.split)
-    except (FileNotFoundError, SearchInputError) as error:
-        return _fail("index", error)
+    require_dataset(args.dataset, "--dataset")
+    gallery = load_gallery(args.dataset, config=args.config, split=args.split)
+    model, processor = load_model_and_processor(args.model, args.device)
     index = GalleryIndex.from_dataset(gallery, model, processor, batch_size=args.batch_size,
                                       show_progress=not args.no_progress)
     local = os.path.exists(args.dataset)
     source = {"dataset": os.path.abspath(args.dataset) if local else args.dataset, "config": args.config,
               "split": args.split,
               "model": os.path.abspath(args.model) if os.path.exists(args.model) else args.model}
-    save_index(index, args.output, source=source)
-    print(f"Indexed {len(index)} gallery images ({index.dim}-d) into {args.output}")
+    save_index(index, args.output_dir, source=source)
+    print(f"Indexed {len(index)} gallery images ({index.dim}-d) into {args.output_dir}")
     return 0
 
 

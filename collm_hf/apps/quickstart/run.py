@@ -1,4 +1,4 @@
-"""`collm-hf quickstart`: the whole system on one machine, nothing to download, and proof that it composes.
+"""The quickstart: the whole system on one machine, nothing to download, and proof that it composes.
 
     synthetic world --> stage 1: pair pre-training (on-the-fly synthesis) --> save DIR/model_pairs_only
                     --> stage 2: triplet fine-tuning --> save DIR/model (safetensors) --> AutoModel reload
@@ -6,7 +6,8 @@
                         pairs-only and chance --> table, DIR/metrics.json, DIR/retrievals.png, DIR/model/README.md
 
 A second run with the same options finds DIR/model (its `quickstart.json` records seed, recipe and LLM) and
-only evaluates. Example: `collm-hf quickstart --output-dir runs/qs --seed 0`.
+only evaluates. The command line (`collm-hf quickstart --output-dir runs/qs --seed 0`) is
+`collm_hf.apps.commands.quickstart`.
 """
 
 import json
@@ -26,52 +27,6 @@ EVALUATION_RESERVE_S = 30
 # A stage still running this many seconds before the budget's end stops there, after the step under way (a step
 # that overran its stage's seconds by far): what evaluation needs, with a little margin.
 HARD_STOP_BEFORE_END_S = 20
-
-
-def add_arguments(parser):
-    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the world, models and results go")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the model and the training")
-    parser.add_argument("--llm", default=None, help="a pretrained LLM folder or id to use instead of the tiny Llama")
-    parser.add_argument("--tiny", action="store_true", help="a reduced run (small world, a few steps) for tests")
-    parser.add_argument("--retrain", action="store_true", help="train again even if DIR/model matches")
-    parser.add_argument("--recipe", default=None, metavar="JSON",
-                        help='override recipe fields (QuickstartRecipe), e.g. \'{"pair_steps": 250, "world": {"max_objects": 2}}\'')
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-# What the quickstart imports beyond the base install (the `train` and `eval` extras, plus jinja2 for the card).
-NEEDED_MODULES = {"datasets": "datasets", "evaluate": "evaluate", "accelerate": "accelerate", "jinja2": "jinja2"}
-
-
-def check_dependencies():
-    """Raise one clear error naming every missing package (instead of a deep ImportError mid-run)."""
-    import importlib.util
-
-    missing = [pip for module, pip in NEEDED_MODULES.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        raise SystemExit(f"collm-hf quickstart needs {', '.join(missing)}: pip install 'collm-hf[quickstart]'")
-
-
-def run(args) -> int:
-    check_dependencies()
-    recipe = None
-    if args.recipe:
-        from .training import QuickstartRecipe
-
-        try:
-            overrides = json.loads(args.recipe)
-        except ValueError as error:
-            raise SystemExit(f"--recipe is not valid JSON ({error}): {args.recipe!r}")
-        if not isinstance(overrides, dict):
-            raise SystemExit(f"--recipe must be a JSON object of recipe fields, got {args.recipe!r}")
-        base = QuickstartRecipe.tiny(args.seed) if args.tiny else QuickstartRecipe()
-        try:
-            recipe = base.with_overrides(overrides)
-        except (TypeError, ValueError) as error:
-            raise SystemExit(f"--recipe: {error}")
-    run_quickstart(args.output_dir, seed=args.seed, llm=args.llm, tiny=args.tiny, retrain=args.retrain,
-                   show_progress=not args.no_progress, recipe=recipe)
-    return 0
 
 
 def _write_json(path: Path, data: dict):
@@ -302,4 +257,4 @@ def _card_description(seed: int, recipe, llm, schedule: dict | None = None) -> s
     )
 
 
-__all__ = ["run_quickstart", "add_arguments", "run"]
+__all__ = ["run_quickstart"]
