@@ -17,7 +17,7 @@ from collm_hf.pipelines.generation import (
     parse_modifications,
 )
 from collm_hf.pipelines.grouping import group_images, pairs_from_groups, pairs_in_group
-from collm_hf.pipelines.mtcir import MTCIROptions, build_mtcir
+from collm_hf.pipelines.mtcir import MTCIROptions, generate_mtcir
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_build_counts_retries_drops_privacy_and_card(tmp_path):
     captions = {1: "a broken scene", 7: "a hopeless scene", 8: "a hopeless scene too", 9: "a hopeless one",
                 10: "hopeless four", 11: "hopeless five", 6: "hopeless six", 2: "a person scene"}
     pairs = _pairs_dataset(12, captions)
-    report = build_mtcir(pairs, FixedEmbedder(_clustered(2)), ScriptedGenerator(), tmp_path / "out",
+    report = generate_mtcir(pairs, FixedEmbedder(_clustered(2)), ScriptedGenerator(), tmp_path / "out",
                          options=MTCIROptions(low=0.0, high=0.999, shard_size=4, max_retries=1))
     assert report.num_groups == 2 and report.num_pairs == 18
     assert report.num_pairs_kept == 9  # the second group is all hopeless
@@ -252,28 +252,28 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     pairs, embeds = _pairs_dataset(24, {3: "a broken one"}), _clustered(4)
     options = MTCIROptions(low=0.0, high=0.999, shard_size=5, max_retries=1)
     full = ScriptedGenerator()
-    build_mtcir(pairs, FixedEmbedder(embeds), full, tmp_path / "full", options=options)
+    generate_mtcir(pairs, FixedEmbedder(embeds), full, tmp_path / "full", options=options)
 
     with pytest.raises(Killed):
-        build_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(kill_after_calls=4), tmp_path / "resumed",
+        generate_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(kill_after_calls=4), tmp_path / "resumed",
                     options=options)
     assert not (tmp_path / "resumed").exists()  # nothing half-written at the destination
     assert len(list((tmp_path / "resumed.work").glob("run-*/shards/shard-*.json"))) >= 2
     second = ScriptedGenerator()
-    build_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "resumed", options=options)
+    generate_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "resumed", options=options)
     assert second.prompts < full.prompts  # finished shards were not generated again
     for config in ("triplets", "images"):
         assert _rows(tmp_path / "resumed", config) == _rows(tmp_path / "full", config)
     # Other settings get their own run folder (nothing mixes in); the embeddings are computed once.
     runs_before = set((tmp_path / "resumed.work").glob("run-*"))
     counting = CountingEmbedder(embeds)
-    build_mtcir(pairs, counting, ScriptedGenerator(), tmp_path / "resumed", options=MTCIROptions(low=0.1, high=0.999))
+    generate_mtcir(pairs, counting, ScriptedGenerator(), tmp_path / "resumed", options=MTCIROptions(low=0.1, high=0.999))
     assert len(set((tmp_path / "resumed.work").glob("run-*")) - runs_before) == 1 and counting.calls == 0
 
 
 def test_no_group_in_the_window_names_the_similarities(tmp_path):
     with pytest.raises(ValueError, match="quantiles"):
-        build_mtcir(_pairs_dataset(12), FixedEmbedder(_clustered(2)), ScriptedGenerator(), tmp_path / "out",
+        generate_mtcir(_pairs_dataset(12), FixedEmbedder(_clustered(2)), ScriptedGenerator(), tmp_path / "out",
                     options=MTCIROptions(low=0.0, high=0.1))
 
 
@@ -282,7 +282,7 @@ def test_bad_pairs_dataset_is_named(tmp_path):
                                {"image_id": "x", "image": Image.new("RGB", (8, 8)), "caption": "b"}],
                               features=Features(PAIRS_FEATURES))
     with pytest.raises(ValueError, match="duplicated image_id.*x"):
-        build_mtcir(pairs, FixedEmbedder(_clustered(1)), ScriptedGenerator(), tmp_path / "out")
+        generate_mtcir(pairs, FixedEmbedder(_clustered(1)), ScriptedGenerator(), tmp_path / "out")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -302,10 +302,10 @@ def load_script(name):
 
 
 @pytest.mark.smollm2
-def test_make_mtcir_cli_with_real_smollm2(tmp_path, smollm2_path, tiny_model_and_processor, single_thread):
+def test_generate_mtcir_cli_with_real_smollm2(tmp_path, smollm2_path, tiny_model_and_processor, single_thread):
     from collm_hf.data.writer import write_dataset
 
-    make_mtcir = load_script("make_mtcir")
+    generate_script = load_script("generate_mtcir")
 
     model, processor = tiny_model_and_processor
     model.save_pretrained(tmp_path / "collm")
@@ -314,10 +314,10 @@ def test_make_mtcir_cli_with_real_smollm2(tmp_path, smollm2_path, tiny_model_and
     rows = [{"image_id": str(i), "image": Image.new("RGB", (32, 32), (60 * i, 90, 200 - 40 * i)),
              "caption": f"a {colour} car parked on a street"} for i, colour in enumerate(colours)]
     write_dataset(tmp_path / "pairs", {"pairs": {"train": rows}}, {"pairs": PAIRS_FEATURES})
-    report = make_mtcir.main(["--pairs", str(tmp_path / "pairs"), "--vision", str(tmp_path / "collm"),
-                              "--generator", smollm2_path, "--output-dir", str(tmp_path / "mtcir"),
-                              "--group-size", "2", "--low", "-1", "--high", "1", "--max-retries", "0",
-                              "--max-new-tokens", "40", "--batch-size", "1"])
+    report = generate_script.main(["--pairs", str(tmp_path / "pairs"), "--vision", str(tmp_path / "collm"),
+                                   "--generator", smollm2_path, "--output-dir", str(tmp_path / "mtcir"),
+                                   "--group-size", "2", "--low", "-1", "--high", "1", "--max-retries", "0",
+                                   "--max-new-tokens", "40", "--batch-size", "1"])
     assert report["num_groups"] == 1 and report["num_pairs"] == 1
     assert sum(report["reply_status"].values()) == 1  # every pair got a real reply, parsed or rejected
     card = (tmp_path / "mtcir" / "README.md").read_text()
@@ -335,7 +335,7 @@ import sys, time, importlib.util, torch
 from datasets import load_dataset
 spec = importlib.util.spec_from_file_location("helpers", sys.argv[1]); helpers = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(helpers)
-from collm_hf.pipelines.mtcir import MTCIROptions, build_mtcir
+from collm_hf.pipelines.mtcir import MTCIROptions, generate_mtcir
 
 class Slow(helpers.ScriptedGenerator):
     def generate(self, conversations, attempt=0):
@@ -343,7 +343,7 @@ class Slow(helpers.ScriptedGenerator):
         return super().generate(conversations, attempt)
 
 pairs = load_dataset(sys.argv[2], "pairs", split="train", download_mode="force_redownload")
-build_mtcir(pairs, helpers.FixedEmbedder(torch.load(sys.argv[3])), Slow(), sys.argv[4],
+generate_mtcir(pairs, helpers.FixedEmbedder(torch.load(sys.argv[3])), Slow(), sys.argv[4],
             options=MTCIROptions(low=0.0, high=0.999, shard_size=3, max_retries=1))
 """
 
@@ -363,7 +363,7 @@ def test_sigkill_during_generation_then_resume_equals_uninterrupted(tmp_path):
                   {"pairs": PAIRS_FEATURES})
     pairs = load_dataset(str(tmp_path / "pairs"), "pairs", split="train", download_mode="force_redownload")
     options = MTCIROptions(low=0.0, high=0.999, shard_size=3, max_retries=1)
-    build_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "full", options=options)
+    generate_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "full", options=options)
 
     child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, __file__, str(tmp_path / "pairs"),
                               str(tmp_path / "embeds.pt"), str(tmp_path / "killed")])
@@ -376,7 +376,7 @@ def test_sigkill_during_generation_then_resume_equals_uninterrupted(tmp_path):
     done = len(list((tmp_path / "killed.work").glob("run-*/shards/shard-*.json")))
     assert not (tmp_path / "killed").exists() and done < 9  # killed mid-way (9 shards in all)
     resumed = ScriptedGenerator()
-    build_mtcir(pairs, FixedEmbedder(embeds), resumed, tmp_path / "killed", options=options)
+    generate_mtcir(pairs, FixedEmbedder(embeds), resumed, tmp_path / "killed", options=options)
     assert 0 < resumed.calls
     for config in ("triplets", "images"):
         assert _rows(tmp_path / "killed", config) == _rows(tmp_path / "full", config)
@@ -385,8 +385,8 @@ def test_sigkill_during_generation_then_resume_equals_uninterrupted(tmp_path):
 def test_image_embedder_from_a_vision_checkpoint_equals_the_source_model(tmp_path, rgb_images):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from collm_hf.testing_utils import VISION_CONFIGS, tiny_image_processor
     from collm_hf.pipelines.embedding import ImageEmbedder
+    from collm_hf.testing_utils import VISION_CONFIGS, tiny_image_processor
 
     torch.manual_seed(0)
     config = CLIPVisionConfig(**{k: v for k, v in VISION_CONFIGS["clip"].items() if k != "model_type"})
@@ -405,13 +405,13 @@ def test_image_embedder_from_a_vision_checkpoint_equals_the_source_model(tmp_pat
 def test_workers_share_the_shards_and_the_last_one_writes(tmp_path):
     pairs, embeds = _pairs_dataset(18), _clustered(3)
     options = MTCIROptions(low=0.0, high=0.999, shard_size=4, max_retries=0)
-    build_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "single", options=options)
+    generate_mtcir(pairs, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "single", options=options)
     first, second = ScriptedGenerator(), ScriptedGenerator()
-    report = build_mtcir(pairs, FixedEmbedder(embeds), first, tmp_path / "shared", options=options, worker=(0, 2))
+    report = generate_mtcir(pairs, FixedEmbedder(embeds), first, tmp_path / "shared", options=options, worker=(0, 2))
     assert report.missing_shards == 3 and not (tmp_path / "shared").exists()  # 7 shards: 0, 2, 4, 6 done
-    report = build_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "shared", options=options, worker=(1, 2))
+    report = generate_mtcir(pairs, FixedEmbedder(embeds), second, tmp_path / "shared", options=options, worker=(1, 2))
     assert report.missing_shards == 0 and first.calls == 4 and second.calls == 3
     for config in ("triplets", "images"):
         assert _rows(tmp_path / "shared", config) == _rows(tmp_path / "single", config)
     with pytest.raises(ValueError, match="worker index"):
-        build_mtcir(pairs, FixedEmbedder(embeds), first, tmp_path / "bad", options=options, worker=(2, 2))
+        generate_mtcir(pairs, FixedEmbedder(embeds), first, tmp_path / "bad", options=options, worker=(2, 2))

@@ -1,4 +1,6 @@
-"""Build an MTCIR-style triplet dataset from image-caption pairs, for any domain (CoLLM §4.1).
+"""Generate an MTCIR-style triplet dataset from image-caption pairs, for any domain (CoLLM §4.1).
+
+This makes a new dataset with an LLM; `collm_hf.data.mtcir.build_mtcir` builds the official MTCIR from its files.
 
     pairs (image_id, image, caption)
       --ImageEmbedder-->  embeddings                      work_dir/embeddings-<embedder, images>.pt
@@ -18,7 +20,7 @@ text of that category in `modifications`; `direction` is "forward" (a -> b) or "
 `images` holds each image used once, with its original bytes.
 
 Example:
-    >>> report = build_mtcir(pairs, embedder, generator, "out/mtcir")  # doctest: +SKIP
+    >>> report = generate_mtcir(pairs, embedder, generator, "out/mtcir")  # doctest: +SKIP
     >>> report.category_counts  # doctest: +SKIP
     {'attribute': 812, 'object_added': 390, ...}
 """
@@ -34,9 +36,10 @@ import torch
 from datasets import Image
 from tqdm.auto import tqdm
 
-from ..utils.atomic import atomic_write, atomic_write_text
+from ..data import DatasetBuildError
 from ..data.schema import IMAGES_CONFIG, TRIPLETS_CONFIG, triplet_features
 from ..data.writer import write_dataset
+from ..utils.atomic import atomic_write, atomic_write_text
 from .generation import (
     CATEGORIES,
     DEFAULT_WORD_LIMIT,
@@ -57,7 +60,7 @@ from .grouping import (
 
 @dataclass
 class MTCIROptions:
-    """How to build (the flags of `dataset_scripts/make_mtcir.py`).
+    """How to generate (the flags of `dataset_scripts/generate_mtcir.py`).
 
     Args:
         group_size: images per group (6 in the paper); smaller groups are dropped.
@@ -83,7 +86,7 @@ class MTCIROptions:
 
 @dataclass
 class MTCIRReport:
-    """Counts of a build (also rendered into the dataset card)."""
+    """Counts of a generation run (also rendered into the dataset card)."""
 
     num_images: int = 0
     num_groups: int = 0
@@ -121,7 +124,7 @@ def _digest(value) -> str:
 def _check_pairs(pairs) -> tuple[list[str], list[str]]:
     missing = [name for name in ("image_id", "image", "caption") if name not in pairs.column_names]
     if missing:
-        raise ValueError(f"the pairs dataset lacks column(s) {missing}; it has {pairs.column_names}")
+        raise DatasetBuildError(f"the pairs dataset lacks column(s) {missing}; it has {pairs.column_names}")
     ids, captions = [str(i) for i in pairs["image_id"]], list(pairs["caption"])
     seen, repeated = set(), []
     for image_id in ids:
@@ -129,10 +132,10 @@ def _check_pairs(pairs) -> tuple[list[str], list[str]]:
             repeated.append(image_id)
         seen.add(image_id)
     if repeated:
-        raise ValueError(f"duplicated image_id(s) in the pairs dataset: {repeated[:20]}")
+        raise DatasetBuildError(f"duplicated image_id(s) in the pairs dataset: {repeated[:20]}")
     empty = [image_id for image_id, text in zip(ids, captions) if not isinstance(text, str) or not text.strip()]
     if empty:
-        raise ValueError(f"image(s) without a caption: {empty[:20]}")
+        raise DatasetBuildError(f"image(s) without a caption: {empty[:20]}")
     return ids, captions
 
 
@@ -319,9 +322,9 @@ def _card(report: MTCIRReport, options: MTCIROptions, generator_info: dict, embe
                            "written by an instruct LLM from the captions of pairs of similar images."}
 
 
-def build_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
-                options: MTCIROptions | None = None, progress: bool = False, push_to_hub: str | None = None,
-                worker: tuple[int, int] = (0, 1)) -> MTCIRReport:
+def generate_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
+                   options: MTCIROptions | None = None, progress: bool = False, push_to_hub: str | None = None,
+                   worker: tuple[int, int] = (0, 1)) -> MTCIRReport:
     """The whole pipeline: pairs dataset -> MTCIR-style dataset folder (`triplets` + `images`, with a card).
 
     Args:
@@ -354,9 +357,9 @@ def build_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, work_
     report = MTCIRReport(num_images=len(plan["image_ids"]), num_groups=len(plan["groups"]), num_pairs=len(plan["pairs"]),
                          similarity_quantiles=plan.get("similarity_quantiles", {}))
     if not plan["pairs"]:
-        raise ValueError(f"no group of {options.group_size} images has every member's similarity to its first image in "
-                         f"[{options.low}, {options.high}]; image similarities have quantiles "
-                         f"{report.similarity_quantiles}: choose the window from them (--low / --high)")
+        raise DatasetBuildError(f"no group of {options.group_size} images has every member's similarity to its first "
+                                f"image in [{options.low}, {options.high}]; image similarities have quantiles "
+                                f"{report.similarity_quantiles}: choose the window from them (--low / --high)")
     generate_shards(plan, generator, options, run_dir, progress, worker)
     report.missing_shards = len(_missing_shards(plan, options, run_dir))
     if report.missing_shards:

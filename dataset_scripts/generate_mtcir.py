@@ -1,25 +1,26 @@
-"""Image-caption pairs -> an MTCIR-style triplet dataset, with any vision tower and any instruct LLM.
+"""Generate an MTCIR-style triplet dataset from image-caption pairs, with any vision tower and any instruct LLM.
 
-    python dataset_scripts/make_mtcir.py --pairs data/pairs --vision openai/clip-vit-base-patch32 \
+    python dataset_scripts/generate_mtcir.py --pairs data/pairs --vision openai/clip-vit-base-patch32 \
         --generator HuggingFaceTB/SmolLM2-1.7B-Instruct --output-dir data/mtcir
 
 A killed run continues where it stopped when run again with the same arguments (work in `<output-dir>.work`).
 Several GPUs: start one process per GPU with the same arguments plus `--num-workers N --worker-index K
---device cuda:K`; the last one to finish writes the dataset. The logic lives in `collm_hf.pipelines.mtcir`.
+--device cuda:K`; the last one to finish writes the dataset. The logic lives in
+`collm_hf.pipelines.mtcir.generate_mtcir` (`dataset_scripts/build_mtcir.py` builds the official MTCIR instead).
 """
 
-import argparse
 import json
 from dataclasses import asdict
+
+from collm_hf.apps.cli import UsageError, require_dataset, require_model, run_script
 
 DEFAULT_RESPONSE_PREFIX = '{"modifications": [{"category": "'
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_arguments(parser):
     from collm_hf.pipelines.mtcir import MTCIROptions
 
     defaults = MTCIROptions()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", required=True, help="pairs dataset (folder or hub id; image_id, image, caption)")
     parser.add_argument("--pairs-config", default="pairs", help="its config name")
     parser.add_argument("--split", default="train", help="its split")
@@ -46,17 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=1,
                         help="processes sharing the generation (e.g. one per GPU), each run with its --worker-index")
     parser.add_argument("--worker-index", type=int, default=0)
-    return parser
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+def generate(args) -> dict:
     from datasets import load_dataset
 
     from collm_hf.pipelines.embedding import ImageEmbedder
     from collm_hf.pipelines.generation import TransformersGenerator
-    from collm_hf.pipelines.mtcir import MTCIROptions, build_mtcir
+    from collm_hf.pipelines.mtcir import MTCIROptions, generate_mtcir
 
+    if not 0 <= args.worker_index < args.num_workers:
+        raise UsageError(f"--worker-index {args.worker_index} is not in [0, --num-workers {args.num_workers})")
+    require_dataset(args.pairs, "--pairs", (args.pairs_config,))
+    require_model(args.vision, "--vision")
+    require_model(args.generator, "--generator")
     options = MTCIROptions(group_size=args.group_size, low=args.low, high=args.high, num_candidates=args.num_candidates,
                            shard_size=args.shard_size, max_retries=args.max_retries, word_limit=args.word_limit,
                            privacy_filter=not args.no_privacy_filter, max_pairs=args.max_pairs)
@@ -64,10 +68,15 @@ def main(argv=None) -> dict:
     embedder = ImageEmbedder.from_pretrained(args.vision, batch_size=args.embed_batch_size, device=args.device)
     generator = TransformersGenerator(args.generator, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                       device=args.device, response_prefix=args.response_prefix)
-    report = build_mtcir(pairs, embedder, generator, args.output_dir, args.work_dir, options, progress=True,
-                         push_to_hub=args.push_to_hub, worker=(args.worker_index, args.num_workers))
+    report = generate_mtcir(pairs, embedder, generator, args.output_dir, args.work_dir, options, progress=True,
+                            push_to_hub=args.push_to_hub, worker=(args.worker_index, args.num_workers))
     print(json.dumps(asdict(report), indent=1))
     return asdict(report)
+
+
+def main(argv=None) -> dict:
+    """The report (`MTCIRReport` as a dict); a user error prints one line and exits with status 2."""
+    return run_script("generate_mtcir.py", add_arguments, generate, argv, __doc__)
 
 
 if __name__ == "__main__":
