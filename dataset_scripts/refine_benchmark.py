@@ -9,18 +9,18 @@
 The logic lives in `collm_hf.pipelines.refine` / `collm_hf.pipelines.refinement`.
 """
 
-import argparse
 import json
 
+from collm_hf.apps.cli import UsageError, require_dataset, require_model, run_script
 
-def build_parser() -> argparse.ArgumentParser:
+
+def add_arguments(parser):
     from collm_hf.pipelines.refine import RefineOptions
 
     defaults = RefineOptions()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmark", required=True, help="benchmark folder or hub id (configs queries, gallery)")
     parser.add_argument("--split", required=True, help="queries split, e.g. val")
-    parser.add_argument("--gallery-split", default=None, help="gallery split (default: --split)")
+    parser.add_argument("--gallery-split", default=None, help="gallery split (default: the one named as --split, else the only one)")
     parser.add_argument("--judge", required=True, help="CoLLM folder (proxy judge) or image-text-to-text model")
     parser.add_argument("--vision", default=None,
                         help="tower for mining negatives (CoLLM folder or vision checkpoint; default: a CoLLM judge)")
@@ -32,11 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None)
-    return parser
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+def refine(args) -> dict:
     from transformers import AutoConfig
 
     from collm_hf import CoLLMModel, CoLLMProcessor
@@ -49,7 +47,13 @@ def main(argv=None) -> dict:
         LLMTextRewriter,
     )
 
+    require_dataset(args.benchmark, "--benchmark", ("queries", "gallery"))
+    for option, value in (("--judge", args.judge), ("--vision", args.vision), ("--rewriter", args.rewriter)):
+        if value is not None:
+            require_model(value, option)
     is_collm = AutoConfig.from_pretrained(args.judge).model_type == "collm"
+    if args.vision is None and not is_collm:
+        raise UsageError("--vision is needed to mine negatives when the judge is not a CoLLM folder")
     if is_collm:
         model = CoLLMModel.from_pretrained(args.judge).eval()
         if args.device:
@@ -60,9 +64,6 @@ def main(argv=None) -> dict:
         judge = ImageTextToTextJudge.from_pretrained(args.judge, images=None)
         if args.device:
             judge.model.to(args.device)
-    if args.vision is None and not is_collm:
-        parser_error = "--vision is needed to mine negatives when the judge is not a CoLLM folder"
-        raise SystemExit(parser_error)
     share = args.vision is None or args.vision == args.judge
     embedder = (ImageEmbedder.from_model(model, processor, args.batch_size, args.judge) if share and is_collm
                 else ImageEmbedder.from_pretrained(args.vision, args.batch_size, args.device))
@@ -76,6 +77,11 @@ def main(argv=None) -> dict:
                                gallery_split=args.gallery_split, share_gallery_embeds=share and is_collm, progress=True)
     print(json.dumps(summary, indent=1))
     return summary
+
+
+def main(argv=None) -> dict:
+    """The refinement summary; a user error prints one line and exits with status 2."""
+    return run_script("refine_benchmark.py", add_arguments, refine, argv, __doc__)
 
 
 if __name__ == "__main__":
