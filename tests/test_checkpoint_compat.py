@@ -76,3 +76,27 @@ def test_pre_move_checkpoint_loads_with_remote_code_without_the_package(tmp_path
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK CoLLMProcessor" in result.stdout
+
+
+def test_pre_move_checkpoint_keeps_its_one_way_info_nce_loss(tmp_path):
+    """0.1 saved `"contrastive_loss": null`, which meant one-way InfoNCE: loading gives exactly that, not today's
+    HN-NCE default; saved again, the section is written out and survives the next load."""
+    from collm_hf.models.collm.losses import ContrastiveLossConfig
+
+    assert json.loads((FIXTURE / "config.json").read_text())["contrastive_loss"] is None
+    model = AutoModel.from_pretrained(FIXTURE)
+    one_way_info_nce = ContrastiveLossConfig(loss_type="info_nce", two_way=False)
+    assert model.config.contrastive_loss == one_way_info_nce
+    model.save_pretrained(tmp_path / "resaved")
+    assert json.loads((tmp_path / "resaved" / "config.json").read_text())["contrastive_loss"] == one_way_info_nce.to_dict()
+    assert AutoModel.from_pretrained(tmp_path / "resaved").config.contrastive_loss == one_way_info_nce
+
+
+def test_a_new_configs_loss_section_survives_save_and_load(tmp_path):
+    from dataclasses import replace
+
+    model = AutoModel.from_pretrained(FIXTURE)
+    model.config.contrastive_loss = replace(collm_hf.CoLLMConfig().contrastive_loss, reference_negatives=True)
+    model.save_pretrained(tmp_path / "new")
+    loaded = AutoModel.from_pretrained(tmp_path / "new").config.contrastive_loss
+    assert loaded == model.config.contrastive_loss and loaded.loss_type == "hn_nce" and loaded.reference_negatives

@@ -41,3 +41,62 @@ def test_bad_options_rejected():
         CoLLMConfig(num_visual_tokens=0)
     with pytest.raises(Exception):
         CoLLMConfig(pooling="max")
+
+
+def test_loss_options_are_typed_and_default_to_the_papers_hn_nce():
+    from collm_hf.models.collm.losses import ContrastiveLossConfig
+
+    config = CoLLMConfig()
+    assert config.contrastive_loss == ContrastiveLossConfig() and config.contrastive_loss.loss_type == "hn_nce"
+    assert config.contrastive_loss.two_way and (config.contrastive_loss.hn_alpha, config.contrastive_loss.hn_beta) == (1.0, 0.5)
+    # a dict (config.json's form) becomes the dataclass once, at construction or assignment
+    config = CoLLMConfig(contrastive_loss={"loss_type": "info_nce", "reference_negatives": True})
+    assert config.contrastive_loss == ContrastiveLossConfig(loss_type="info_nce", reference_negatives=True)
+    config.contrastive_loss = {"temperature": 0.05}
+    assert isinstance(config.contrastive_loss, ContrastiveLossConfig) and config.contrastive_loss.temperature == 0.05
+    with pytest.raises(ValueError, match="Unknown contrastive loss option"):
+        config.contrastive_loss = {"tau": 1}
+    with pytest.raises(Exception, match="contrastive_loss"):
+        config.contrastive_loss = "hn_nce"
+
+
+def test_loss_section_round_trips_through_save_load_and_auto_config(tmp_path):
+    import json
+
+    from collm_hf.models.collm.losses import ContrastiveLossConfig
+
+    loss = ContrastiveLossConfig(loss_type="info_nce", two_way=False, temperature=0.02, reference_negatives=True)
+    config = CoLLMConfig(contrastive_loss=loss)
+    config.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())["contrastive_loss"]
+    assert written == loss.to_dict()  # a plain dict in the file
+    assert AutoConfig.from_pretrained(tmp_path).contrastive_loss == loss
+    assert CoLLMConfig.from_json_file(tmp_path / "config.json").contrastive_loss == loss
+    # the default is written out too: a new config always has a loss section
+    CoLLMConfig().save_pretrained(tmp_path / "default")
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["contrastive_loss"]["loss_type"] == "hn_nce"
+    assert AutoConfig.from_pretrained(tmp_path / "default").contrastive_loss == ContrastiveLossConfig()
+
+
+@pytest.mark.parametrize("section", ["null", "absent"])
+def test_config_without_a_loss_section_keeps_the_loss_it_trained_with(tmp_path, section):
+    """collm-hf 0.1 wrote `"contrastive_loss": null`, which meant one-way InfoNCE; the new default must not apply."""
+    import json
+
+    from collm_hf.models.collm.configuration_collm import UNSPECIFIED_LOSS
+    from collm_hf.models.collm.losses import ContrastiveLossConfig
+
+    CoLLMConfig().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    if section == "null":
+        saved["contrastive_loss"] = None
+    else:
+        del saved["contrastive_loss"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    expected = ContrastiveLossConfig(loss_type="info_nce", two_way=False)
+    assert UNSPECIFIED_LOSS == expected
+    assert AutoConfig.from_pretrained(tmp_path).contrastive_loss == expected
+    assert CoLLMConfig.from_json_file(tmp_path / "config.json").contrastive_loss == expected
+    # saved again, the section is explicit from now on
+    AutoConfig.from_pretrained(tmp_path).save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["contrastive_loss"] == expected.to_dict()

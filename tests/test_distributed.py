@@ -17,8 +17,10 @@ from datetime import timedelta
 import numpy as np
 import torch
 
+from collm_hf.models.collm.losses import ContrastiveLossConfig
+
 SPLIT = (5, 3)  # rows of rank 0 and rank 1
-LOSS = {"loss_type": "hn_nce", "two_way": True, "hn_alpha": 1.0, "hn_beta": 0.5}
+LOSS = ContrastiveLossConfig(loss_type="hn_nce", two_way=True, hn_alpha=1.0, hn_beta=0.5)
 
 
 def build(stage: str):
@@ -29,7 +31,7 @@ def build(stage: str):
     from collm_hf.training.collators import CoLLMPairCollator, CoLLMTripletCollator
 
     model, processor = tiny_model_and_processor(seed=0, freeze_vision_tower=False)
-    model.config.contrastive_loss = dict(LOSS)
+    model.config.contrastive_loss = LOSS
     rng = np.random.default_rng(0)
     images = {str(i): Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)) for i in range(8)}
     words = ["red circle", "blue square", "dog on a bench", "yellow stars", "purple cross", "cyan ring", "green star", "two cats"]

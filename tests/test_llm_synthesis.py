@@ -1,4 +1,4 @@
-"""LLM-written modification texts in pair pre-training: reply cleaning, the step hook, real SmolLM2, cost."""
+"""LLM-written modification texts in pair pre-training: reply cleaning, the step's writer, real SmolLM2, cost."""
 
 
 import numpy as np
@@ -8,10 +8,9 @@ from PIL import Image
 
 from collm_hf.training.collators import CoLLMPairCollator
 from collm_hf.training.llm_synthesis import (
+    ComposedQueryWriter,
     LLMModificationWriter,
-    attach_llm_writer,
     clean_reply,
-    detach_llm_writer,
     measure_llm_synthesis_cost,
     writer_messages,
 )
@@ -39,7 +38,7 @@ def _pair_batch(processor, n=6, rate=0.75, seed=0):
 
 
 class TemplateWriter:
-    """Writes exactly the template text the collator chose: the hook must then give the template ids."""
+    """Writes exactly the template text the collator chose: the step must then give the template ids."""
 
     def __init__(self, choices):
         self.choices, self.calls = choices, []
@@ -49,7 +48,7 @@ class TemplateWriter:
         return [apply_template(c, t, n) for c, t, n in zip(self.choices, targets, neighbours)]
 
 
-def test_hook_with_template_writer_equals_template_synthesis(tiny_model_and_processor):
+def test_template_writer_equals_template_synthesis(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
     collator, batch = _pair_batch(processor, n=8)
     rows = [[t for t in row if t != PAD_SLOT] for row in batch["modification_template_ids"].tolist()]
@@ -60,32 +59,69 @@ def test_hook_with_template_writer_equals_template_synthesis(tiny_model_and_proc
     with torch.no_grad():
         reference = model.prepare_contrastive_inputs(**inputs)
         writer = TemplateWriter([c for c in choices if c >= 0])
-        attach_llm_writer(model, processor, writer)
-        hooked = model.prepare_contrastive_inputs(**inputs)
-        detach_llm_writer(model)
-        again = model.prepare_contrastive_inputs(**inputs)
+        written = model.prepare_contrastive_inputs(**inputs, modification_writer=ComposedQueryWriter(writer, processor.tokenizer))
     assert len(writer.calls) == 1  # one batched generation per step
     targets, neighbours = writer.calls[0]
     assert targets == [CAPTIONS[i] for i, c in enumerate(choices) if c >= 0]
     assert all(n in CAPTIONS and n != t for t, n in zip(targets, neighbours))
-    assert torch.equal(hooked.input_ids, reference.input_ids)
-    assert torch.equal(hooked.attention_mask, reference.attention_mask)
-    assert torch.equal(again.input_ids, reference.input_ids) and "modification_writer" not in model.__dict__
+    assert torch.equal(written.input_ids, reference.input_ids)
+    assert torch.equal(written.attention_mask, reference.attention_mask)
 
 
-def test_hook_puts_the_llm_text_in_the_composed_queries(tiny_model_and_processor):
+def green(targets, neighbours):
+    return ["make it green"] * len(targets)
+
+
+def test_writer_puts_the_llm_text_in_the_composed_queries(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
     _, batch = _pair_batch(processor, rate=1.0)
-    attach_llm_writer(model, processor, lambda targets, neighbours: ["make it green"] * len(targets))
-    loss = model(**batch).loss
+    writer = ComposedQueryWriter(green, processor.tokenizer)
+    loss = model(**batch, modification_writer=writer).loss
     loss.backward()  # the step still trains
     with torch.no_grad():
-        inputs = model.prepare_contrastive_inputs(**{k: v for k, v in batch.items() if k != "return_loss"})
+        inputs = model.prepare_contrastive_inputs(**{k: v for k, v in batch.items() if k != "return_loss"},
+                                                  modification_writer=writer)
+        templates = model.prepare_contrastive_inputs(**{k: v for k, v in batch.items() if k != "return_loss"})
     composed = inputs.input_ids[-len(batch["input_ids"]):]  # the last query group
     expected = processor.build_query_ids("make it green", with_image=True)[0]
     assert composed[0, : len(expected)].tolist() == expected
-    assert "modification_writer" not in dict(model.named_modules())  # a plain attribute, never saved
-    assert not any("writer" in key for key in model.state_dict())
+    assert not torch.equal(templates.input_ids, inputs.input_ids)  # without the writer: the paper's templates
+    assert not any("writer" in name for name in vars(model)) and not any("writer" in key for key in model.state_dict())
+
+
+class RecordingWriter(ComposedQueryWriter):
+    """Counts the steps it wrote for."""
+
+    calls = 0
+
+    def __call__(self, *args):
+        RecordingWriter.calls += 1
+        return super().__call__(*args)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_trainer_passes_its_writer_to_every_step(tiny_model_and_processor, tmp_path, chunk_size):
+    """`CoLLMTrainer(modification_writer=...)` (and `GradCacheTrainer`, which extends it) hands the writer to the
+    model's step; the model itself carries nothing."""
+    from transformers import TrainingArguments
+
+    from collm_hf.training.gradient_cache import GradCacheTrainer
+    from collm_hf.training.trainer import CoLLMTrainer
+
+    model, processor = tiny_model_and_processor
+    rng = np.random.default_rng(0)
+    rows = [{"image_id": str(i), "image": Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)),
+             "caption": CAPTIONS[i]} for i in range(8)]
+    collator = CoLLMPairCollator(processor, modification_rate=1.0, seed=0, check_tokenization=False)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, use_cpu=True,
+                             report_to=[], save_strategy="no", remove_unused_columns=False, dataloader_num_workers=0)
+    RecordingWriter.calls = 0
+    writer = RecordingWriter(green, processor.tokenizer)
+    options = dict(model=model, args=args, train_dataset=rows, data_collator=collator, modification_writer=writer)
+    trainer = CoLLMTrainer(**options) if chunk_size is None else GradCacheTrainer(chunk_size=chunk_size, **options)
+    trainer.train()
+    assert RecordingWriter.calls == 2 and trainer.state.global_step == 2
+    assert not any("writer" in name for name in vars(model))
 
 
 # ------------------------------------------------------------------------------------------------------------

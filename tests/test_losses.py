@@ -1,5 +1,6 @@
 """Contrastive losses against naive loop oracles; false-negative masking; options."""
 
+import dataclasses
 import math
 
 import pytest
@@ -121,7 +122,7 @@ def test_targets_that_answer_a_query_by_its_key_are_not_its_negatives():
     # HN-NCE at beta 0, alpha 1 is InfoNCE, masks included; contrastive_loss passes the keys through
     hn = hn_nce_loss(q, t, scale, 1.0, 0.0, two_way=True, query_keys=query_keys, target_query_keys=target_query_keys)
     assert float(hn) == pytest.approx(naive_info_nce_valid(q, t, 20.0, valid, True), rel=1e-6)
-    config = ContrastiveLossConfig(two_way=True)
+    config = ContrastiveLossConfig(loss_type="info_nce", two_way=True)
     got = contrastive_loss(q, t, scale, config=config, query_keys=query_keys, target_query_keys=target_query_keys)
     assert float(got) == pytest.approx(naive_info_nce_valid(q, t, 20.0, valid, True), rel=1e-6)
 
@@ -153,19 +154,19 @@ def test_reference_negatives_extend_the_query_side_only():
     two_way = info_nce_loss(q, t, scale, two_way=True, extra_negatives=r)
     reverse = 2 * float(info_nce_loss(q, t, scale, two_way=True)) - float(info_nce_loss(q, t, scale))
     assert float(two_way) == pytest.approx((float(got) + reverse) / 2, rel=1e-6)
-    config = ContrastiveLossConfig(reference_negatives=True)
+    config = ContrastiveLossConfig(loss_type="info_nce", two_way=False, reference_negatives=True)
     torch.testing.assert_close(contrastive_loss(q, t, scale, config=config, extra_negatives=r), got)
 
 
 def test_contrastive_loss_dispatch_temperature_and_gradients():
     q, t = embeddings(seed=3)
     scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
-    plain = contrastive_loss(q, t, scale)
+    plain = contrastive_loss(q, t, scale, config=ContrastiveLossConfig(loss_type="info_nce", two_way=False))
     torch.testing.assert_close(plain, info_nce_loss(q, t, scale))
-    config = ContrastiveLossConfig(loss_type="hn_nce", two_way=True, hn_alpha=1.0, hn_beta=0.5)
-    torch.testing.assert_close(contrastive_loss(q, t, scale, config=config), hn_nce_loss(q, t, scale, 1.0, 0.5))
-    fixed = contrastive_loss(q, t, scale, config=ContrastiveLossConfig(temperature=0.5))
-    torch.testing.assert_close(fixed, info_nce_loss(q, t, math.log(2.0)))
+    default = contrastive_loss(q, t, scale)  # the one default: the paper's HN-NCE, two-way
+    torch.testing.assert_close(default, hn_nce_loss(q, t, scale, 1.0, 0.5, two_way=True))
+    fixed = contrastive_loss(q, t, scale, config=ContrastiveLossConfig(loss_type="info_nce", temperature=0.5))
+    torch.testing.assert_close(fixed, info_nce_loss(q, t, math.log(2.0), two_way=True))
     plain.backward()
     assert scale.grad is not None and torch.isfinite(scale.grad)
     big = torch.tensor(10.0, dtype=torch.float64)  # clamped to log(100), as CLIP does
@@ -173,9 +174,15 @@ def test_contrastive_loss_dispatch_temperature_and_gradients():
 
 
 def test_loss_config_validation_and_round_trip():
-    config = ContrastiveLossConfig(loss_type="hn_nce", hn_beta=0.25)
+    config = ContrastiveLossConfig(loss_type="info_nce", hn_beta=0.25, reference_negatives=True)
     assert ContrastiveLossConfig.from_dict(config.to_dict()) == config
-    assert ContrastiveLossConfig.from_dict(None) == ContrastiveLossConfig()
+    assert ContrastiveLossConfig.from_dict({}) == ContrastiveLossConfig()
+    default = ContrastiveLossConfig()
+    assert (default.loss_type, default.two_way, default.hn_alpha, default.hn_beta) == ("hn_nce", True, 1.0, 0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):  # changes go through `replace`, validated again
+        default.loss_type = "triplet"
+    with pytest.raises(ValueError, match="loss_type"):
+        dataclasses.replace(default, loss_type="triplet")
     with pytest.raises(ValueError, match="Unknown contrastive loss option"):
         ContrastiveLossConfig.from_dict({"tau": 1})
     with pytest.raises(ValueError, match="loss_type"):

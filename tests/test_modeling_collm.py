@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -65,11 +66,12 @@ def test_reference_negatives_use_each_distinct_reference_once(rgb_images):
     from collm_hf.models.collm.losses import ContrastiveLossConfig, info_nce_loss
 
     model, processor = make_tiny(freeze_vision_tower=False)
+    model.config.contrastive_loss = ContrastiveLossConfig(loss_type="info_nce", two_way=False)
     references = [rgb_images[0], rgb_images[0], rgb_images[1]]  # a reference serving two edits, as in MTCIR groups
     inputs = processor(images=references, text=["make it red", "add a square", "make it blue"])
     targets = processor(images=rgb_images[1:4])["pixel_values"]
     plain = model(**inputs, target_pixel_values=targets, return_loss=True)
-    model.config.contrastive_loss = ContrastiveLossConfig(reference_negatives=True).to_dict()
+    model.config.contrastive_loss = dataclasses.replace(model.config.contrastive_loss, reference_negatives=True)
     out = model(**inputs, target_pixel_values=targets, return_loss=True)
     reference_embeds = model.get_image_embeds(processor(images=rgb_images[:2])["pixel_values"])  # distinct ones
     expected = info_nce_loss(out.query_embeds, out.target_embeds, model.logit_scale, extra_negatives=reference_embeds)
@@ -80,14 +82,14 @@ def test_reference_negatives_use_each_distinct_reference_once(rgb_images):
 
 
 def test_query_keys_reach_the_loss(rgb_images):
-    from collm_hf.models.collm.losses import info_nce_loss
+    from collm_hf.models.collm.losses import hn_nce_loss
 
-    model, processor = make_tiny()
+    model, processor = make_tiny()  # the default loss: HN-NCE, two-way
     inputs = processor(images=[rgb_images[0]] * 3, text=["make it red", "make it another colour", "make it blue"])
     targets = processor(images=rgb_images[1:4])["pixel_values"]
     keys = {"query_keys": torch.tensor([1, 2, 3]), "target_query_keys": torch.tensor([[1, 2], [2, 0], [3, 2]])}
     out = model(**inputs, target_pixel_values=targets, return_loss=True, **keys)
-    expected = info_nce_loss(out.query_embeds, out.target_embeds, model.logit_scale, **keys)
+    expected = hn_nce_loss(out.query_embeds, out.target_embeds, model.logit_scale, 1.0, 0.5, two_way=True, **keys)
     torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
     plain = model(**inputs, target_pixel_values=targets, return_loss=True)
     assert float(out.loss) < float(plain.loss)  # targets 0 and 2 are no longer negatives of query 1

@@ -168,6 +168,22 @@ def test_quickstart_tower_starts_with_position_embeddings_at_the_recipe_scale():
         init_position_embeddings(torch.nn.Linear(2, 2), 0.5)
 
 
+def test_quickstart_config_states_the_loss_it_trains():
+    """Two-way InfoNCE at a fixed temperature of 1/100, with reference negatives and shared-text masking: spelled
+    out in the model config (not left to the library default, HN-NCE) and in the stage-2 collator."""
+    import math
+
+    from collm_hf.apps.quickstart.training import QuickstartRecipe, build_model_and_processor, triplet_collator
+    from collm_hf.models.collm.losses import ContrastiveLossConfig
+
+    model, processor = build_model_and_processor(QuickstartRecipe.tiny())
+    loss = ContrastiveLossConfig(loss_type="info_nce", two_way=True, reference_negatives=True)
+    assert model.config.contrastive_loss == loss and model.config.to_dict()["contrastive_loss"] == loss.to_dict()
+    assert not model.config.learnable_logit_scale and not model.logit_scale.requires_grad
+    assert math.exp(float(model.logit_scale)) == pytest.approx(100.0)
+    assert triplet_collator(processor, {}, 0).triplet_collator.mask_shared_texts
+
+
 def test_a_stage_past_its_deadline_stops_after_the_step_under_way(tmp_path):
     import time
 

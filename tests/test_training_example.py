@@ -64,7 +64,7 @@ def test_pairs_then_triplets_save_reload_resume(workspace):
     trained = AutoModel.from_pretrained(pairs_dir).eval()
     start = AutoModel.from_pretrained(workspace / "model").eval()
     config = trained.config
-    assert config.contrastive_loss["loss_type"] == "hn_nce" and config.slerp_alpha == 0.5
+    assert config.contrastive_loss.loss_type == "hn_nce" and config.slerp_alpha == 0.5
     assert not torch.equal(trained.language_model.layers[0].self_attn.q_proj.weight, start.language_model.layers[0].self_attn.q_proj.weight)
     assert not torch.equal(trained.adapter.layers[0].weight, start.adapter.layers[0].weight)
 
@@ -77,7 +77,7 @@ def test_pairs_then_triplets_save_reload_resume(workspace):
     assert example.main(["triplets", "--model_name_or_path", str(pairs_dir), *common(workspace, triplets_dir, "--max_steps", "2")]) == 0
     fine_tuned = AutoModel.from_pretrained(triplets_dir)
     assert json.loads((triplets_dir / "lora_adapter" / "adapter_config.json").read_text())["r"] == 4
-    assert fine_tuned.config.contrastive_loss["two_way"] is True
+    assert fine_tuned.config.contrastive_loss.two_way is True
 
 
 def test_adapter_folder_restores_the_merged_model(workspace):
@@ -110,7 +110,36 @@ def test_json_options_file_through_the_console_command(workspace, tmp_path):
     from collm_hf.apps.cli import main as cli_main
 
     assert cli_main(["train", "triplets", str(tmp_path / "options.json")]) == 0  # `collm-hf train`, the same code
-    assert AutoModel.from_pretrained(tmp_path / "run").config.contrastive_loss["loss_type"] == "info_nce"
+    loss = AutoModel.from_pretrained(tmp_path / "run").config.contrastive_loss
+    assert loss.loss_type == "info_nce" and loss.two_way is True  # the flag given; the rest as the model had it
+
+
+def test_options_the_checkpoint_set_survive_training_without_their_flags(workspace, tmp_path):
+    """A model saved with reference negatives, a one-way InfoNCE loss and its own Slerp weight and text length,
+    trained a step by the training command without those flags, keeps them all; a flag given replaces only its
+    own option."""
+    from dataclasses import replace
+
+    model = AutoModel.from_pretrained(workspace / "model")
+    processor = AutoProcessor.from_pretrained(workspace / "model")
+    model.config.contrastive_loss = replace(model.config.contrastive_loss, loss_type="info_nce", two_way=False,
+                                            reference_negatives=True)
+    model.config.slerp_alpha = 0.3
+    processor.max_text_tokens = 40
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    example = load_example()
+    for stage in ("triplets", "pairs"):
+        run = tmp_path / stage
+        assert example.main([stage, "--model_name_or_path", str(tmp_path / "start"),
+                             *common(workspace, run, "--max_steps", "1", "--save_strategy", "no")]) == 0
+        trained = AutoModel.from_pretrained(run)
+        assert trained.config.contrastive_loss == model.config.contrastive_loss
+        assert trained.config.slerp_alpha == 0.3 and AutoProcessor.from_pretrained(run).max_text_tokens == 40
+    run = tmp_path / "flagged"
+    assert example.main(["triplets", "--model_name_or_path", str(tmp_path / "start"), "--two_way", "true",
+                         *common(workspace, run, "--max_steps", "1", "--save_strategy", "no")]) == 0
+    assert AutoModel.from_pretrained(run).config.contrastive_loss == replace(model.config.contrastive_loss, two_way=True)
 
 
 def test_bad_usage(workspace, capsys):

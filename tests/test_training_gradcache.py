@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from collm_hf.models.collm.losses import ContrastiveLossConfig
 from collm_hf.testing_utils import tiny_model_and_processor
 from collm_hf.training.collators import CoLLMPairCollator, CoLLMTripletCollator
 from collm_hf.training.gradient_cache import RandomState, grad_cache_step
@@ -37,7 +38,7 @@ def tiny(dropout: float = 0.0):
     for module in model.language_model.modules():
         if hasattr(module, "attention_dropout"):
             module.attention_dropout = dropout
-    model.config.contrastive_loss = {"loss_type": "hn_nce", "two_way": True}
+    model.config.contrastive_loss = ContrastiveLossConfig(loss_type="hn_nce", two_way=True)
     return model.train(), processor
 
 

@@ -293,7 +293,7 @@ def synthesis_benchmark(model, processor, batch_size: int = 16, steps: int = 3, 
     """`synthesis_overhead` through the training code's `measure_synthesis_overhead`, on synthetic-world pairs."""
     from ..training.collators import CoLLMPairCollator
     from ..data.synthetic_world import WorldConfig, pair_rows
-    from ..training.trainer import measure_synthesis_overhead
+    from ..training.synthesis_overhead import measure_synthesis_overhead
 
     rows = list(itertools.islice(pair_rows(WorldConfig.tiny(seed)), batch_size))
     batch = CoLLMPairCollator(processor, check_tokenization=False, seed=seed)(rows)

@@ -19,7 +19,8 @@ from dataclasses import replace
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer
+
+from .trainer import CoLLMTrainer
 
 
 class RandomState:
@@ -54,7 +55,7 @@ def _image_rows(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
 
 
 def grad_cache_step(
-    model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext
+    model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext, modification_writer=None
 ) -> torch.Tensor:
     """One GradCache forward/backward of a `CoLLMModel` batch; gradients accumulate into `.grad` as after
     `(model(**inputs).loss * loss_scale).backward()`.
@@ -65,6 +66,7 @@ def grad_cache_step(
         chunk_size: query rows per chunk (pairs have 3 query rows per sample).
         loss_scale: factor on the loss before backward (1 / gradient accumulation steps).
         autocast: context manager factory for the forward passes (e.g. Trainer's autocast).
+        modification_writer: pairs: rewrites the synthesised texts, as in `CoLLMModel.forward`.
 
     Returns:
         the (unscaled) loss, detached.
@@ -73,7 +75,7 @@ def grad_cache_step(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     inputs = {k: v for k, v in inputs.items() if k != "return_loss"}
     with autocast():
-        prepared = model.prepare_contrastive_inputs(**inputs)
+        prepared = model.prepare_contrastive_inputs(**inputs, modification_writer=modification_writer)
     if prepared.target_embeds is None:
         raise ValueError("Gradient caching needs targets (target_pixel_values or target_image_embeds).")
     images = prepared.image_embeds
@@ -116,7 +118,7 @@ def grad_cache_step(
 
 
 def wrapped_grad_cache_step(
-    model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext
+    model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext, modification_writer=None
 ) -> torch.Tensor:
     """`grad_cache_step` for a model that may be wrapped in DDP and/or peft.
 
@@ -128,7 +130,7 @@ def wrapped_grad_cache_step(
     unwrapped = model.module if distributed else model
     base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
     with model.no_sync() if distributed else nullcontext():
-        loss = grad_cache_step(base, inputs, chunk_size, loss_scale, autocast=autocast)
+        loss = grad_cache_step(base, inputs, chunk_size, loss_scale, autocast, modification_writer)
     if distributed:
         world = dist.get_world_size()
         for param in model.parameters():
@@ -138,8 +140,8 @@ def wrapped_grad_cache_step(
     return loss
 
 
-class GradCacheTrainer(Trainer):
-    """A `Trainer` whose training step is `grad_cache_step`: the contrastive batch is `per_device_train_batch_size`
+class GradCacheTrainer(CoLLMTrainer):
+    """A `CoLLMTrainer` whose training step is `grad_cache_step`: the contrastive batch is `per_device_train_batch_size`
     (times the number of processes: negatives are gathered), while the LLM sees `chunk_size` query rows at a time.
 
     Use it where the batch the paper uses (1024) does not fit: same loss, same gradients, more compute (the
@@ -148,7 +150,7 @@ class GradCacheTrainer(Trainer):
 
     Args:
         chunk_size: query rows per LLM pass.
-        *args, **kwargs: as `Trainer`.
+        *args, **kwargs: as `CoLLMTrainer` (`modification_writer` included).
 
     Example:
         >>> trainer = GradCacheTrainer(model=model, args=args, train_dataset=rows, data_collator=collator, chunk_size=32)  # doctest: +SKIP
@@ -166,9 +168,8 @@ class GradCacheTrainer(Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
-        loss = wrapped_grad_cache_step(
-            model, inputs, self.chunk_size, scale, autocast=self.compute_loss_context_manager
-        )
+        loss = wrapped_grad_cache_step(model, inputs, self.chunk_size, scale, self.compute_loss_context_manager,
+                                       self.modification_writer)
         return loss * scale
 
 

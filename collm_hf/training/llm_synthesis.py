@@ -1,14 +1,15 @@
 """On-the-fly synthesis with an instruct LLM: the modification text w*_i written from (neighbour caption w_j ->
 target caption w_i) by a language model, instead of one of the paper's 15 templates (CoLLM §3.2).
 
-The templates stay the default. With a writer attached (`attach_llm_writer`), the pair pre-training step
-keeps everything else of the synthesis - augmentation, in-batch neighbours, Slerp, the 75 % / 25 % split
-(samples whose collator choice is "keep the caption" keep it) - and replaces the templated texts of the
-step by the LLM's, in one batched generation:
+The templates stay the default. Given a `ComposedQueryWriter` (through `CoLLMTrainer(modification_writer=...)`,
+or `CoLLMModel.forward(..., modification_writer=...)` directly), the pair pre-training step keeps everything else
+of the synthesis - augmentation, in-batch neighbours, Slerp, the 75 % / 25 % split (samples whose collator choice
+is "keep the caption" keep it) - and replaces the templated texts of the step by the LLM's, in one batched
+generation:
 
-    CoLLMModel.prepare_contrastive_inputs
+    CoLLMModel.prepare_contrastive_inputs(..., modification_writer)
         synthesize_composed_queries(...)                     templates, as the paper (synthesis.py)
-        model.modification_writer(synthesized, ...)          this module's hook, when attached:
+        modification_writer(synthesized, ...)                a ComposedQueryWriter, when given:
             decode target / neighbour captions -> LLMModificationWriter (one generate call)
             -> tokenise " " + text -> the same query frames (`assemble_composed_queries`)
 
@@ -19,7 +20,8 @@ Example:
     >>> writer = LLMModificationWriter.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
     >>> writer(["a red car on a street"], ["a blue car on a street"])  # doctest: +SKIP
     ['make the car red']
-    >>> attach_llm_writer(model, processor, writer)  # doctest: +SKIP  (then train as usual)
+    >>> trainer = CoLLMTrainer(model=model, args=args, train_dataset=pairs, data_collator=collator,
+    ...                        modification_writer=ComposedQueryWriter(writer, processor.tokenizer))  # doctest: +SKIP
 """
 
 import dataclasses
@@ -123,8 +125,11 @@ class LLMModificationWriter:
         return texts
 
 
-class LLMSynthesisHook:
-    """The step-time hook `CoLLMModel.prepare_contrastive_inputs` calls after the template synthesis.
+class ComposedQueryWriter:
+    """A `modification_writer` for pair pre-training: the composed queries of a step, with texts from `writer`.
+
+    `CoLLMModel.prepare_contrastive_inputs` calls it after the template synthesis. It is a training component,
+    passed per step (`CoLLMTrainer(modification_writer=...)`), never stored on the model or saved with it.
 
     Args:
         writer: `(target_captions, neighbour_captions) -> list[str]` (e.g. `LLMModificationWriter`).
@@ -167,35 +172,12 @@ class LLMSynthesisHook:
                                    attention_mask=attention_mask.to(synthesized.attention_mask.device))
 
 
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def attach_llm_writer(model, processor, writer) -> LLMSynthesisHook:
-    """Make `model`'s pair pre-training step use `writer` for the modification texts (templates otherwise).
-
-    The hook is a plain attribute (`modification_writer`), not a submodule: it is never saved with the model.
-    Works on a `CoLLMModel` or a peft wrapper of one. `detach_llm_writer` restores the templates.
-    """
-    hook = LLMSynthesisHook(writer, processor.tokenizer)
-    base = _base(model)
-    object.__setattr__(base, "modification_writer", hook)
-    return hook
-
-
-def detach_llm_writer(model) -> None:
-    """Back to the paper's templates."""
-    base = _base(model)
-    if "modification_writer" in base.__dict__:
-        object.__delattr__(base, "modification_writer")
-
-
 def measure_llm_synthesis_cost(model, processor, batch: dict, writer, steps: int = 3, warmup: int = 1) -> dict:
-    """Seconds per pair pre-training step (forward + backward), templates vs. the LLM writer attached.
+    """Seconds per pair pre-training step (forward + backward), templates vs. the LLM writer.
 
     Args:
-        model: a `CoLLMModel` in train mode or not (restored afterwards).
-        processor: its processor.
+        model: a `CoLLMModel` (or a peft wrapper of one), in train mode or not (restored afterwards).
+        processor: its processor (its tokenizer builds the `ComposedQueryWriter`).
         batch: a `CoLLMPairCollator` batch.
         writer: the `LLMModificationWriter`.
         steps / warmup: timed and untimed repetitions (median reported).
@@ -204,15 +186,15 @@ def measure_llm_synthesis_cost(model, processor, batch: dict, writer, steps: int
         {"template_step_s", "llm_step_s", "slowdown" (llm / template), "batch_size",
          "texts_per_step" (rewritten samples)}.
     """
-    device = next(_base(model).parameters()).device
+    device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def timed() -> float:
+    def timed(modification_writer) -> float:
         times = []
         for i in range(warmup + steps):
             start = time.perf_counter()
             model.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
+            model(**batch, modification_writer=modification_writer).loss.backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i >= warmup:
@@ -221,13 +203,10 @@ def measure_llm_synthesis_cost(model, processor, batch: dict, writer, steps: int
 
     was_training = model.training
     model.train()
-    detach_llm_writer(model)
-    template = timed()
-    attach_llm_writer(model, processor, writer)
     try:
-        llm = timed()
+        template = timed(None)
+        llm = timed(ComposedQueryWriter(writer, processor.tokenizer))
     finally:
-        detach_llm_writer(model)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     rows = [[t for t in row if t != PAD_SLOT] for row in batch["modification_template_ids"].tolist()]
@@ -235,5 +214,5 @@ def measure_llm_synthesis_cost(model, processor, batch: dict, writer, steps: int
             "batch_size": len(rows), "texts_per_step": sum(row != [TARGET_SLOT] for row in rows)}
 
 
-__all__ = ["KEEP_CAPTION", "LLMModificationWriter", "LLMSynthesisHook", "attach_llm_writer", "clean_reply",
-           "detach_llm_writer", "measure_llm_synthesis_cost", "writer_messages"]
+__all__ = ["KEEP_CAPTION", "ComposedQueryWriter", "LLMModificationWriter", "clean_reply", "measure_llm_synthesis_cost",
+           "writer_messages"]

@@ -1,120 +1,69 @@
-"""Training CoLLM with the stock `transformers.Trainer`: the two stages of the paper, as library functions.
+"""Training CoLLM with `transformers.Trainer`: the two stages of the paper, as library functions.
 
     pairs    - pre-training on image-caption pairs with on-the-fly triplet synthesis (CoLLM §3.2)
     triplets - fine-tuning on triplets such as MTCIR (CoLLM §3.3)
 
-`build_trainer` assembles model, processor, LoRA, loss options, data and collator into a `Trainer` (or the
-`GradCacheTrainer` when a gradient-cache chunk size is set); `run_training` trains, resumes from checkpoints
+`CoLLMTrainer` is the stock `Trainer` with one optional training component, the modification writer of pair
+pre-training. `build_trainer` assembles model, processor, LoRA, loss options, data and collator into one (or into
+the `GradCacheTrainer` when a gradient-cache chunk size is set); `run_training` trains, resumes from checkpoints
 and saves a folder that `AutoModel.from_pretrained` loads. Everything runs unchanged under `torchrun` or
 `accelerate launch`: the model's loss gathers negatives (and, for pairs, synthesis neighbours) from every
-process. examples/train_collm.py is the command line on top (`HfArgumentParser` over these dataclasses).
-
-`measure_synthesis_overhead` times the in-step synthesis against a whole training step.
+process. The options are the dataclasses of `arguments.py`; `collm-hf train` and examples/train_collm.py parse them.
 """
 
 import logging
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
+from transformers import Trainer
 
+from ..models.collm.losses import ContrastiveLossConfig
+from ..models.collm.synthesis import ImageAugmentation
+from .arguments import (
+    STAGES,
+    DataArguments,
+    LossArguments,
+    ModelArguments,
+    SynthesisArguments,
+)
 from .collators import CoLLMPairCollator, CoLLMTripletCollator, ImageTable
 from .lora import LoraArguments, apply_lora, merge_lora, quantization_config
-from ..models.collm.losses import ContrastiveLossConfig
-from ..models.collm.synthesis import (
-    DEFAULT_MODIFICATION_RATE,
-    DEFAULT_SLERP_ALPHA,
-    ImageAugmentation,
-    concat_padded_queries,
-    synthesize_composed_queries,
-)
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("pairs", "triplets")
 # Subfolder of the output directory holding the LoRA adapter (the root holds the merged model).
 ADAPTER_DIR = "lora_adapter"
 
 
-@dataclass
-class ModelArguments:
-    """Which model to train: a saved CoLLM folder / hub id, or a vision and an LLM checkpoint to compose."""
+class CoLLMTrainer(Trainer):
+    """The stock `Trainer`, plus the optional modification writer of pair pre-training.
 
-    # A saved CoLLM (folder or hub id, with its processor); or leave empty and give the two backbones.
-    model_name_or_path: str | None = None
-    # Vision checkpoint (CLIP / SigLIP / BLIP) to compose with `llm_name_or_path`.
-    vision_name_or_path: str | None = None
-    # LLM checkpoint (decoder embedding model, e.g. SFR-Embedding-2, or any decoder LLM).
-    llm_name_or_path: str | None = None
-    # Weights dtype: float32, bfloat16 or float16.
-    dtype: str = "float32"
-    # Longest modification text in tokens (the instruction is never truncated).
-    max_text_tokens: int = 128
-    # Image adapter of a newly composed model ("mlp" or "linear").
-    adapter_type: str = "mlp"
-    # Train the vision tower too (full fine-tuning or LoRA with --lora_vision_tower); the paper freezes it.
-    train_vision_tower: bool = False
+    The writer replaces the template texts w* of the synthesised composed queries (e.g. an LLM writes them:
+    `llm_synthesis.ComposedQueryWriter`); each step passes it to the model as `forward(..., modification_writer=)`.
+    It belongs to the trainer rather than the collator because a text is written from a sample's nearest
+    neighbour, which the model picks inside the step from the image embeddings of the whole (gathered) batch; and
+    rather than the model because it is a training tool (often a second LLM) that no checkpoint should carry.
 
+    Args:
+        modification_writer: a callable as `CoLLMModel.forward` describes, or None (the paper's templates).
+        *args, **kwargs: as `Trainer`.
 
-@dataclass
-class DataArguments:
-    """Training data: a hub dataset id or a local folder (a dataset folder with README configs, or Parquet files)."""
+    Example:
+        >>> writer = ComposedQueryWriter(LLMModificationWriter.from_pretrained(llm), processor.tokenizer)  # doctest: +SKIP
+        >>> CoLLMTrainer(model=model, args=args, train_dataset=pairs, data_collator=collator,
+        ...              modification_writer=writer).train()  # doctest: +SKIP
+    """
 
-    dataset_name_or_path: str | None = field(default=None, metadata={"help": "Hub dataset id or local folder."})
-    # Config of the rows; default "pairs" or "triplets" by stage.
-    dataset_config: str | None = None
-    # Config of the images table for triplets (image_id, image); ignored when rows carry images.
-    images_config: str = "images"
-    split: str = "train"
-    # Use only the first N rows (quick runs).
-    max_train_samples: int | None = None
-    caption_column: str = "caption"
-    image_column: str = "image"
-    image_id_column: str = "image_id"
-    modifications_column: str = "modifications"
+    def __init__(self, *args, modification_writer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.modification_writer = modification_writer
 
-
-@dataclass
-class SynthesisArguments:
-    """On-the-fly triplet synthesis (pairs stage)."""
-
-    # Share of samples whose text is a template over (target, neighbour) captions (paper: 0.75).
-    modification_rate: float = DEFAULT_MODIFICATION_RATE
-    # Slerp weight towards the neighbour (paper: 0.5).
-    slerp_alpha: float = DEFAULT_SLERP_ALPHA
-    # Augmentation family of the target before encoding: "crop_flip" (default) or "none".
-    augmentation: str = "crop_flip"
-
-
-@dataclass
-class LossArguments:
-    """Contrastive loss options (stored in the model config as `contrastive_loss`)."""
-
-    # "hn_nce" (the loss the paper cites) or "info_nce".
-    loss_type: str = "hn_nce"
-    # Symmetric loss (query->target and target->query), as the public HN-NCE CIR recipe (CoVR).
-    two_way: bool = True
-    hn_alpha: float = 1.0
-    hn_beta: float = 0.5
-    # Fixed temperature (None: the model's logit scale, 1/0.07 at init; learnable only without LoRA).
-    temperature: float | None = None
-    # Gradient caching: compute the queries in chunks of this many rows (same loss and gradients).
-    gradient_cache_chunk_size: int | None = None
-
-
-def training_defaults() -> dict:
-    """`TrainingArguments` defaults of this recipe, for `HfArgumentParser.set_defaults` (paper §5, §9)."""
-    return {
-        "remove_unused_columns": False,  # collators read raw columns
-        "activation_checkpointing": True,  # transformers 5 name of gradient checkpointing
-        "learning_rate": 1e-4,
-        "lr_scheduler_type": "constant",
-        "num_train_epochs": 1.0,
-        "logging_steps": 10,
-        "report_to": "none",
-    }
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.modification_writer is not None:
+            inputs = {**inputs, "modification_writer": self.modification_writer}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -163,7 +112,8 @@ def load_model_and_processor(args: ModelArguments, lora_args: LoraArguments | No
         raise ValueError(
             "Give --model_name_or_path (a saved CoLLM) or both --vision_name_or_path and --llm_name_or_path."
         )
-    processor.max_text_tokens = args.max_text_tokens
+    if args.max_text_tokens is not None:
+        processor.max_text_tokens = args.max_text_tokens
     if args.train_vision_tower:
         model.config.freeze_vision_tower = False
         model.apply_vision_freezing()
@@ -227,19 +177,19 @@ def build_collator(
 
 
 def configure_loss(model, loss_args: LossArguments, synthesis_args: SynthesisArguments | None = None):
-    """Write the loss (and Slerp) options into the model config, where `forward` reads them (and saves them)."""
+    """Apply the options the user gave to the model config, where `forward` reads them (and saves them).
+
+    Only options that are set change: `config.contrastive_loss` keeps every field `loss_args` leaves None (a
+    loaded model keeps e.g. its `reference_negatives`), and `slerp_alpha` likewise. A fixed temperature freezes
+    the logit scale, which the loss then no longer uses.
+    """
     config = model.config
-    config.contrastive_loss = ContrastiveLossConfig(
-        loss_type=loss_args.loss_type,
-        two_way=loss_args.two_way,
-        hn_alpha=loss_args.hn_alpha,
-        hn_beta=loss_args.hn_beta,
-        temperature=loss_args.temperature,
-    ).to_dict()
-    if loss_args.temperature is not None:  # a fixed temperature leaves the logit scale unused
+    given = {f.name: getattr(loss_args, f.name) for f in fields(ContrastiveLossConfig) if hasattr(loss_args, f.name)}
+    config.contrastive_loss = replace(config.contrastive_loss, **{k: v for k, v in given.items() if v is not None})
+    if loss_args.temperature is not None:
         config.learnable_logit_scale = False
         model.logit_scale.requires_grad_(False)
-    if synthesis_args is not None:
+    if synthesis_args is not None and synthesis_args.slerp_alpha is not None:
         config.slerp_alpha = synthesis_args.slerp_alpha
 
 
@@ -256,19 +206,21 @@ def build_trainer(
     training_args,
     model=None,
     processor=None,
+    modification_writer=None,
 ):
-    """Everything for one training stage, as a `Trainer` (not yet trained).
+    """Everything for one training stage, as a `CoLLMTrainer` (not yet trained).
 
     Args:
         stage: "pairs" or "triplets".
         model_args, data_args, synthesis_args, loss_args, lora_args: the option dataclasses.
         training_args: `transformers.TrainingArguments` (`remove_unused_columns` is forced to False).
         model, processor: an already loaded model and processor (skips `load_model_and_processor`).
+        modification_writer: pairs: writes the composed queries' texts instead of the templates (`CoLLMTrainer`).
 
     Returns:
-        `Trainer` (`GradCacheTrainer` with `loss_args.gradient_cache_chunk_size`).
+        `CoLLMTrainer` (`GradCacheTrainer` with `loss_args.gradient_cache_chunk_size`).
     """
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     from .gradient_cache import GradCacheTrainer
 
@@ -299,12 +251,11 @@ def build_trainer(
         model.config.contrastive_loss,
     )
     collator = build_collator(stage, processor, data_args, synthesis_args, images, seed=training_args.seed)
-    kwargs = dict(
-        model=model, args=training_args, train_dataset=rows, data_collator=collator, processing_class=processor
-    )
+    kwargs = dict(model=model, args=training_args, train_dataset=rows, data_collator=collator,
+                  processing_class=processor, modification_writer=modification_writer)
     if loss_args.gradient_cache_chunk_size:
         return GradCacheTrainer(chunk_size=loss_args.gradient_cache_chunk_size, **kwargs)
-    return Trainer(**kwargs)
+    return CoLLMTrainer(**kwargs)
 
 
 def save_trained(trainer, output_dir: str, merge: bool = True):
@@ -339,171 +290,15 @@ def run_training(stage, model_args, data_args, synthesis_args, loss_args, lora_a
     return result
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Synthesis overhead
-# ----------------------------------------------------------------------------------------------------------
-def _synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_synthesis_overhead(model, batch: dict, steps: int = 5, warmup: int = 1) -> float:
-    """Share of a training step spent in the in-step synthesis (neighbours, Slerp, token assembly, stacking).
-
-    A step is forward + backward of `model(**batch)` on a pair batch (`CoLLMPairCollator` output). The
-    synthesis part is `synthesize_composed_queries` + `concat_padded_queries` on the same inputs, timed apart.
-    The augmented-image encoding h' = f(t(v)) is the method's own cost, not the assembly's, and is left out
-    of the numerator (it is in the step). Median over `steps` runs after `warmup`.
-
-    Args:
-        model: a `CoLLMModel` (or a peft wrapper of one), on its device.
-        batch: a pair batch; tensors are moved to the model's device.
-        steps / warmup: timed and untimed repetitions.
-
-    Returns:
-        synthesis time / step time (e.g. 0.01 = 1 %).
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(base.parameters()).device
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    if "caption_ids" not in batch:
-        raise ValueError("measure_synthesis_overhead needs a pair batch (CoLLMPairCollator output).")
-    with torch.no_grad():
-        augmented = base.get_image_embeds(batch["pixel_values"])  # (batch, dim) h'
-    alpha = getattr(base.config, "slerp_alpha", DEFAULT_SLERP_ALPHA)
-
-    def synthesis():
-        out = synthesize_composed_queries(
-            augmented,
-            batch["caption_ids"],
-            batch["modification_template_ids"],
-            batch["query_frame_ids"],
-            batch.get("target_image_ids"),
-            alpha,
-        )
-        concat_padded_queries(
-            [
-                (batch["input_ids"], batch["attention_mask"]),
-                (batch["text_input_ids"], batch["text_attention_mask"]),
-                (out.input_ids, out.attention_mask),
-            ]
-        )
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-
-    def timed(fn) -> float:
-        times = []
-        for i in range(warmup + steps):
-            _synchronize(device)
-            start = time.perf_counter()
-            fn()
-            _synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
-
-    was_training = model.training
-    model.train()
-    step_time = timed(step)
-    synthesis_time = timed(synthesis)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    logger.info("synthesis %.2f ms / step %.2f ms", synthesis_time * 1e3, step_time * 1e3)
-    return synthesis_time / step_time
-
-
-BENCHMARK_WORDS = (
-    "red blue green yellow purple small large wooden metal dog cat car bench tree house bicycle two three "
-    "people street river mountain sitting standing next to on under near with a the of"
-).split()
-
-
-def synthesis_overhead_benchmark(
-    size: str = "tiny", batch_size: int = 32, device: str | None = None, steps: int = 5
-) -> dict:
-    """`measure_synthesis_overhead` on a random model and random pairs (no downloads).
-
-    Args:
-        size: "tiny" (hidden 32, CPU-friendly) or "base" (CLIP-B/32-shaped tower, 16-layer 2048-wide Llama,
-            about 0.7B parameters; bf16 on CUDA; too slow for CPU). Real 7B LLMs make the share smaller still.
-        batch_size: pairs per step (3 queries each).
-        device: "cuda" or "cpu" (default: cuda when available).
-        steps: timed repetitions.
-
-    Returns:
-        {"share": float, "batch_size": int, "size": str, "device": str}.
-    """
-    import numpy as np
-    from PIL import Image
-
-    from ..testing_utils import TEXT_CONFIGS, VISION_CONFIGS, tiny_config, tiny_image_processor, tiny_tokenizer
-    from ..models.collm.configuration_collm import CoLLMConfig
-    from ..models.collm.modeling_collm import CoLLMModel
-    from ..models.collm.processing_collm import CoLLMProcessor
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    if size == "tiny":
-        config, image_size, dtype = tiny_config(vocab_size=len(tokenizer)), 32, torch.float32
-    elif size == "base":  # CLIP-B/32-shaped tower, ~0.6B-parameter Llama (random weights)
-        vision = dict(
-            VISION_CONFIGS["clip"],
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=32,
-            projection_dim=512,
-        )
-        text = dict(
-            TEXT_CONFIGS["llama"],
-            hidden_size=2048,
-            intermediate_size=5632,
-            num_hidden_layers=16,
-            num_attention_heads=16,
-            num_key_value_heads=8,
-            vocab_size=len(tokenizer),
-        )
-        config = CoLLMConfig(vision_config=vision, text_config=text)
-        image_size, dtype = 224, torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        raise ValueError(f"size must be 'tiny' or 'base', got {size!r}")
-    with torch.device(device):
-        model = CoLLMModel(config).to(dtype)
-    processor = CoLLMProcessor.for_model(tiny_image_processor(image_size), tokenizer, model.config)
-    rng = np.random.default_rng(0)
-    rows = [
-        {
-            "image_id": str(i),
-            "image": Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)),
-            "caption": " ".join(rng.choice(BENCHMARK_WORDS, size=int(rng.integers(6, 16)))),
-        }
-        for i in range(batch_size)
-    ]
-    batch = CoLLMPairCollator(processor, check_tokenization=False)(rows)
-    share = measure_synthesis_overhead(model, batch, steps=steps)
-    return {"share": share, "batch_size": batch_size, "size": size, "device": str(device)}
-
-
 __all__ = [
-    "DataArguments",
-    "LossArguments",
-    "ModelArguments",
-    "STAGES",
-    "SynthesisArguments",
+    "ADAPTER_DIR",
+    "CoLLMTrainer",
     "build_collator",
     "build_trainer",
     "configure_loss",
     "load_model_and_processor",
     "load_rows",
     "load_training_data",
-    "measure_synthesis_overhead",
     "run_training",
     "save_trained",
-    "synthesis_overhead_benchmark",
-    "training_defaults",
 ]

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from ...training.trainer import STAGES
+from ...training.arguments import STAGES
 
 USAGE = (
     f"usage: train {{{','.join(STAGES)}}} [options] | --measure-synthesis-overhead [--size tiny|base] [--batch-size N]"
@@ -22,7 +22,7 @@ def option_parser():
     from transformers import HfArgumentParser, TrainingArguments
 
     from ...training.lora import LoraArguments
-    from ...training.trainer import DataArguments, LossArguments, ModelArguments, SynthesisArguments, training_defaults
+    from ...training.arguments import DataArguments, LossArguments, ModelArguments, SynthesisArguments, training_defaults
 
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, SynthesisArguments, LossArguments, LoraArguments, TrainingArguments)
@@ -33,7 +33,7 @@ def option_parser():
 
 def parse_options(argv: list[str]) -> tuple:
     """(model, data, synthesis, loss, lora, training) arguments from flags, or from one `.json` file."""
-    from ...training.trainer import training_defaults
+    from ...training.arguments import training_defaults
 
     parser = option_parser()
     if len(argv) == 1 and argv[0].endswith(".json"):
@@ -63,7 +63,7 @@ def measure(argv: list[str]) -> int:
 
 
 def _measure(args) -> int:
-    from ...training.trainer import synthesis_overhead_benchmark
+    from ...training.synthesis_overhead import synthesis_overhead_benchmark
 
     result = synthesis_overhead_benchmark(args.size, args.batch_size, args.device, args.steps)
     print(json.dumps(result))

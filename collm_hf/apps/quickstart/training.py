@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from ...models.collm.configuration_collm import DEFAULT_INSTRUCTION, CoLLMConfig
+from ...models.collm.losses import ContrastiveLossConfig
 from ...data.synthetic_world import WorldConfig, world_corpus
 from ...models.collm.modeling_collm import CoLLMModel
 from ...models.collm.processing_collm import CoLLMProcessor
@@ -134,8 +135,9 @@ def build_model_and_processor(recipe: QuickstartRecipe, llm: str | None = None, 
     temperature = {} if recipe.inverse_temperature is None else {
         "logit_scale_init_value": math.log(recipe.inverse_temperature), "learnable_logit_scale": False}
     config = CoLLMConfig(vision_config=vision, text_config=text, freeze_vision_tower=False,
-                         contrastive_loss={"two_way": recipe.two_way_loss, "loss_type": recipe.loss_type,
-                                           "reference_negatives": recipe.reference_negatives}, instruction=recipe.instruction,
+                         contrastive_loss=ContrastiveLossConfig(loss_type=recipe.loss_type, two_way=recipe.two_way_loss,
+                                                                reference_negatives=recipe.reference_negatives),
+                         instruction=recipe.instruction,
                          num_visual_tokens=recipe.num_visual_tokens, pooling=recipe.pooling,
                          adapter_type=recipe.adapter_type, **temperature)
     model = CoLLMModel(config)

@@ -12,17 +12,22 @@ a default full-size LLM config would silently allocate billions of parameters. R
 `CoLLMModel.from_backbones(...)` or from explicit sub-configs.
 """
 
+from dataclasses import field
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
+from .losses import ContrastiveLossConfig
 from .vision_families import resolve_vision_family, vision_embedding_size
 
 # The paper's prompt (CoLLM §7.2). `{image}` and `{text}` mark where the two query parts go; a missing
 # modality's part is dropped (text-only and image-only queries).
 DEFAULT_INSTRUCTION = "Find the image that matches the query."
+# The loss of a config saved without a loss section (`"contrastive_loss": null` or no key, as collm-hf 0.1 wrote
+# it): that default was one-way InfoNCE, so such a checkpoint keeps the loss it trained with.
+UNSPECIFIED_LOSS = ContrastiveLossConfig(loss_type="info_nce", two_way=False)
 
 
 @strict
@@ -47,7 +52,8 @@ class CoLLMConfig(PreTrainedConfig):
         freeze_vision_tower (`bool`): whether the vision tower is frozen.
         image_token_id (`int`): the placeholder id of image tokens in `input_ids`.
         slerp_alpha (`float`): neighbour weight of the Slerp in pair pre-training.
-        contrastive_loss (`dict`, *optional*): loss options, see `losses.ContrastiveLossConfig`.
+        contrastive_loss (`ContrastiveLossConfig` or `dict`, *optional*): the loss options; a dict (config.json's
+            form) becomes a `ContrastiveLossConfig` when set. Defaults to `ContrastiveLossConfig()`, two-way HN-NCE.
 
     Example:
 
@@ -112,8 +118,8 @@ class CoLLMConfig(PreTrainedConfig):
     image_token_id: int = -200
     # Slerp weight of the neighbour in on-the-fly triplet synthesis (CoLLM §3.2: 0.5 is best in the ablation).
     slerp_alpha: float = 0.5
-    # Options of the contrastive loss (`losses.ContrastiveLossConfig` as a dict; None = InfoNCE, one-way).
-    contrastive_loss: dict | None = None
+    # Options of the contrastive loss; default: the loss the paper cites (HN-NCE, both directions). A dict is converted.
+    contrastive_loss: ContrastiveLossConfig | dict = field(default_factory=ContrastiveLossConfig)
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -127,10 +133,38 @@ class CoLLMConfig(PreTrainedConfig):
         if self.num_visual_tokens < 1:
             raise ValueError(f"num_visual_tokens must be >= 1, got {self.num_visual_tokens}")
 
+    def __setattr__(self, key, value):
+        # The loss options are typed in memory: a dict (from config.json, or assigned) is parsed once, here,
+        # whether it comes in through the constructor or a later assignment.
+        if key == "contrastive_loss" and isinstance(value, dict):
+            value = ContrastiveLossConfig.from_dict(value)
+        super().__setattr__(key, value)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output["contrastive_loss"] = self.contrastive_loss.to_dict()  # always written, so it always round-trips
+        return output
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As `PreTrainedConfig.from_dict`; a dict without a loss section (collm-hf 0.1's configs) gets
+        `UNSPECIFIED_LOSS`, the loss such a checkpoint trained with, not today's default."""
+        return super().from_dict(_with_loss_section(config_dict), **kwargs)
+
+    @classmethod
+    def from_json_file(cls, json_file):
+        return cls(**_with_loss_section(cls._dict_from_json_file(json_file)))
+
     @property
     def image_embedding_size(self) -> int:
         """Size of the gallery embedding `f(v)` (the tower's projection, or its hidden size)."""
         return self.vision_projection_dim or self.vision_config.hidden_size
 
 
-__all__ = ["CoLLMConfig", "DEFAULT_INSTRUCTION"]
+def _with_loss_section(config_dict: dict) -> dict:
+    if config_dict.get("contrastive_loss") is not None:
+        return config_dict
+    return {**config_dict, "contrastive_loss": UNSPECIFIED_LOSS.to_dict()}
+
+
+__all__ = ["CoLLMConfig", "DEFAULT_INSTRUCTION", "UNSPECIFIED_LOSS"]

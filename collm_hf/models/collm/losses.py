@@ -31,18 +31,26 @@ MAX_LOGIT_SCALE = math.log(100.0)
 PAD_QUERY_KEY = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ContrastiveLossConfig:
-    """Options of the contrastive loss; stored in `CoLLMConfig.contrastive_loss` as a dict.
+    """Options of the contrastive loss: the value of `CoLLMConfig.contrastive_loss` (a plain dict in config.json).
+
+    The default is the loss the paper cites (§3.2): HN-NCE with alpha 1 and beta 0.5, in both directions.
+    Frozen, so every change goes through `dataclasses.replace` and is validated again.
 
     Example:
-        >>> model.config.contrastive_loss = ContrastiveLossConfig(loss_type="hn_nce", two_way=True).to_dict()  # doctest: +SKIP
+        >>> from dataclasses import replace
+        >>> loss = ContrastiveLossConfig()
+        >>> loss.loss_type, loss.two_way
+        ('hn_nce', True)
+        >>> replace(loss, reference_negatives=True).to_dict()["reference_negatives"]
+        True
     """
 
-    # "info_nce" (the foundation default) or "hn_nce" (the loss the paper cites).
-    loss_type: str = "info_nce"
+    # "hn_nce" (Radenovic et al. 2023, the loss the paper cites) or "info_nce" (CLIP's).
+    loss_type: str = "hn_nce"
     # Also the target -> query direction (averaged with query -> target), as CLIP and CoVR do.
-    two_way: bool = False
+    two_way: bool = True
     # HN-NCE alpha: weight of the positive in the denominator (1 = InfoNCE-like; CoVR uses 1).
     hn_alpha: float = 1.0
     # HN-NCE beta: hardness of the negative re-weighting (0 = InfoNCE; CoVR uses 0.5).
@@ -63,8 +71,8 @@ class ContrastiveLossConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
     @classmethod
-    def from_dict(cls, options: dict | None) -> "ContrastiveLossConfig":
-        options = dict(options or {})
+    def from_dict(cls, options: dict) -> "ContrastiveLossConfig":
+        """From the dict `to_dict` wrote; missing keys take the defaults, unknown keys are an error naming them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -201,6 +209,15 @@ def _scaled_logits(query_embeds, target_embeds, logit_scale) -> torch.Tensor:
     return scale * query_embeds.to(dtype) @ target_embeds.to(dtype).t()  # (queries, targets)
 
 
+def distinct_rows(embeds: torch.Tensor) -> torch.Tensor:
+    """The first occurrence of each distinct row of `embeds` (rows, dim), with gradients (a reference serves all
+    its edits, so a triplet batch's reference rows repeat)."""
+    _, inverse = torch.unique(embeds.detach(), dim=0, return_inverse=True)
+    rows = torch.arange(len(embeds), device=embeds.device)
+    first = torch.full((int(inverse.max()) + 1,), len(embeds), device=embeds.device)
+    return embeds[first.scatter_reduce(0, inverse, rows, reduce="amin")]
+
+
 def with_extra_negatives(logits: torch.Tensor, masked: torch.Tensor, query_embeds, target_embeds, extra, logit_scale):
     """The query -> target `logits` and `masked` (n, n) extended by columns for `extra` (m, dim) negatives: (n, n + m).
 
@@ -332,7 +349,7 @@ def contrastive_loss(
         target_embeds: (batch, dim) their targets, L2-normalised.
         logit_scale: scalar log inverse temperature (ignored when `config.temperature` is set).
         target_ids: (batch,) integer target image ids for false-negative masking, or None.
-        config: `ContrastiveLossConfig` (default: one-way InfoNCE).
+        config: `ContrastiveLossConfig` (default: `ContrastiveLossConfig()`, two-way HN-NCE).
         extra_negatives: (m, dim) this process's extra negatives of every query, L2-normalised, or None.
         query_keys, target_query_keys: (batch,) and (batch, keys) this process's query keys and the keys each
             target answers (`false_negative_mask`), or None.
@@ -369,6 +386,7 @@ __all__ = [
     "MAX_LOGIT_SCALE",
     "PAD_QUERY_KEY",
     "contrastive_loss",
+    "distinct_rows",
     "false_negative_mask",
     "gather_padded",
     "gather_rows",

@@ -18,8 +18,8 @@ from transformers.utils import ModelOutput
 
 from .configuration_collm import CoLLMConfig
 from .input_checks import check_embeds, check_pixel_values, check_query_tokens
-from .losses import ContrastiveLossConfig, contrastive_loss
-from .synthesis import DEFAULT_SLERP_ALPHA, concat_padded_queries, synthesize_composed_queries
+from .losses import contrastive_loss, distinct_rows
+from .synthesis import concat_padded_queries, synthesize_composed_queries
 from .vision_families import build_vision_projection, build_vision_tower, load_pretrained_vision, pool_vision_output
 
 
@@ -38,15 +38,6 @@ class CoLLMOutput(ModelOutput):
     query_embeds: torch.FloatTensor | None = None
     target_embeds: torch.FloatTensor | None = None
     logits_per_query: torch.FloatTensor | None = None
-
-
-def distinct_rows(embeds: torch.Tensor) -> torch.Tensor:
-    """The first occurrence of each distinct row of `embeds` (rows, dim), with gradients (a reference serves all
-    its edits, so a triplet batch's reference rows repeat)."""
-    _, inverse = torch.unique(embeds.detach(), dim=0, return_inverse=True)
-    rows = torch.arange(len(embeds), device=embeds.device)
-    first = torch.full((int(inverse.max()) + 1,), len(embeds), device=embeds.device)
-    return embeds[first.scatter_reduce(0, inverse, rows, reduce="amin")]
 
 
 @dataclass
@@ -310,6 +301,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
         query_frame_ids: torch.Tensor | None = None,
         query_keys: torch.Tensor | None = None,
         target_query_keys: torch.Tensor | None = None,
+        modification_writer=None,
     ) -> CoLLMContrastiveInputs:
         """Everything before the LLM pass: image embeddings, and for pairs the on-the-fly triplet synthesis.
 
@@ -317,6 +309,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
         `pixel_values` are the augmented targets t(v); their embeddings h' give the synthesised references h*
         (`synthesis.synthesize_composed_queries`), and three query groups are stacked: image-only from h*
         (`input_ids`), text-only from the target caption (`text_input_ids`), composed from h* and w* (CoLLM §3.2).
+        `modification_writer` (see `forward`) rewrites the templated texts w* of the composed group.
         """
         joint = (image_embeds is None and target_image_embeds is None and pixel_values is not None
                  and target_pixel_values is not None and pixel_values.shape[1:] == target_pixel_values.shape[1:])
@@ -338,10 +331,10 @@ class CoLLMModel(CoLLMPreTrainedModel):
                 )
             synthesized = synthesize_composed_queries(
                 image_embeds, caption_ids, modification_template_ids, query_frame_ids, target_image_ids,
-                alpha=getattr(self.config, "slerp_alpha", DEFAULT_SLERP_ALPHA),
+                alpha=self.config.slerp_alpha,
             )
-            if getattr(self, "modification_writer", None) is not None:  # LLM-written w* (llm_synthesis.py)
-                synthesized = self.modification_writer(synthesized, caption_ids, modification_template_ids, query_frame_ids)
+            if modification_writer is not None:
+                synthesized = modification_writer(synthesized, caption_ids, modification_template_ids, query_frame_ids)
             input_ids, attention_mask = concat_padded_queries(
                 [(input_ids, attention_mask), (text_input_ids, text_attention_mask),
                  (synthesized.input_ids, synthesized.attention_mask)]
@@ -376,14 +369,14 @@ class CoLLMModel(CoLLMPreTrainedModel):
     def contrastive_output(
         self, query_embeds: torch.Tensor, inputs: CoLLMContrastiveInputs, return_loss: bool = True
     ) -> CoLLMOutput:
-        """Loss (mean over query groups of `losses.contrastive_loss`, options from `config.contrastive_loss`)."""
+        """Loss (mean over query groups of `losses.contrastive_loss` with the options `config.contrastive_loss`)."""
         groups = query_embeds.chunk(inputs.num_groups)  # each (batch, dim); the last is the composed query
         target_embeds, logits, loss = inputs.target_embeds, None, None
         if target_embeds is not None:
             target_embeds = target_embeds.to(query_embeds.device, query_embeds.dtype)
             logits = self.logit_scale.exp() * groups[-1] @ target_embeds.t()  # (batch, batch)
             if return_loss:
-                config = ContrastiveLossConfig.from_dict(getattr(self.config, "contrastive_loss", None))
+                config = self.config.contrastive_loss
                 extra = None
                 if config.reference_negatives and inputs.num_groups == 1 and inputs.image_embeds is not None:
                     extra = distinct_rows(inputs.image_embeds).to(query_embeds.device, query_embeds.dtype)
@@ -412,6 +405,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
         query_keys: torch.Tensor | None = None,
         target_query_keys: torch.Tensor | None = None,
         return_loss: bool = False,
+        modification_writer=None,
         **kwargs,
     ) -> CoLLMOutput:
         """Embed queries (and targets), and with `return_loss=True` the contrastive loss over the batch.
@@ -429,6 +423,10 @@ class CoLLMModel(CoLLMPreTrainedModel):
                 a target whose keys hold query i's key answers query i too and is not its negative.
             return_loss: compute the contrastive loss (needs targets); under torch.distributed its negatives
                 come from every process.
+            modification_writer: pairs only; None keeps the paper's template texts w*. Otherwise a callable
+                `(synthesized, caption_ids, modification_template_ids, query_frame_ids) -> SynthesizedQueries` that
+                rewrites them, e.g. `collm_hf.training.llm_synthesis.ComposedQueryWriter` (an LLM writes each text);
+                a training component, never part of the model or its checkpoint (`CoLLMTrainer` passes it).
 
         Returns:
             [`CoLLMOutput`]; for pairs `query_embeds` and `logits_per_query` are the composed queries'.
@@ -436,7 +434,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
         inputs = self.prepare_contrastive_inputs(
             input_ids, attention_mask, pixel_values, image_embeds, target_pixel_values, target_image_embeds,
             target_image_ids, text_input_ids, text_attention_mask, caption_ids, modification_template_ids, query_frame_ids,
-            query_keys, target_query_keys,
+            query_keys, target_query_keys, modification_writer,
         )
         return self.contrastive_output(self.embed_query_groups(inputs), inputs, return_loss)
 
