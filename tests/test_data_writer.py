@@ -2,15 +2,14 @@
 
 import io
 import tracemalloc
-from unittest import mock
 
 import numpy as np
 import pytest
 from datasets import load_dataset
 from PIL import Image
 
-from collm_hf.data import schema
-from collm_hf.data.writer import DatasetWriteError, write_dataset
+from collm_hf.data import schema, writer
+from collm_hf.data.writer import DatasetWriteError, push_folder_to_hub, write_dataset
 
 
 @pytest.fixture
@@ -18,6 +17,33 @@ def png(tmp_path):
     path = tmp_path / "a.png"
     Image.fromarray(np.full((5, 7, 3), 200, np.uint8)).save(path)
     return path
+
+
+class FakeHfApi:
+    """Stands in for `huggingface_hub.HfApi`: records the calls; `fail_with` makes the upload raise."""
+
+    instances: list = []
+    fail_with: Exception | None = None
+
+    def __init__(self, token=None):
+        self.token, self.calls = token, []
+        FakeHfApi.instances.append(self)
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        if self.fail_with is not None:
+            raise self.fail_with
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """`writer.HfApi` replaced by `FakeHfApi`; yields the class (its `instances` are the clients made)."""
+    monkeypatch.setattr(FakeHfApi, "instances", [])
+    monkeypatch.setattr(writer, "HfApi", FakeHfApi)
+    return FakeHfApi
 
 
 def _query(i, image):
@@ -95,18 +121,25 @@ def test_memory_stays_flat_while_streaming(tmp_path):
     assert len(list((tmp_path / "big" / "pairs").glob("*.parquet"))) == 3
 
 
-def test_push_to_hub_uploads_the_finished_folder(tmp_path, png):
-    with mock.patch("collm_hf.data.writer.HfApi") as api_class:
-        out = write_dataset(tmp_path / "ds", {"pairs": {"train": [{"image_id": "0", "image": png, "caption": "a"}]}},
-                            {"pairs": schema.PAIRS_FEATURES}, push_to_hub="org/tiny-pairs")
-    api = api_class.return_value
-    api.create_repo.assert_called_once_with("org/tiny-pairs", repo_type="dataset", exist_ok=True, private=None)
-    kwargs = api.upload_folder.call_args.kwargs
+def test_push_to_hub_uploads_the_finished_folder(tmp_path, png, hub):
+    out = write_dataset(tmp_path / "ds", {"pairs": {"train": [{"image_id": "0", "image": png, "caption": "a"}]}},
+                        {"pairs": schema.PAIRS_FEATURES}, push_to_hub="org/tiny-pairs")
+    (api,) = hub.instances
+    (create, upload) = api.calls
+    assert create == ("create_repo", "org/tiny-pairs", {"repo_type": "dataset", "exist_ok": True, "private": None})
+    kwargs = upload[1]
     assert kwargs["folder_path"] == str(out) and kwargs["repo_id"] == "org/tiny-pairs"
     assert kwargs["repo_type"] == "dataset"
 
 
-def test_build_script_push_to_hub_flag(tmp_path, png):
+def test_push_folder_to_hub_uses_the_client_it_is_given(tmp_path):
+    api = FakeHfApi()
+    url = push_folder_to_hub(tmp_path, "org/given", private=True, api=api)
+    assert url == "https://huggingface.co/datasets/org/given"
+    assert [call[0] for call in api.calls] == ["create_repo", "upload_folder"] and api.calls[0][2]["private"] is True
+
+
+def test_build_script_push_to_hub_flag(tmp_path, png, hub):
     import importlib.util
     import json
     from pathlib import Path
@@ -117,10 +150,9 @@ def test_build_script_push_to_hub_flag(tmp_path, png):
     spec.loader.exec_module(script)
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"image": "a.png", "caption": "a"}) + "\n")
-    with mock.patch("collm_hf.data.writer.HfApi") as api_class:
-        script.main(["--source-dir", str(captions), "--images-dir", str(tmp_path), "--output-dir",
-                     str(tmp_path / "out"), "--push-to-hub", "org/pairs"])
-    assert api_class.return_value.upload_folder.call_args.kwargs["repo_id"] == "org/pairs"
+    script.main(["--source-dir", str(captions), "--images-dir", str(tmp_path), "--output-dir",
+                 str(tmp_path / "out"), "--push-to-hub", "org/pairs"])
+    assert hub.instances[0].calls[-1][1]["repo_id"] == "org/pairs"
 
 
 def test_schema_names_follow_the_contract():
@@ -142,17 +174,16 @@ def test_benchmark_builder_memory_reports_a_peak(tmp_path):
     assert 10 * 2**20 < peak < 4 * 2**30
 
 
-def test_push_works_with_huggingface_hub_hfapi_mocked_and_cli_subcommand(tmp_path, png):
+def test_push_through_the_cli_subcommand(tmp_path, png, hub):
     import json
 
     from collm_hf.apps.cli import main as collm_hf_main
 
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"image": "a.png", "caption": "a"}) + "\n")
-    with mock.patch("huggingface_hub.HfApi") as api_class:
-        assert collm_hf_main(["build-dataset", "pairs", "--source-dir", str(captions), "--images-dir", str(tmp_path),
-                              "--output-dir", str(tmp_path / "out"), "--push-to-hub", "org/pairs"]) == 0
-    api_class.return_value.upload_folder.assert_called_once()
+    assert collm_hf_main(["build-dataset", "pairs", "--source-dir", str(captions), "--images-dir", str(tmp_path),
+                          "--output-dir", str(tmp_path / "out"), "--push-to-hub", "org/pairs"]) == 0
+    assert [call[0] for call in hub.instances[0].calls].count("upload_folder") == 1
     assert load_dataset(str(tmp_path / "out"), "pairs", split="train")["caption"] == ["a"]
 
 
@@ -169,13 +200,12 @@ def test_stale_partial_folder_of_a_killed_build_is_removed(tmp_path, png):
     assert not stale.exists() and (tmp_path / "ds" / "README.md").is_file()
 
 
-def test_failed_upload_keeps_the_local_build_and_says_so(tmp_path, png):
+def test_failed_upload_keeps_the_local_build_and_says_so(tmp_path, png, hub, monkeypatch):
     from collm_hf.data.writer import HubPushError
 
-    with mock.patch("collm_hf.data.writer.HfApi") as api_class:
-        api_class.return_value.upload_folder.side_effect = OSError("network unreachable")
-        with pytest.raises(HubPushError, match="network unreachable") as error:
-            write_dataset(tmp_path / "ds", {"pairs": {"train": [{"image_id": "0", "image": png, "caption": "a"}]}},
-                          {"pairs": schema.PAIRS_FEATURES}, push_to_hub="org/x")
+    monkeypatch.setattr(hub, "fail_with", OSError("network unreachable"))
+    with pytest.raises(HubPushError, match="network unreachable") as error:
+        write_dataset(tmp_path / "ds", {"pairs": {"train": [{"image_id": "0", "image": png, "caption": "a"}]}},
+                      {"pairs": schema.PAIRS_FEATURES}, push_to_hub="org/x")
     assert str(tmp_path / "ds") in str(error.value)
     assert load_dataset(str(tmp_path / "ds"), "pairs", split="train").num_rows == 1

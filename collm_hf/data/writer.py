@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Features, Image
 from datasets.features.features import encode_nested_example
-import huggingface_hub
 from huggingface_hub import HfApi
 
 from .card import render_card
@@ -39,7 +38,6 @@ from .schema import image_columns
 ROW_GROUP_ROWS = 100
 ROW_GROUP_BYTES = 64 * 1024 * 1024
 BUILD_MARKER = "collm_hf_dataset: true"
-_HF_API = HfApi
 
 
 class DatasetWriteError(ValueError):
@@ -121,21 +119,16 @@ def write_dataset(
     return output_dir
 
 
-def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, token=None) -> str:
-    """Upload a finished dataset folder to the hub as a dataset repo (created if needed); return its URL."""
-    api = _hub_api_class()(token=token)
+def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, token=None,
+                       api: HfApi | None = None) -> str:
+    """Upload a finished dataset folder to the hub as a dataset repo (created if needed); return its URL.
+
+    `api` is the `HfApi` client to use (default: a new one with `token`)."""
+    api = api or HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
                       commit_message="Upload dataset built with collm_hf.data")
     return f"https://huggingface.co/datasets/{repo_id}"
-
-
-def _hub_api_class():
-    """`HfApi`, looked up at call time so that a mock of either `collm_hf.data.writer.HfApi` or
-    `huggingface_hub.HfApi` takes effect (tests, dry runs)."""
-    if HfApi is not _HF_API:
-        return HfApi
-    return huggingface_hub.HfApi
 
 
 def _write_split(root: Path, config_name: str, split_name: str, rows: Iterable[dict], features: Features,
