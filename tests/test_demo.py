@@ -10,7 +10,7 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install collm-hf[demo])")
 
-from collm_hf.apps.demo import BadUpload, build_demo, reference_image_input, search_step, synthetic_world_gallery  # noqa: E402
+from collm_hf.apps.demo import build_demo, search_step, synthetic_world_gallery  # noqa: E402
 from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +41,7 @@ def saved(tmp_path_factory, gallery):
     gallery.to_parquet(str(root / "gallery.parquet"))
     _image(50).save(root / "ref.png")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature, then garbage
+    (root / "notes.txt").write_text("not a picture")
     return root
 
 
@@ -74,30 +75,40 @@ def test_composed_text_and_image_queries(demo, saved):
     ("Image only", None, "", "Upload or pick a reference image"),
     ("Image + text", "REF", "   ", "Type a modification text"),
     ("Text only", None, "", "Type a modification text"),
-    ("Image + text", BadUpload("'notes.txt' is not an image"), "x", "'notes.txt' is not an image"),
-    ("Image + text", "BROKEN", "make it red", "broken.png"),
+    ("Image + text", "NOTES", "x", "'notes.txt' is not an image"),
+    ("Image + text", "BROKEN", "make it red", "'broken.png' is not an image"),
 ])
 def test_bad_inputs_give_a_message_not_an_exception(demo, saved, mode, image, text, message):
-    image = {"REF": str(saved / "ref.png"), "BROKEN": str(saved / "broken.png")}.get(image, image)
+    image = {"REF": str(saved / "ref.png"), "BROKEN": str(saved / "broken.png"), "NOTES": str(saved / "notes.txt")}.get(image, image)
     items, status, warning = search_step(demo.searcher, image, text, mode, 4)
     assert items == [] and message in warning and status.startswith("⚠️")
 
 
-def test_text_only_ignores_a_bad_upload(demo):
-    items, _, warning = search_step(demo.searcher, BadUpload("not an image"), "a red square", "Text only", 3)
+def test_text_only_ignores_a_bad_upload(demo, saved):
+    items, _, warning = search_step(demo.searcher, str(saved / "notes.txt"), "a red square", "Text only", 3)
     assert warning is None and len(items) == 3
 
 
-def test_reference_image_turns_undecodable_uploads_into_a_message(saved, tmp_path):
-    from gradio.data_classes import ImageData
+def _search_event(demo):
+    (event,) = [fn for fn in demo.fns.values() if fn.api_name == "search"]
+    return event
 
-    component = reference_image_input(type="filepath")
-    not_image = tmp_path / "holiday.png"
+
+def test_uploads_reach_the_handler_undecoded_and_a_non_image_becomes_a_message(demo, saved, tmp_path):
+    """The reference input is a plain `gr.Image(type="filepath")`; the search event skips gradio's preprocessing
+    (which would decode the upload itself and fail on a non-image), and the handler decodes the file."""
+    event = _search_event(demo)
+    image = event.inputs[0]
+    assert type(image) is gr.Image and image.type == "filepath" and "preprocess" not in vars(image)
+    assert event.preprocess is False
+    not_image = tmp_path / "upload-0001"
     not_image.write_text("hello")
-    value = component.preprocess(ImageData(path=str(not_image), orig_name="holiday.png"))
-    assert isinstance(value, BadUpload) and "'holiday.png' is not an image" in value
-    good = component.preprocess(ImageData(path=str(saved / "ref.png"), orig_name="ref.png"))
-    assert not isinstance(good, BadUpload) and Image.open(good).size == (40, 40)
+    upload = {"path": str(not_image), "orig_name": "holiday.png", "meta": {"_type": "gradio.FileData"}}
+    items, status = event.fn(upload, "make it red", "Image + text", 4, True)
+    assert items == [] and "'holiday.png' is not an image" in status
+    good = {"path": str(saved / "ref.png"), "orig_name": "ref.png", "meta": {"_type": "gradio.FileData"}}
+    items, status = event.fn(good, "make it red", "Image + text", 4, True)
+    assert len(items) == 4 and status.startswith("**Image + text**")
 
 
 def test_app_layout_and_handler(demo):

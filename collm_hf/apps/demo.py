@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from ..models.collm.image_io import ImageReadError
+from ..models.collm.image_io import ImageReadError, open_image
 from .search import DEFAULT_MODEL, GallerySearcher, SearchInputError, load_gallery, open_gallery, read_query_image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -33,28 +33,24 @@ CSS = """
 """
 
 
-class BadUpload(str):
-    """What the reference image input passes on when the upload could not be opened as an image."""
+def open_reference(image, name: str | None = None):
+    """The reference image as a PIL image: a file path is decoded here, with the package's `open_image`.
 
+    Args:
+        image: a file path (an upload, a picked sample) or a PIL image.
+        name: the file's name for messages (an upload's original name); default: the path's last part.
 
-def reference_image_input(**kwargs) -> gr.Image:
-    """A `gr.Image` whose undecodable uploads reach the handler as a `BadUpload` message, not a server error.
-
-    The instance's `preprocess` is wrapped (a subclass would make gradio write a `.pyi` stub into the package).
+    Raises:
+        ImageReadError: the file is not an image that can be read; the message names it, for the page.
     """
-    component = gr.Image(**kwargs)
-    decode = component.preprocess
-
-    def preprocess(payload):
-        try:
-            return decode(payload)
-        except Exception as error:  # PIL raises several types for non-images; all mean the same to the user
-            name = getattr(payload, "orig_name", None) or os.path.basename(str(getattr(payload, "path", "upload")))
-            return BadUpload(f"{name!r} is not an image that can be read ({type(error).__name__}). "
-                             "Upload a PNG, JPEG or WebP file.")
-
-    component.preprocess = preprocess
-    return component
+    if not isinstance(image, (str, os.PathLike)):
+        return image
+    name = repr(name or os.path.basename(str(image)))
+    try:
+        return open_image(image, name)
+    except ImageReadError as error:  # one message for every decoder failure; the cause keeps the detail
+        raise ImageReadError(f"{name} is not an image that can be read ({type(error.__cause__).__name__}). "
+                             "Upload a PNG, JPEG or WebP file.") from error
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,35 +122,39 @@ def _placeholder(image_id: str):
     return canvas
 
 
-def search_step(searcher: GallerySearcher, image, text, mode: str, k,
-                exclude_reference: bool = True) -> tuple[list, str, str | None]:
+def search_step(searcher: GallerySearcher, image, text, mode: str, k, exclude_reference: bool = True,
+                image_name: str | None = None) -> tuple[list, str, str | None]:
     """Run one query from the UI's inputs.
 
     Args:
         searcher: the loaded model and gallery.
-        image: the reference image input (file path, PIL image, None, or a `BadUpload` message).
+        image: the reference image input (file path, PIL image or None); a file is decoded here.
         text: the modification text box.
         mode: a key of `MODES` ("Image + text", "Text only", "Image only").
         k: number of results.
         exclude_reference: leave out gallery images identical to the reference (as CIRR does).
+        image_name: the reference file's name for messages (an upload's original name).
 
     Returns:
         (gallery items [(PIL image, caption)], status Markdown, warning message or None).
     """
     text = (text or "").strip()
     mode_key = MODES.get(mode, mode)
-    problem = None
-    if mode_key != "text" and isinstance(image, BadUpload):
-        problem = str(image)
-    elif mode_key != "text" and image is None:
+    problem, start = None, time.perf_counter()
+    if mode_key == "text":
+        image = None  # a text-only query ignores the image input, readable or not
+    elif image is None:
         problem = "Upload or pick a reference image first (or choose **Text only**)."
-    elif mode_key != "image" and not text:
+    else:
+        try:
+            image = open_reference(image, image_name)
+        except ImageReadError as error:
+            problem = str(error)
+    if problem is None and mode_key != "image" and not text:
         problem = "Type a modification text first (or choose **Image only**)."
     if problem is None:
         try:
-            start = time.perf_counter()
-            hits = searcher.search(image=None if mode_key == "text" else image,
-                                   text=None if mode_key == "image" else text, k=int(k),
+            hits = searcher.search(image=image, text=None if mode_key == "image" else text, k=int(k),
                                    exclude_reference=bool(exclude_reference))
             seconds = time.perf_counter() - start
         except (ImageReadError, SearchInputError) as error:
@@ -169,9 +169,14 @@ def search_step(searcher: GallerySearcher, image, text, mode: str, k,
 
 
 def _handler(searcher: GallerySearcher):
+    """The search event's function. It runs with `preprocess=False`: gradio's image preprocessing would decode an
+    upload itself and fail on a file that is not an image before any message could be shown, so `image` arrives
+    as the raw file data of the cached upload (a dict with `path` and `orig_name`) and `search_step` decodes it."""
+
     def run(image, text, mode, k, exclude_reference):
+        path, name = (image.get("path"), image.get("orig_name")) if isinstance(image, dict) else (image, None)
         try:
-            items, status, warning = search_step(searcher, image, text, mode, k, exclude_reference)
+            items, status, warning = search_step(searcher, path, text, mode, k, exclude_reference, name)
         except Exception as error:  # a demo shows what went wrong; the server log keeps the traceback
             logger.exception("search failed")
             items, status, warning = [], f"⚠️ Search failed: {error}", f"Search failed: {error}"
@@ -227,8 +232,8 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
         )
         with gr.Row():
             with gr.Column(scale=2, min_width=280):
-                image = reference_image_input(label="Reference image", type="filepath", format="png", height=240,
-                                              sources=["upload", "clipboard"], elem_id="reference-image")
+                image = gr.Image(label="Reference image", type="filepath", format="png", height=240,
+                                 sources=["upload", "clipboard"], elem_id="reference-image")
                 text = gr.Textbox(label="Modification text", placeholder="e.g. make the circle blue and add a star",
                                   lines=2, elem_id="modification-text")
                 mode = gr.Radio(list(MODES), value="Image + text", label="Query", elem_id="query-mode")
@@ -249,7 +254,7 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
         # One queue for both triggers: one query at a time through the model. The click is also the Space's API.
         for trigger, api_name in ((button.click, "search"), (text.submit, False)):
             trigger(run, [image, text, mode, top_k, hide_reference], [results, status], api_name=api_name,
-                    concurrency_id="search")
+                    concurrency_id="search", preprocess=False)
     demo.searcher, demo.samples = searcher, samples or []
     return demo
 
@@ -269,6 +274,5 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, bl
     return demo.launch(**options)
 
 
-__all__ = ["BadUpload", "DEFAULT_MODEL", "MODES", "build_demo", "default_gallery", "launch",
-           "reference_image_input",
-           "search_step", "synthetic_world_gallery"]
+__all__ = ["DEFAULT_MODEL", "MODES", "build_demo", "default_gallery", "launch", "open_reference", "search_step",
+           "synthetic_world_gallery"]
