@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 
 import torch
-from datasets import load_dataset
 from transformers import AutoModel, AutoProcessor
 
 from collm_hf.data.synthetic_world import CIRCO_GALLERY_SPLIT, CIRCO_QUERY_SPLIT, CIRR_SPLIT, WorldConfig, cirr_scenes
-from collm_hf.evaluation.benchmarks import embed_gallery, embed_queries
+from collm_hf.evaluation.benchmarks import load_benchmark
+from collm_hf.evaluation.embedding import embed_gallery, embed_queries
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,8 +35,8 @@ def load_model(run_dir: Path):
 def benchmark_scores(run_dir: Path, benchmark: str, query_split: str, gallery_split: str):
     """(queries, gallery ids, index, scores (queries, gallery)) of the final model on one of the run's benchmarks."""
     model, processor = load_model(run_dir)
-    queries = load_dataset(str(run_dir / "world" / benchmark), "queries", split=query_split)
-    gallery = load_dataset(str(run_dir / "world" / benchmark), "gallery", split=gallery_split)
+    bench = load_benchmark(run_dir / "world" / benchmark, query_split, gallery_split=gallery_split)
+    queries, gallery = bench.queries, bench.gallery
     index = embed_gallery(model, processor, gallery, batch_size=256, show_progress=False)
     scores = embed_queries(model, processor, queries, batch_size=256, index=index, show_progress=False) @ index.embeddings.float().T
     return queries, [str(i) for i in index.ids], index, scores

@@ -579,7 +579,7 @@ def test_index_folder_damage_is_detected(tmp_path):
 
 
 def test_benchmark_target_missing_from_the_gallery_is_an_error():
-    from collm_hf.evaluation.benchmarks import rank_benchmark
+    from collm_hf.evaluation.scoring import rank_benchmark
     from collm_hf.evaluation.index import GalleryIndex
 
     index = GalleryIndex(_gallery(), list("abcd"))

@@ -229,7 +229,7 @@ def test_evaluate_load_offline_and_matches_functions(metric):
 
 
 def test_load_cir_metric_helper(tmp_path):
-    from collm_hf.evaluation.benchmarks import METRIC_PATH, load_cir_metric
+    from collm_hf.evaluation.cir_metric import METRIC_PATH, load_cir_metric
 
     assert os.path.samefile(METRIC_PATH, cir_metric.__file__)
     metric = load_cir_metric(cache_dir=str(tmp_path))

@@ -85,7 +85,7 @@ def cirr_folder(tmp_path_factory):
 def test_cirr_val_metrics_json_picture_and_index_cache(saved_model, cirr_folder, tmp_path):
     example = load_example()
     out = tmp_path / "report.json"
-    argv = [saved_model, cirr_folder, "--split", "val", "--output-json", str(out), "--num-workers", "1", "--visualize",
+    argv = ["--model", saved_model, "--dataset", cirr_folder, "--split", "val", "--output-json", str(out), "--num-workers", "1", "--visualize",
             str(tmp_path / "grid.png"), "--index-dir", str(tmp_path / "index"), "--no-progress", "--batch-size", "4"]
     report = example.main(argv)
     assert report["protocol"] == "cirr" and report["num_queries"] == 6 and report["num_gallery"] == 14
@@ -100,18 +100,18 @@ def test_cirr_val_metrics_json_picture_and_index_cache(saved_model, cirr_folder,
 def test_console_command(saved_model, cirr_folder, capsys):
     from collm_hf.apps.cli import main as cli_main
 
-    assert cli_main(["evaluate", saved_model, cirr_folder, "--max-queries", "2", "--no-progress"]) == 0
+    assert cli_main(["evaluate", "--model", saved_model, "--dataset", cirr_folder, "--max-queries", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "cirr_score" in out and "2 queries, 14 gallery images" in out
 
 
 def test_cirr_refined_queries(saved_model, cirr_folder):
-    report = load_example().main([saved_model, cirr_folder, "--refined", "--no-progress"])
+    report = load_example().main(["--model", saved_model, "--dataset", cirr_folder, "--refined", "--no-progress"])
     assert report["refined"] and report["num_queries"] == 5 and "cirr_score" in report["metrics"]
 
 
 def test_cirr_test_split_writes_submissions(saved_model, cirr_folder, tmp_path):
-    report = load_example().main([saved_model, cirr_folder, "--split", "test1", "--submission-dir",
+    report = load_example().main(["--model", saved_model, "--dataset", cirr_folder, "--split", "test1", "--submission-dir",
                                   str(tmp_path), "--no-progress"])
     assert report["metrics"] == {}
     recall = json.loads((tmp_path / "cirr_test1_recall.json").read_text())
@@ -130,12 +130,12 @@ def test_circo_unlabeled_gallery_and_shared_concept_option(saved_model, tmp_path
     folder = write_parquet_folder(tmp_path / "circo", {"queries": {"val": queries, "test": _queries(gallery, 3, extra, False)},
                                                        "gallery": {"unlabeled2017": gallery}})
     example = load_example()
-    plain = example.main([saved_model, folder, "--no-progress"])
+    plain = example.main(["--model", saved_model, "--dataset", folder, "--no-progress"])
     assert plain["protocol"] == "circo" and plain["text_template"] == "{modification_text}"
     assert {"map@5", "map@50", "recall@5", "map@10/addition"} <= set(plain["metrics"])
-    concept = example.main([saved_model, folder, "--with-shared-concept", "--no-progress"])
+    concept = example.main(["--model", saved_model, "--dataset", folder, "--with-shared-concept", "--no-progress"])
     assert "shared_concept" in concept["text_template"]
-    test = example.main([saved_model, folder, "--split", "test", "--submission-dir", str(tmp_path), "--no-progress"])
+    test = example.main(["--model", saved_model, "--dataset", folder, "--split", "test", "--submission-dir", str(tmp_path), "--no-progress"])
     submission = json.loads((tmp_path / "circo_test.json").read_text())
     assert test["metrics"] == {} and sorted(submission) == ["0", "1", "2"] and len(submission["0"]) == 16
     assert all(isinstance(x, int) for x in submission["0"])
@@ -156,7 +156,7 @@ def test_fashioniq_ranks_within_category_gallery(saved_model, tmp_path):
         rows["category"].append(cats[i])
     queries = datasets.Dataset.from_dict(rows).cast_column("reference_image", datasets.Image())
     folder = write_parquet_folder(tmp_path / "fiq", {"queries": {"val": queries}, "gallery": {"val": gallery}})
-    report = load_example().main([saved_model, folder, "--no-progress"])
+    report = load_example().main(["--model", saved_model, "--dataset", folder, "--no-progress"])
     metrics = report["metrics"]
     # 6 images per category gallery: every target is in the top 10 of its own category's ranking.
     for cat in ("dress", "shirt", "toptee"):
@@ -171,14 +171,67 @@ def test_save_to_disk_folder_and_clear_errors(saved_model, tmp_path):
     datasets.DatasetDict({"val": _queries(gallery, 3, {})}).save_to_disk(str(tmp_path / "bench" / "queries"))
     datasets.DatasetDict({"val": gallery}).save_to_disk(str(tmp_path / "bench" / "gallery"))
     example = load_example()
-    report = example.main([saved_model, str(tmp_path / "bench"), "--no-progress"])
+    report = example.main(["--model", saved_model, "--dataset", str(tmp_path / "bench"), "--no-progress"])
     assert report["protocol"] == "standard" and set(report["metrics"]) == {"recall@1", "recall@5", "recall@10", "recall@50"}
-    with pytest.raises(ValueError, match="no split 'nope'"):
-        example.main([saved_model, str(tmp_path / "bench"), "--split", "nope", "--no-progress"])
-    with pytest.raises(ValueError, match="queries_refined"):
-        example.main([saved_model, str(tmp_path / "bench"), "--refined", "--no-progress"])
-    with pytest.raises(FileNotFoundError):
-        example.main([saved_model, str(tmp_path / "missing"), "--no-progress"])
+
+
+def _one_line_error(main, argv, capsys) -> str:
+    """Run `main(argv)`, expecting a user error: exit status 2 and exactly one line on stderr; return that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing dataset", "No benchmark folder at .*missing"),
+    ("unreachable hub id", "nobody/no-such-benchmark.*hub could not be reached"),
+    ("not a benchmark", "model.* is not a benchmark: it has no 'queries' or 'gallery' config"),
+    ("missing split", r"bench.*\(config 'queries'\) has no split 'nope' \(splits: \['val'\]\)"),
+    ("no refined queries", "bench is not a benchmark with refined queries.*'queries_refined'"),
+    ("missing model", "No CoLLM model at .*nomodel"),
+    ("exclusive options", "--text-template and --with-shared-concept are exclusive"),
+    ("no submission format", "--submission-dir: standard has no test-server format"),
+])
+def test_user_errors_are_one_line_with_exit_status_2(saved_model, tmp_path, capsys, monkeypatch, case, expected):
+    import datasets
+
+    gallery = _gallery("g", 4)
+    datasets.DatasetDict({"val": _queries(gallery, 2, {})}).save_to_disk(str(tmp_path / "bench" / "queries"))
+    datasets.DatasetDict({"val": gallery}).save_to_disk(str(tmp_path / "bench" / "gallery"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bench, model = str(tmp_path / "bench"), saved_model
+    argv = {
+        "missing dataset": ["--dataset", str(tmp_path / "missing")],
+        "unreachable hub id": ["--dataset", "nobody/no-such-benchmark"],
+        "not a benchmark": ["--dataset", saved_model],
+        "missing split": ["--dataset", bench, "--split", "nope"],
+        "no refined queries": ["--dataset", bench, "--refined"],
+        "missing model": ["--dataset", bench, "--model", str(tmp_path / "nomodel")],
+        "exclusive options": ["--dataset", bench, "--text-template", "{modification_text}!", "--with-shared-concept"],
+        "no submission format": ["--dataset", bench, "--submission-dir", str(tmp_path / "sub")],
+    }[case]
+    if "--model" not in argv:
+        argv = ["--model", model] + argv
+    line = _one_line_error(load_example().main, argv + ["--no-progress"], capsys)
+    assert line.startswith("evaluate_collm.py: error: ")
+    assert __import__("re").search(expected, line), line
+    with pytest.raises(Exception):  # --debug: the exception itself, with its traceback
+        load_example().main(["--debug"] + argv + ["--no-progress"])
+
+
+def test_console_command_with_a_missing_dataset_prints_one_line(saved_model, tmp_path, capsys):
+    from collm_hf.apps.cli import main as cli_main
+
+    missing = str(tmp_path / "no_such_benchmark")
+    assert cli_main(["evaluate", "--model", saved_model, "--dataset", missing, "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"collm-hf evaluate: error: No benchmark folder at {missing!r}."]
+    with pytest.raises(SystemExit) as exit_:  # positional inputs are gone: every input is a named option
+        cli_main(["evaluate", saved_model, missing])
+    assert exit_.value.code == 2 and "--model" in capsys.readouterr().err
 
 
 def test_annotation_only_build_with_images_dir(saved_model, tmp_path, monkeypatch):
@@ -200,13 +253,14 @@ def test_annotation_only_build_with_images_dir(saved_model, tmp_path, monkeypatc
     folder = write_parquet_folder(tmp_path / "bench", {"queries": {"val": queries}, "gallery": {"val": gallery}})
     monkeypatch.chdir(tmp_path)
     example = load_example()
-    with pytest.raises(Exception):  # the paths alone do not resolve
-        example.main([saved_model, folder, "--no-progress"])
-    report = example.main([saved_model, folder, "--images-dir", str(images_dir), "--no-progress"])
+    with pytest.raises(BaseException):  # the paths alone do not resolve
+        example.main(["--model", saved_model, "--dataset", folder, "--no-progress"])
+    report = example.main(["--model", saved_model, "--dataset", folder, "--images-dir", str(images_dir), "--no-progress"])
     assert report["num_gallery"] == 8 and "recall@1" in report["metrics"]
-    with pytest.raises(Exception, match="1.png|not found|missing"):
-        (images_dir / "dev" / "1.png").unlink()
-        example.main([saved_model, folder, "--images-dir", str(images_dir), "--no-progress"])
+    (images_dir / "dev" / "1.png").unlink()
+    with pytest.raises(Exception, match="1.png"):
+        example.main(["--debug", "--model", saved_model, "--dataset", folder, "--images-dir", str(images_dir),
+                      "--no-progress"])
 
 
 def test_on_the_datasets_writer_output(saved_model, tmp_path):
@@ -214,7 +268,7 @@ def test_on_the_datasets_writer_output(saved_model, tmp_path):
     world = pytest.importorskip("collm_hf.data.synthetic_world")
     written = world.write_world(tmp_path / "world", world.WorldConfig.tiny(), parts=("cirr", "circo"))
     example = load_example()
-    cirr = example.main([saved_model, str(written["cirr"]), "--max-queries", "12", "--no-progress"])
+    cirr = example.main(["--model", saved_model, "--dataset", str(written["cirr"]), "--max-queries", "12", "--no-progress"])
     assert cirr["protocol"] == "cirr" and 0.0 <= cirr["metrics"]["cirr_score"] <= 100.0
-    circo = example.main([saved_model, str(written["circo"]), "--max-queries", "12", "--no-progress"])
+    circo = example.main(["--model", saved_model, "--dataset", str(written["circo"]), "--max-queries", "12", "--no-progress"])
     assert circo["protocol"] == "circo" and "map@5" in circo["metrics"]

@@ -1,21 +1,24 @@
-"""collm_hf.evaluation.benchmarks: query embedding paths, per-protocol ranking, and the Trainer callback."""
+"""collm_hf.evaluation embedding / scoring / callback / report: query embedding paths, the cached gallery index,
+per-protocol ranking, the Trainer callback, and the evaluation steps composed as `collm-hf evaluate` runs them."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from collm_hf.evaluation.cir_metric import cirr_metrics
-from collm_hf.evaluation.benchmarks import (
+from collm_hf.evaluation.callback import add_retrieval_evaluation
+from collm_hf.evaluation.cir_metric import cirr_metrics, compute_cir_metrics
+from collm_hf.evaluation.embedding import (
     SHARED_CONCEPT_TEMPLATE,
-    add_retrieval_evaluation,
+    IndexCacheMismatchError,
     embed_gallery,
     embed_queries,
-    evaluate_benchmark,
-    infer_protocol,
+    load_or_embed_gallery,
     query_texts,
-    rank_benchmark,
 )
+from collm_hf.evaluation.scoring import evaluate_benchmark, rank_benchmark
 
 
 def _images(n, seed=0):
@@ -37,11 +40,7 @@ def bench():
     return queries, gallery
 
 
-def test_infer_protocol_and_query_texts():
-    assert infer_protocol(["subset_ids", "category"]) == "cirr"
-    assert infer_protocol(["shared_concept"]) == "circo"
-    assert infer_protocol(["category"]) == "fashioniq"
-    assert infer_protocol(["query_id"]) == "standard"
+def test_query_texts():
     queries = {"modification_text": [" is red "], "shared_concept": ["a dog"]}
     assert query_texts(queries) == ["is red"]
     assert query_texts(queries, SHARED_CONCEPT_TEMPLATE) == ["a dog but is red"]
@@ -130,3 +129,57 @@ def test_trainer_reports_retrieval_metrics_for_model_selection(tiny_model_and_pr
     assert trainer.state.best_metric == max(entry["eval_cirr_score"] for entry in logged)
     metrics = trainer.evaluate()
     assert "eval_recall@5" in metrics and "eval_loss" in metrics
+
+
+def test_gallery_index_cache_is_loaded_when_it_matches(tiny_model_and_processor, bench, tmp_path):
+    model, processor = tiny_model_and_processor
+    _, gallery = bench
+    model.train()
+    built = load_or_embed_gallery(model, processor, gallery, tmp_path / "index", batch_size=5, show_progress=False)
+    assert model.training  # eval mode only for the call
+    loaded = load_or_embed_gallery(None, None, gallery, tmp_path / "index")  # loaded: no model needed
+    assert loaded.ids == built.ids and torch.equal(loaded.embeddings, built.embeddings)
+    other = {"image_id": [f"x{i}" for i in range(12)], "image": gallery["image"]}
+    with pytest.raises(IndexCacheMismatchError, match="built from another gallery"):
+        load_or_embed_gallery(model, processor, other, tmp_path / "index")
+
+
+def test_composed_steps_match_a_full_ranking_oracle(tiny_model_and_processor, bench, tmp_path):
+    """load -> cached index -> evaluate -> submission, picture, report, against metrics computed directly."""
+    import json
+
+    from collm_hf.data import gallery_features, queries_features, write_dataset
+    from collm_hf.evaluation.benchmarks import load_benchmark
+    from collm_hf.evaluation.report import benchmark_report, write_report
+    from collm_hf.evaluation.submission import write_submission
+    from collm_hf.evaluation.visualization import save_benchmark_grid
+
+    model, processor = tiny_model_and_processor
+    queries, gallery = bench
+    query_rows = [{name: values[i] for name, values in queries.items()} for i in range(6)]
+    gallery_rows = [{"image_id": i, "image": im} for i, im in zip(gallery["image_id"], gallery["image"])]
+    write_dataset(tmp_path / "cirr", {"queries": {"val": query_rows}, "gallery": {"val": gallery_rows}},
+                  {"queries": queries_features("cirr"), "gallery": gallery_features()})
+
+    bench_split = load_benchmark(tmp_path / "cirr").head(5)
+    assert (bench_split.split, bench_split.protocol, len(bench_split.queries)) == ("val", "cirr", 5)
+    index = load_or_embed_gallery(model, processor, bench_split.gallery, tmp_path / "index", show_progress=False)
+    metrics, rankings = evaluate_benchmark(model, processor, bench_split.queries, bench_split.gallery, index=index,
+                                           show_progress=False, return_rankings=True)
+
+    # Oracle: query embeddings from the pixels (no index reuse), the whole gallery ranked.
+    oracle_queries = {name: values[:5] for name, values in queries.items()}
+    embeds = embed_queries(model, processor, oracle_queries, show_progress=False)
+    full = index.search(embeds, k=len(index), backend="torch").ids
+    expected = compute_cir_metrics(full, oracle_queries["target_ids"], protocol="cirr",
+                                   reference_ids=oracle_queries["reference_id"], subset_ids=oracle_queries["subset_ids"])
+    assert metrics.keys() == expected.keys()
+    assert all(abs(metrics[k] - expected[k]) < 1e-9 for k in expected)
+
+    files = write_submission(str(tmp_path / "sub"), rankings, prefix="cirr_val")
+    files.append(save_benchmark_grid(str(tmp_path / "grid.png"), bench_split.queries, rankings, bench_split.gallery))
+    report = benchmark_report(bench_split, rankings, metrics, files=files)
+    write_report(tmp_path / "report.json", report)
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert report["benchmark"] == "cirr" and report["num_queries"] == 5 and report["num_gallery"] == 12
+    assert all(Path(f).is_file() for f in report["files"]) and len(report["files"]) == 3

@@ -145,18 +145,10 @@ def test_load_gallery_formats(assets, tmp_path):
     assert load_gallery(str(tmp_path / "built"))["image_id"] == parquet["image_id"]  # config "gallery", its only split
     with pytest.raises(SearchInputError, match="no \\['image_id'\\] column"):
         load_gallery(parquet.rename_column("image_id", "id"))
-    with pytest.raises(FileNotFoundError, match="No gallery"):
+    with pytest.raises(FileNotFoundError, match="No dataset at .*missing"):
         load_gallery(str(tmp_path / "missing" / "gallery"))
-
-
-def test_local_paths_and_hub_ids_are_told_apart(tmp_path, monkeypatch):
-    from collm_hf.apps.search import is_local_path
-
-    monkeypatch.chdir(tmp_path)
-    assert not is_local_path("someone/collm-model")  # a hub id
-    assert is_local_path("./model") and is_local_path("/abs/model") and is_local_path("runs/qs/model")
-    (tmp_path / "runs").mkdir()
-    assert is_local_path("runs/model")  # its first folder is here
+    with pytest.raises(SearchInputError, match=r"has no split 'val' \(splits: \['train', 'test'\]\)"):
+        load_gallery(both, split="val")  # the package's one split rule and its error
 
 
 def test_exclude_reference_leaves_out_the_reference_itself(index_dir, assets, tmp_path, capsys):

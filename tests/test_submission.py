@@ -14,8 +14,8 @@ from collm_hf.evaluation.submission import (
     cirr_submissions,
     write_circo_submission,
     write_cirr_submission,
-    write_json_atomic,
 )
+from collm_hf.utils.atomic import atomic_write_json
 
 
 def test_docstring_examples():
@@ -82,9 +82,9 @@ def test_writers_are_atomic_and_return_paths(tmp_path):
 
 def test_failed_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "out.json"
-    write_json_atomic(str(target), {"ok": 1})
+    atomic_write_json(str(target), {"ok": 1})
     with pytest.raises(TypeError):
-        write_json_atomic(str(target), {"bad": object()})
+        atomic_write_json(str(target), {"bad": object()})
     assert json.loads(target.read_text()) == {"ok": 1}
     assert os.listdir(tmp_path) == ["out.json"]
 
@@ -107,7 +107,7 @@ def test_invalid_input(call, message):
 
 
 def test_write_submission_refuses_other_protocols(tmp_path):
-    from collm_hf.evaluation.benchmarks import BenchmarkRankings
+    from collm_hf.evaluation.scoring import BenchmarkRankings
 
     rankings = BenchmarkRankings("fashioniq", ["0"], [["a"]], [["a"]], ["r"])
     with pytest.raises(ValueError, match="only cirr and circo"):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..models.collm.image_io import ImageReadError, open_image
-from .search import DEFAULT_MODEL, GallerySearcher, SearchInputError, load_gallery, open_gallery, read_query_image
+from .search import DEFAULT_MODEL, GallerySearcher, SearchInputError, open_gallery, read_query_image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -86,17 +86,14 @@ def default_gallery(model_path=None, seed: int = 0, num_samples: int = NUM_SAMPL
     Returns:
         (`datasets.Dataset` with `image_id`, `image`; list of (PIL image, modification text)).
     """
-    import datasets
-
     from ..data.synthetic_world import CIRR_SPLIT
+    from ..evaluation.benchmarks import load_benchmark
 
     folder = Path(model_path).parent / "world" / "cirr" if model_path is not None else None
     if folder is not None and (folder / "README.md").is_file():
         try:
-            gallery = load_gallery(str(folder), config="gallery", split=CIRR_SPLIT)
-            queries = datasets.load_dataset(str(folder), "queries", split=CIRR_SPLIT)
-            rows = queries.select(range(min(num_samples, len(queries))))
-            return gallery, [(row["reference_image"], row["modification_text"]) for row in rows]
+            bench = load_benchmark(folder, CIRR_SPLIT).head(num_samples)
+            return bench.gallery, [(row["reference_image"], row["modification_text"]) for row in bench.queries]
         except (OSError, ValueError) as error:
             logger.warning("Could not read the quickstart's world at %s (%s); rendering the world instead.", folder, error)
     return synthetic_world_gallery(seed, num_samples=num_samples)

@@ -21,6 +21,7 @@ import torch
 
 from ..models.collm.image_io import ImageReadError, open_image, to_rgb_image
 from ..utils.atomic import atomic_write_json
+from ..evaluation.benchmarks import DatasetLayoutError, is_local_path, load_splits, pick_split
 from ..evaluation.index import EMBEDDINGS_FILE, GalleryIndex, image_embedder
 
 SOURCE_FILE = "gallery_source.json"
@@ -82,38 +83,25 @@ def load_model_and_processor(model_path: str | os.PathLike, device=None):
     return model, processor
 
 
-def is_local_path(path: str) -> bool:
-    """Whether `path` names a local file or folder (existing or not) rather than a hub id ("user/name")."""
-    path = str(path)
-    if os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") != 1:
-        return True
-    return os.path.isdir(path.split("/")[0])  # "collm-quickstart/model" with collm-quickstart/ here
-
-
 def load_gallery(source, config: str = "gallery", split: str | None = None, id_column: str = "image_id",
                  image_column: str = "image"):
     """Load a gallery dataset (`image_id`, `image`) from an object, a file, a folder or a hub id.
 
     Args:
-        source: a `datasets.Dataset` / `DatasetDict`, a `.parquet` file, a folder of Parquet files, a
-            `save_to_disk` folder, a `write_dataset` folder (its `config` config), or a hub dataset id.
+        source: anything `collm_hf.evaluation.benchmarks.load_splits` reads: a `datasets.Dataset` /
+            `DatasetDict` / dict of lists, a `.parquet` file, a folder of Parquet files, a `save_to_disk`
+            folder, a `write_dataset` folder (its `config` config), or a hub dataset id.
         config: the dataset config to read from a `write_dataset` folder or hub repo (if it has configs).
-        split: which split; None takes the only split (or "test", then "validation", then the first).
+        split: which split; None: the package's split rule (the only split, else val, validation, test, train).
         id_column, image_column: column names.
 
     Returns:
         a `datasets.Dataset` with both columns, images decoded on access.
     """
-    import datasets
-
-    if isinstance(source, dict) and not isinstance(source, datasets.DatasetDict):
-        source = datasets.Dataset.from_dict(source)
-    if isinstance(source, (str, os.PathLike)):
-        source = _load_dataset_path(str(source), config, split)
-    if isinstance(source, datasets.DatasetDict):
-        source = _pick_split(source, split)
-    if not isinstance(source, datasets.Dataset):
-        raise SearchInputError(f"A gallery must be a datasets.Dataset or a path, got {type(source).__name__}.")
+    try:
+        _, source = pick_split(load_splits(source, config), split, f"The gallery {_describe(source)}")
+    except DatasetLayoutError as error:
+        raise SearchInputError(str(error)) from error
     missing = [c for c in (id_column, image_column) if c not in source.column_names]
     if missing:
         raise SearchInputError(f"The gallery has no {missing} column(s); its columns are {source.column_names}.")
@@ -122,40 +110,8 @@ def load_gallery(source, config: str = "gallery", split: str | None = None, id_c
     return source
 
 
-def _load_dataset_path(path: str, config: str, split: str | None):
-    import datasets
-
-    local = Path(path)
-    if local.is_file():
-        if local.suffix != ".parquet":
-            raise SearchInputError(f"{path}: a gallery file must be Parquet (.parquet).")
-        return datasets.Dataset.from_parquet(str(local))
-    if local.is_dir():
-        if (local / "dataset_info.json").exists() and (local / "state.json").exists():
-            return datasets.load_from_disk(str(local))
-        if (local / "dataset_dict.json").exists():
-            return datasets.load_from_disk(str(local))
-        if not (local / "README.md").exists() and list(local.glob("*.parquet")):
-            return datasets.Dataset.from_parquet(sorted(str(p) for p in local.glob("*.parquet")))
-    elif is_local_path(path):
-        raise FileNotFoundError(f"No gallery dataset or index at {path!r}.")
-    try:
-        return datasets.load_dataset(path, config, split=split)
-    except ValueError as error:  # no such config: the folder / repo may have only a default one
-        if config not in str(error):
-            raise
-        return datasets.load_dataset(path, split=split)
-
-
-def _pick_split(dataset_dict, split: str | None):
-    if split is not None:
-        if split not in dataset_dict:
-            raise SearchInputError(f"The gallery has no split {split!r}; its splits are {list(dataset_dict)}.")
-        return dataset_dict[split]
-    for name in ("test", "validation", "val", "train"):
-        if len(dataset_dict) > 1 and name in dataset_dict:
-            return dataset_dict[name]
-    return dataset_dict[next(iter(dataset_dict))]
+def _describe(source) -> str:
+    return repr(str(source)) if isinstance(source, (str, os.PathLike)) else f"({type(source).__name__})"
 
 
 def is_index_folder(path) -> bool:
@@ -353,6 +309,6 @@ class GallerySearcher:
 
 __all__ = [
     "DEFAULT_MODEL", "GallerySearcher", "QUERY_MODES", "SearchHit", "SearchInputError", "is_index_folder",
-    "is_local_path", "load_gallery",
+    "load_gallery",
     "load_model_and_processor", "open_gallery", "query_mode", "read_query_image", "resolve_device", "save_index",
 ]

@@ -1,6 +1,6 @@
 """Composed image retrieval metrics: CIRR, CIRCO, Fashion-IQ and plain recall, exactly as the benchmarks define them.
 
-One self-contained file: the plain functions (used by `collm_hf.evaluation.benchmarks` and `Trainer` code) and the
+One self-contained file: the plain functions (used by `collm_hf.evaluation.scoring` and `Trainer` code) and the
 `evaluate.Metric` class, so that `evaluate.load("path/to/cir_metric.py")` works offline. It imports nothing
 from the `collm_hf` package (evaluate copies the file on its own and parses its imports, one per line).
 
@@ -18,6 +18,8 @@ The protocol rules follow the official code of each benchmark (see docs/benchmar
 
 Ids may be int or str; they are compared as strings. All returned values are percentages (0-100).
 """
+
+import os
 
 import datasets
 import evaluate
@@ -460,3 +462,17 @@ class CIRMetric(evaluate.Metric):
         return compute_cir_metrics(predictions, references, protocol=protocol, reference_ids=reference_ids,
                                    subset_ids=subset_ids, categories=categories, semantic_aspects=semantic_aspects,
                                    k_values=k_values, subset_k_values=subset_k_values)
+
+
+METRIC_PATH = os.path.abspath(__file__)  # this file, for `evaluate.load`
+
+
+def load_cir_metric(**kwargs):
+    """`evaluate.load` of this metric module (works offline), e.g. for `evaluate`-based pipelines.
+
+    Example:
+        >>> metric = load_cir_metric()  # doctest: +SKIP
+        >>> metric.compute(predictions=[["a", "b"]], references=[["b"]], protocol="standard", k_values=[1, 2])  # doctest: +SKIP
+        {'recall@1': 0.0, 'recall@2': 100.0}
+    """
+    return evaluate.load(METRIC_PATH, **kwargs)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..models.collm.image_io import open_image, to_rgb_image
 from ..utils.atomic import atomic_write
+from ._tables import column_names
 
 EMBEDDINGS_FILE = "gallery_embeddings.safetensors"
 IDS_FILE = "gallery_ids.json"
@@ -169,8 +170,8 @@ class GalleryIndex:
         if not isinstance(dataset, dict) and not hasattr(dataset, "__len__"):
             return cls._from_stream(dataset, embed_fn, batch_size, id_column, image_column, accelerator, show_progress)
         for column in (id_column, image_column):
-            if column not in _column_names(dataset):
-                raise KeyError(f"The gallery has no {column!r} column (columns: {_column_names(dataset)}).")
+            if column not in column_names(dataset):
+                raise KeyError(f"The gallery has no {column!r} column (columns: {column_names(dataset)}).")
         ids = _check_ids(dataset[id_column])
         num_shards = accelerator.num_processes if accelerator is not None else 1
         rank = accelerator.process_index if accelerator is not None else 0
@@ -402,11 +403,6 @@ def image_embedder(model, processor, device=None):
         return model.get_image_embeds(pixel_values).float().cpu()  # (batch, D)
 
     return embed
-
-
-def _column_names(dataset) -> list[str]:
-    names = getattr(dataset, "column_names", None)
-    return list(names) if names is not None else list(dataset.keys())
 
 
 def _load_images(values, ids) -> list:

@@ -22,12 +22,6 @@ CIRR_SUBSET_TOP_K = 3
 MAX_SUBMISSION_BYTES = 5 * 2**20
 
 
-def write_json_atomic(path: str, obj) -> str:
-    """Write `obj` as JSON to a temporary file beside `path`, then `os.replace` it into place."""
-    atomic_write_json(path, obj)
-    return path
-
-
 def _check_query_ids(query_ids, n: int) -> list[str]:
     query_ids = [str(q) for q in query_ids]
     if len(query_ids) != n:
@@ -111,20 +105,21 @@ def write_cirr_submission(output_dir: str, query_ids, rankings, reference_ids, s
     recall, subset = cirr_submissions(query_ids, rankings, reference_ids, subset_ids)
     paths = (os.path.join(output_dir, f"{prefix}_recall.json"), os.path.join(output_dir, f"{prefix}_recall_subset.json"))
     for path, obj in zip(paths, (recall, subset)):
-        write_json_atomic(path, obj)
+        atomic_write_json(path, obj)
         _check_size(path)
     return paths
 
 
 def write_circo_submission(output_dir: str, query_ids, rankings, prefix: str = "circo_test") -> str:
     """Write `<prefix>.json` (CIRCO top-50 per query id) to `output_dir`; return its path."""
-    path = write_json_atomic(os.path.join(output_dir, f"{prefix}.json"), circo_submission(query_ids, rankings))
+    path = os.path.join(output_dir, f"{prefix}.json")
+    atomic_write_json(path, circo_submission(query_ids, rankings))
     _check_size(path)
     return path
 
 
 def write_submission(output_dir: str, rankings, prefix: str | None = None) -> list[str]:
-    """Write the submission file(s) for a `collm_hf.evaluation.benchmarks.BenchmarkRankings` of CIRR or CIRCO."""
+    """Write the submission file(s) for a `collm_hf.evaluation.scoring.BenchmarkRankings` of CIRR or CIRCO."""
     if rankings.protocol == "cirr":
         return list(write_cirr_submission(output_dir, rankings.query_ids, rankings.rankings, rankings.reference_ids,
                                           rankings.subset_ids, prefix or "cirr_test"))
@@ -134,4 +129,4 @@ def write_submission(output_dir: str, rankings, prefix: str | None = None) -> li
 
 
 __all__ = ["cirr_submissions", "circo_submission", "write_cirr_submission", "write_circo_submission",
-           "write_submission", "write_json_atomic"]
+           "write_submission"]

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..models.collm.image_io import open_image, to_rgb_image
 from ..utils.atomic import atomic_write
+from ._tables import column_names
 
 GREEN, GREY, RED, BLACK, WHITE = (22, 163, 74), (170, 170, 170), (200, 40, 40), (20, 20, 20), (255, 255, 255)
 
@@ -139,11 +140,11 @@ def benchmark_grid(queries, rankings, gallery, num_queries: int = 8, k: int = 5,
 
     Args:
         queries: the `queries` table (`reference_image`, `modification_text`).
-        rankings: a `collm_hf.evaluation.benchmarks.BenchmarkRankings` of those queries.
+        rankings: a `collm_hf.evaluation.scoring.BenchmarkRankings` of those queries.
         gallery: the `gallery` table (`image_id`, `image`).
     """
     rows = list(range(min(num_queries, len(rankings.rankings))))
-    names = queries.column_names if hasattr(queries, "column_names") else list(queries.keys())
+    names = column_names(queries)
     subset = queries.select(rows) if hasattr(queries, "select") else {c: queries[c][: len(rows)] for c in names}
     images = list(subset["reference_image"]) if "reference_image" in names else [None] * len(rows)
     texts = list(subset["modification_text"])

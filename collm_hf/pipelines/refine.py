@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import Features, Image, List, Value, load_dataset
+from datasets import Features, Image, List, Value
 
 from ..data.schema import (
     GALLERY_CONFIG,
@@ -23,6 +23,7 @@ from ..data.schema import (
     queries_refined_features,
 )
 from ..data.writer import write_dataset
+from ..evaluation.benchmarks import load_benchmark
 from .refinement import (
     DEFAULT_MIN_PASSES,
     DEFAULT_NUM_NEGATIVES,
@@ -57,25 +58,14 @@ class RefineOptions:
     chunk_size: int = 256  # queries judged per batch of requests
 
 
-def benchmark_style(columns) -> str:
-    """'cirr', 'circo', 'fashioniq' or 'generic', from a `queries` config's columns."""
-    columns = set(columns)
-    if "subset_ids" in columns:
-        return "cirr"
-    if "shared_concept" in columns:
-        return "circo"
-    if "captions" in columns:
-        return "fashioniq"
-    return "generic"
-
-
 def refine_benchmark(benchmark, split: str, judge, embedder, output_dir: str | os.PathLike, rewriter=None,
                      options: RefineOptions | None = None, gallery_split: str | None = None,
                      share_gallery_embeds: bool = False, progress: bool = False) -> dict:
     """Judge every labelled query against its hard negatives; write the refined benchmark.
 
     Args:
-        benchmark: a benchmark folder / hub id with `queries` and `gallery` configs.
+        benchmark: a benchmark folder / hub id with `queries` and `gallery` configs (read by
+            `collm_hf.evaluation.benchmarks.load_benchmark`).
         split: the queries split (e.g. "val").
         judge: `choose(requests) -> list[int]` (`CoLLMProxyJudge`, `ImageTextToTextJudge`).
         embedder: an `ImageEmbedder` for mining the negatives (target-to-gallery image similarity).
@@ -83,7 +73,8 @@ def refine_benchmark(benchmark, split: str, judge, embedder, output_dir: str | o
             triplets with `is_refined`, `original_text`) and `refinement` (a decision per query).
         rewriter: optional `texts -> list[str | None]` for ambiguous texts (`LLMTextRewriter`).
         options: `RefineOptions`.
-        gallery_split: the gallery split (default `split`; CIRCO's is "unlabeled2017").
+        gallery_split: the gallery split (default: the one named `split`, else the only one, as CIRCO's
+            "unlabeled2017").
         share_gallery_embeds: hand the mining embeddings to the judge (`cache_embeds`): only right when the
             embedder is the judge's own gallery side (a CoLLM proxy judge).
         progress: tqdm bar.
@@ -94,9 +85,8 @@ def refine_benchmark(benchmark, split: str, judge, embedder, output_dir: str | o
     from tqdm.auto import tqdm
 
     options = options or RefineOptions()
-    queries = load_dataset(str(benchmark), QUERIES_CONFIG, split=split)
-    gallery = load_dataset(str(benchmark), GALLERY_CONFIG, split=gallery_split or split)
-    style = benchmark_style(queries.column_names)
+    bench = load_benchmark(benchmark, split, gallery_split=gallery_split)
+    queries, gallery, gallery_split = bench.queries, bench.gallery, bench.gallery_split
     gallery_ids = [str(i) for i in gallery["image_id"]]
     row_of = {image_id: row for row, image_id in enumerate(gallery_ids)}
     gallery_embeds = embedder.embed((r["image"] for r in gallery.select_columns(["image"])), total=len(gallery),
@@ -109,7 +99,7 @@ def refine_benchmark(benchmark, split: str, judge, embedder, output_dir: str | o
     labelled = [i for i, targets in enumerate(queries["target_ids"]) if targets]
     missing = [str(queries[i]["query_id"]) for i in labelled if str(queries[i]["target_ids"][0]) not in row_of]
     if missing:
-        raise ValueError(f"target images of queries {missing[:20]} are not in the {gallery_split or split} gallery")
+        raise ValueError(f"target images of queries {missing[:20]} are not in the {gallery_split} gallery")
     categories = np.array(gallery["category"]) if "category" in gallery.column_names else None
 
     decisions: dict[str, Decision] = {}
@@ -159,7 +149,7 @@ def refine_benchmark(benchmark, split: str, judge, embedder, output_dir: str | o
 
     order = [str(q) for q in queries["query_id"]]
     # The source's own query columns (whatever extras it has), plus `is_refined` and `original_text`.
-    refined_extra = {k: v for k, v in queries_refined_features(style).items() if k not in queries.features}
+    refined_extra = {k: v for k, v in queries_refined_features().items() if k not in queries.features}
     features = {QUERIES_CONFIG: queries.features, GALLERY_CONFIG: gallery.features,
                 QUERIES_REFINED_CONFIG: Features({**queries.features, **refined_extra}),
                 REFINEMENT_CONFIG: REFINEMENT_FEATURES}
@@ -167,7 +157,7 @@ def refine_benchmark(benchmark, split: str, judge, embedder, output_dir: str | o
     card = {"pretty_name": f"{Path(str(benchmark)).name} ({split}, refined)", "extra": _card_text(judge, options, counts)}
     write_dataset(output_dir, {
         QUERIES_CONFIG: {split: raw_queries},
-        GALLERY_CONFIG: {gallery_split or split: raw_gallery},
+        GALLERY_CONFIG: {gallery_split: raw_gallery},
         QUERIES_REFINED_CONFIG: {split: refined_rows()},
         REFINEMENT_CONFIG: {split: (asdict(decisions[q]) for q in order)},
     }, features, card)

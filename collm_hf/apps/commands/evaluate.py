@@ -1,15 +1,26 @@
-"""`collm-hf evaluate` (and `examples/evaluate_collm.py`): a model on a benchmark folder -> metrics table,
-JSON report, optional test-server submission files and a retrieval picture. Heavy imports stay inside `run`."""
+"""`collm-hf evaluate` (also `examples/evaluate_collm.py`): a model on a benchmark folder -> metrics table, JSON
+report, optional test-server submission files and a retrieval picture.
 
+    collm-hf evaluate --model M --dataset data/cirr --split val --output-json cirr_val.json --visualize cirr.png
+    collm-hf evaluate --model M --dataset data/cirr --split test1 --submission-dir submissions/
+
+It runs the steps shown in `collm_hf.evaluation.report`. Heavy imports stay inside `run`.
+"""
+
+import contextlib
 import json
+
+PROTOCOLS = ("cirr", "circo", "fashioniq", "standard")
+SUBMISSION_PROTOCOLS = ("cirr", "circo")  # the benchmarks with a test server
 
 
 def add_arguments(parser):
-    """The command-line options (shared by `collm-hf evaluate` and `examples/evaluate_collm.py`)."""
-    parser.add_argument("model", help="a saved CoLLM folder (model + processor), or a hub id")
-    parser.add_argument("dataset", help="benchmark dataset folder (configs queries / gallery)")
-    parser.add_argument("--split", default=None, help="queries split (default: val / validation / the first one)")
-    parser.add_argument("--protocol", choices=["cirr", "circo", "fashioniq", "standard"], default=None,
+    """The command-line options of `collm-hf evaluate`."""
+    parser.add_argument("--model", required=True, help="a saved CoLLM folder (model + processor), or a hub id")
+    parser.add_argument("--dataset", required=True,
+                        help="benchmark dataset folder or hub id (configs queries / gallery)")
+    parser.add_argument("--split", default=None, help="queries split (default: val / validation / test / the first one)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="metric protocol (default: inferred from the queries' columns)")
     parser.add_argument("--refined", action="store_true", help="use the `queries_refined` config")
     parser.add_argument("--with-shared-concept", action="store_true",
@@ -32,38 +43,89 @@ def add_arguments(parser):
     return parser
 
 
-def evaluate_from_args(args) -> dict:
-    """Load the model, evaluate, print the table; return the report (see `evaluation.evaluate_folder`)."""
-    import torch
-    from transformers import AutoModel, AutoProcessor
-
-    import collm_hf  # noqa: F401  (registers the Auto classes)
-
-    from ...evaluation.benchmarks import DEFAULT_TEXT_TEMPLATE, SHARED_CONCEPT_TEMPLATE, evaluate_folder, format_metrics_table
+def _text_template(args) -> str:
+    from ...evaluation.embedding import DEFAULT_TEXT_TEMPLATE, SHARED_CONCEPT_TEMPLATE
+    from ..cli import UsageError
 
     if args.text_template and args.with_shared_concept:
-        raise ValueError("--text-template and --with-shared-concept are exclusive.")
+        raise UsageError("--text-template and --with-shared-concept are exclusive.")
     template = args.text_template or (SHARED_CONCEPT_TEMPLATE if args.with_shared_concept else DEFAULT_TEXT_TEMPLATE)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(args.model, dtype=torch.float32).to(device).eval()
-    processor = AutoProcessor.from_pretrained(args.model)
-    report = evaluate_folder(
-        model, processor, args.dataset, args.split, refined=args.refined, protocol=args.protocol,
-        text_template=template, batch_size=args.batch_size, max_queries=args.max_queries, index_dir=args.index_dir,
-        submission_dir=args.submission_dir, visualize_path=args.visualize, num_visualize=args.num_visualize,
-        output_json=args.output_json, backend=args.backend, images_dir=args.images_dir, num_workers=args.num_workers,
-        show_progress=not args.no_progress,
-    )
-    title = (f"{report['benchmark']} / {report['split']} ({report['protocol']}, {report['num_queries']} queries, "
-             f"{report['num_gallery']} gallery images)")
-    print(format_metrics_table(report["metrics"], title))
+    if "{modification_text}" not in template:
+        raise UsageError(f"--text-template must contain {{modification_text}}, got {template!r}.")
+    return template
+
+
+@contextlib.contextmanager
+def _datasets_progress(show: bool):
+    """`datasets` progress bars off inside, when `show` is False (--no-progress)."""
+    import datasets
+
+    hide = not show and datasets.is_progress_bar_enabled()
+    if hide:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hide:
+            datasets.enable_progress_bars()
+
+
+def evaluate_from_args(args) -> dict:
+    """Evaluate, print the metrics table and the files written, and return the report (`benchmark_report`)."""
+    from ...data import MissingImagesError
+    from ...evaluation.benchmarks import DatasetLayoutError, load_benchmark
+    from ...evaluation.embedding import IndexCacheMismatchError, load_or_embed_gallery
+    from ...evaluation.report import benchmark_report, format_metrics_table, write_report
+    from ...evaluation.scoring import evaluate_benchmark
+    from ...evaluation.submission import write_submission
+    from ...evaluation.visualization import save_benchmark_grid
+    from ..cli import UsageError
+    from ..search import load_model_and_processor
+
+    template = _text_template(args)
+    for option, value in (("--batch-size", args.batch_size), ("--max-queries", args.max_queries)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be a positive integer, got {value}.")
+    show_progress = not args.no_progress
+    try:
+        with _datasets_progress(show_progress):  # loading a folder the first time shows `datasets` bars
+            bench = load_benchmark(args.dataset, args.split, args.refined)
+            protocol = args.protocol or bench.protocol
+            if args.submission_dir is not None and protocol not in SUBMISSION_PROTOCOLS:
+                raise UsageError(f"--submission-dir: {protocol} has no test-server format (only cirr and circo).")
+            if args.images_dir is not None:
+                bench = bench.with_images(args.images_dir)
+        bench = bench.head(args.max_queries)
+        model, processor = load_model_and_processor(args.model, args.device)
+        index = load_or_embed_gallery(model, processor, bench.gallery, args.index_dir, batch_size=args.batch_size,
+                                      num_workers=args.num_workers, show_progress=show_progress)
+    except (DatasetLayoutError, IndexCacheMismatchError, MissingImagesError) as error:
+        raise UsageError(str(error)) from error
+    metrics, rankings = evaluate_benchmark(model, processor, bench.queries, bench.gallery, protocol,
+                                           batch_size=args.batch_size, text_template=template, index=index,
+                                           backend=args.backend, show_progress=show_progress, return_rankings=True)
+    files = []
+    if args.submission_dir is not None:
+        files += write_submission(args.submission_dir, rankings, prefix=f"{protocol}_{bench.split}")
+    if args.visualize is not None:
+        files.append(save_benchmark_grid(args.visualize, bench.queries, rankings, bench.gallery,
+                                         num_queries=args.num_visualize))
+    report = benchmark_report(bench, rankings, metrics, template, files)
+    if args.output_json is not None:
+        report["files"].append(write_report(args.output_json, report))
+    print(format_metrics_table(metrics, f"{bench.name} / {bench.split} ({protocol}, {len(bench.queries)} queries, "
+                                        f"{len(bench.gallery)} gallery images)"))
     for path in report["files"]:
         print(f"wrote {path}")
-    if not args.output_json:
-        print(json.dumps(report["metrics"]))
+    if args.output_json is None:
+        print(json.dumps(metrics))
     return report
 
 
 def run(args) -> int:
+    """`collm-hf evaluate`; user errors end as one line with exit status 2 (`collm_hf.apps.cli`)."""
     evaluate_from_args(args)
     return 0
+
+
+__all__ = ["add_arguments", "evaluate_from_args", "run"]

@@ -11,13 +11,14 @@ on the benchmark, named in `choices`):
 - `collm_pairs_only`: the composed query of the model after pair pre-training alone (never saw a triplet);
 - `chance`: random query embeddings through the same ranking and metric (mean of 5 draws).
 
-Every method is ranked and scored by `collm_hf.evaluation.benchmarks.rank_benchmark` and `collm_hf.evaluation.cir_metric`.
+Every method is ranked and scored by `collm_hf.evaluation.scoring.rank_benchmark` and `collm_hf.evaluation.cir_metric`.
 """
 
 import torch
 import torch.nn.functional as F
 
-from ...evaluation.benchmarks import embed_gallery, embed_queries, rank_benchmark
+from ...evaluation.embedding import embed_gallery, embed_queries
+from ...evaluation.scoring import rank_benchmark
 
 METHODS = ("collm", "collm_pairs_only", "image_only", "text_only", "sum_fusion", "chance")
 BASELINES = ("image_only", "text_only", "sum_fusion")

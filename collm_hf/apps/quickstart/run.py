@@ -184,13 +184,14 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, seed: int = 0, llm: str
     world = _ensure_world(out / "world", recipe.world, ("cirr", "circo")) if cached else \
         {p: out / "world" / p for p in ("cirr", "circo")}
     from ...data.synthetic_world import CIRCO_GALLERY_SPLIT, CIRCO_QUERY_SPLIT, CIRR_SPLIT
+    from ...evaluation.benchmarks import load_benchmark
 
     splits = {"cirr": (CIRR_SPLIT, CIRR_SPLIT), "circo": (CIRCO_QUERY_SPLIT, CIRCO_GALLERY_SPLIT)}
     results, choices, ratios, grids = {}, {}, {}, []
     for name, protocol in BENCHMARKS.items():
         query_split, gallery_split = splits[protocol]
-        queries = _load(world[protocol], "queries", query_split)
-        gallery = _load(world[protocol], "gallery", gallery_split)
+        bench = load_benchmark(world[protocol], query_split, gallery_split=gallery_split)
+        queries, gallery = bench.queries, bench.gallery
         print(f"[quickstart] evaluating on {name}: {len(queries)} queries, {len(gallery)} gallery images")
         metrics, chosen, rankings = evaluate_methods(model, pairs_model, processor, queries, gallery, protocol,
                                                      show_progress)
