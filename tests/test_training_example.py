@@ -47,7 +47,7 @@ def workspace(tmp_path_factory, _tiny_clip_llama):
 
 
 def common(workspace, output_dir, *extra):
-    return ["--dataset_name_or_path", str(workspace / "data"), "--output_dir", str(output_dir),
+    return ["--dataset", str(workspace / "data"), "--output_dir", str(output_dir),
             "--per_device_train_batch_size", "4", "--save_steps", "1", "--logging_steps", "1", "--use_cpu", "True",
             "--dataloader_num_workers", "0", "--lora_rank", "4", "--seed", "3", *extra]
 
@@ -55,7 +55,7 @@ def common(workspace, output_dir, *extra):
 def test_pairs_then_triplets_save_reload_resume(workspace):
     example = load_example()
     pairs_dir, triplets_dir = workspace / "pairs_run", workspace / "triplets_run"
-    assert example.main(["pairs", "--model_name_or_path", str(workspace / "model"), *common(workspace, pairs_dir, "--max_steps", "2")]) == 0
+    assert example.main(["pairs", "--model", str(workspace / "model"), *common(workspace, pairs_dir, "--max_steps", "2")]) == 0
     assert (pairs_dir / "checkpoint-2").is_dir() and (pairs_dir / "lora_adapter" / "adapter_config.json").exists()
     state = json.loads((pairs_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and all(np.isfinite(log["loss"]) for log in state["log_history"] if "loss" in log)
@@ -142,11 +142,37 @@ def test_options_the_checkpoint_set_survive_training_without_their_flags(workspa
     assert AutoModel.from_pretrained(run).config.contrastive_loss == replace(model.config.contrastive_loss, two_way=True)
 
 
-def test_bad_usage(workspace, capsys):
-    example = load_example()
-    assert example.main([]) == 2
-    with pytest.raises(ValueError, match="model_name_or_path"):
-        example.main(["pairs", *common(workspace, workspace / "nothing", "--max_steps", "1")])
+@pytest.mark.parametrize("argv, message", [
+    ([], "give the stage to train"),
+    (["pairs", "--max_steps", "1"], "give --model"),
+    (["pairs", "--model", "{missing}", "--max_steps", "1"], "--model {missing}: no such folder"),
+    (["triplets", "--model", "{model}", "--dataset", "{missing}"], "--dataset {missing}: no such file or folder"),
+    (["pairs", "--model", "{model}", "--max_stepz", "1"], "unrecognized arguments: --max_stepz 1"),
+])
+def test_bad_usage_is_one_line(workspace, tmp_path, capsys, argv, message):
+    names = {"missing": str(tmp_path / "missing"), "model": str(workspace / "model")}
+    argv = [a.format(**names) for a in argv]
+    if len(argv) > 1:
+        argv += common(workspace, tmp_path / "out") if "--dataset" not in argv else ["--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        load_example().main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("train_collm.py: error: ") and len(err.splitlines()) == 1
+    assert message.format(**names) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_without_the_stage_config_is_named(workspace, tmp_path, capsys):
+    from collm_hf.data import write_dataset
+    from collm_hf.data.schema import PAIRS_FEATURES
+
+    rows = [{"image_id": "0", "image": Image.new("RGB", (8, 8)), "caption": "a red circle"}]
+    write_dataset(tmp_path / "pairs", {"pairs": {"train": rows}}, {"pairs": PAIRS_FEATURES})
+    with pytest.raises(SystemExit) as exit_info:
+        load_example().main(["triplets", "--model", str(workspace / "model"), "--dataset", str(tmp_path / "pairs"),
+                             "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no config 'triplets'" in err and "pairs" in err
 
 
 def test_measure_synthesis_overhead_command(capsys):

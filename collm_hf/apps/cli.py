@@ -55,14 +55,17 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
     A path that is missing, in the way or not readable; a hub that cannot be reached or refuses the request (no
     such repo, gated, not logged in); and the package's own input errors: an unreadable image, a query or gallery
-    that cannot be searched, raw files that cannot be built into a dataset (missing images included), a row that
-    cannot be written, an upload that failed, an unsafe archive, a checkpoint with pickle weights only or with
-    missing weights.
+    that cannot be searched, a dataset without the config, split or columns asked for, a cached index built from
+    another gallery, raw files that cannot be built into a dataset (missing images included), a row that cannot be
+    written, an upload that failed, an unsafe archive, a checkpoint with pickle weights only or with missing
+    weights.
     """
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     from ..data import DatasetBuildError, DatasetWriteError
     from ..data.writer import HubPushError
+    from ..evaluation.benchmarks import DatasetLayoutError
+    from ..evaluation.embedding import IndexCacheMismatchError
     from ..models.collm.image_io import ImageReadError
     from ..models.collm.safe_loading import MissingWeightsError, UnsafeWeightsError
     from ..utils.archives import UnsafeArchiveError
@@ -70,8 +73,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
     return (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
             ConnectionError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ImageReadError,
-            SearchInputError, DatasetBuildError, DatasetWriteError, HubPushError, UnsafeArchiveError,
-            UnsafeWeightsError, MissingWeightsError)
+            SearchInputError, DatasetLayoutError, IndexCacheMismatchError, DatasetBuildError, DatasetWriteError,
+            HubPushError, UnsafeArchiveError, UnsafeWeightsError, MissingWeightsError)
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -111,7 +114,7 @@ def require_path(path: str | os.PathLike, option: str, kind: str | None = None) 
 def require_model(name_or_path: str, option: str) -> None:
     """Raise `UsageError` unless `name_or_path` is a model folder (`config.json`, or a LoRA adapter's
     `adapter_config.json`) or a hub id ("org/name") that can be fetched: cached, or the hub answers for it."""
-    from .search import is_local_path
+    from ..evaluation.benchmarks import is_local_path
 
     if is_local_path(name_or_path):
         require_path(name_or_path, option, "folder")
@@ -139,16 +142,14 @@ def require_model(name_or_path: str, option: str) -> None:
 def require_dataset(name_or_path: str, option: str, configs: tuple[str, ...] = ()) -> None:
     """Raise `UsageError` unless `name_or_path` is an existing local dataset path, or a hub id; a dataset folder
     with a card (`README.md` with `configs:`, as the package writes) must hold each of `configs`. A hub id is
-    left to `datasets`, which names it when it cannot be reached."""
-    from .search import is_local_path
+    left to the loaders, which name it when it cannot be reached."""
+    from ..evaluation.benchmarks import available_configs, is_local_path
 
     if not is_local_path(name_or_path):
         return
     require_path(name_or_path, option)
     if configs and os.path.isfile(os.path.join(name_or_path, "README.md")):
-        import datasets
-
-        names = datasets.get_dataset_config_names(str(name_or_path))
+        names = available_configs(name_or_path)
         missing = [c for c in configs if c not in names]
         if missing:
             raise UsageError(f"{option} {name_or_path}: not the expected dataset, it has no config "
