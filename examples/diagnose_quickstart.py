@@ -1,6 +1,6 @@
 """Where the quickstart model's wrong first results come from, on the synthetic CIRR-style benchmark.
 
-    python examples/diagnose_quickstart.py collm-quickstart
+    python examples/diagnose_quickstart.py --run-dir collm-quickstart
 
 For every query whose first result (reference excluded, as CIRR's protocol) is not the target, it says whether
 that image is one of the query's six similar images (`subset_ids`) or another gallery image, and how many of the
@@ -11,7 +11,6 @@ first result). Reads the world settings from DIR/model/quickstart.json,
 so it rebuilds exactly the scenes the run evaluated on.
 """
 
-import argparse
 import collections
 import functools
 import json
@@ -20,7 +19,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor
 
-from collm_hf.data.synthetic_world import CIRCO_GALLERY_SPLIT, CIRCO_QUERY_SPLIT, CIRR_SPLIT, WorldConfig, cirr_scenes
+from collm_hf.apps.cli import require_path, run_script
+from collm_hf.data.synthetic_world import (
+    CIRCO_GALLERY_SPLIT,
+    CIRCO_QUERY_SPLIT,
+    CIRR_SPLIT,
+    WorldConfig,
+    cirr_scenes,
+)
 from collm_hf.evaluation.benchmarks import load_benchmark
 from collm_hf.evaluation.embedding import embed_gallery, embed_queries
 
@@ -112,11 +118,13 @@ def failures(category: str, results) -> list[dict]:
             if scene["category"] == category and first != query["target_ids"][0]]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the quickstart's --output-dir")
+def add_arguments(parser):
+    parser.add_argument("--run-dir", type=Path, required=True, help="the quickstart's --output-dir")
     parser.add_argument("--show", metavar="CATEGORY", help="print the failed queries of this edit category")
-    args = parser.parse_args(argv)
+
+
+def report(args):
+    require_path(args.run_dir / "model" / "quickstart.json", "--run-dir", "file")
     results = list(first_results(args.run_dir))
     for kind, count in diagnose(args.run_dir, results).items():
         print(f"{count:5d}  {kind}")
@@ -132,6 +140,10 @@ def main(argv=None):
         print(f"\nfailed {args.show!r} queries:")
         for failure in failures(args.show, results):
             print("\n".join(f"  {k:<9} {v}" for k, v in failure.items()) + "\n")
+
+
+def main(argv=None):
+    return run_script("diagnose_quickstart.py", add_arguments, report, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def test_index_folder_shows_images_from_its_source(saved, tmp_path):
     from collm_hf.evaluation.index import GalleryIndex
 
     assert cli_main(["index", "--model", str(saved / "model"), "--dataset", str(saved / "gallery.parquet"),
-                     "--output", str(tmp_path / "index"), "--device", "cpu", "--no-progress"]) == 0
+                     "--output-dir", str(tmp_path / "index"), "--device", "cpu", "--no-progress"]) == 0
     demo = build_demo(str(saved / "model"), str(tmp_path / "index"), device="cpu")
     assert demo.searcher.gallery is not None and demo.searcher.image("g0").size == (40, 40)
     demo.close()
@@ -158,8 +158,10 @@ def test_app_main_builds_and_launches(saved, monkeypatch):
 
 
 def test_app_main_without_a_model_says_how_to_get_one(tmp_path, capsys):
-    assert _load_app().main(["--model", str(tmp_path / "missing"), "--device", "cpu"]) == 2
-    assert "collm-hf quickstart" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        _load_app().main(["--model", str(tmp_path / "missing"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "collm-hf quickstart" in err and len(err.splitlines()) == 1
 
 
 def test_default_gallery_is_the_quickstarts_world(tmp_path):

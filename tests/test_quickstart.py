@@ -78,7 +78,7 @@ def test_diagnosis_accounts_for_every_query(quickstart_dir, capsys):
     overall = sum(row["queries"] * row["map@5"] for row in by_aspect.values()) / circo_queries
     assert overall == pytest.approx(report["benchmarks"]["synthetic-circo"]["collm"]["map@5"], abs=0.06)
     assert all(row["map@5 without the reference"] >= row["map@5"] - 1e-9 for row in by_aspect.values())
-    script.main([str(quickstart_dir)])
+    script.main(["--run-dir", str(quickstart_dir)])
     printed = capsys.readouterr().out
     assert all(f"{count:5d}  {kind}" in printed for kind, count in counts.items())
     assert all(f"{category} ({row['queries']} queries)" in printed for category, row in by_category.items())
@@ -125,7 +125,7 @@ def test_cli_help_lists_quickstart(capsys):
     assert "--output-dir" in capsys.readouterr().out
 
 
-def test_recipe_overrides_and_their_errors(tmp_path):
+def test_recipe_overrides_and_their_errors(tmp_path, capsys):
     from collm_hf.apps.cli import main
     from collm_hf.apps.quickstart.training import QuickstartRecipe
 
@@ -135,8 +135,9 @@ def test_recipe_overrides_and_their_errors(tmp_path):
         QuickstartRecipe().with_overrides({"pair_step": 1, "world": {"colours": 3}})
     out = str(tmp_path / "qs")
     for bad, message in (("{not json", "not valid JSON"), ("[1]", "JSON object"), ('{"hidden": 8}', "hidden")):
-        with pytest.raises(SystemExit, match=message):
-            main(["quickstart", "--tiny", "--output-dir", out, "--recipe", bad])
+        assert main(["quickstart", "--tiny", "--output-dir", out, "--recipe", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("collm-hf quickstart: error: --recipe") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "qs" / "model").exists()
 
 
