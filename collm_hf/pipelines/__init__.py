@@ -7,12 +7,7 @@ from .generation import TransformersGenerator, build_messages, parse_modificatio
 from .grouping import group_images, pairs_from_groups, pairs_in_group
 from .mtcir import MTCIROptions, MTCIRReport, generate_mtcir
 from .refine import RefineOptions, refine_benchmark
-from .refinement import (
-           CoLLMProxyJudge,
-           ImageTextToTextJudge,
-           LLMTextRewriter,
-           passes_rule,
-)
+from .refinement import CoLLMProxyJudge, ImageTextToTextJudge, LLMTextRewriter, passes_rule
 
 __all__ = ["CoLLMProxyJudge", "ImageEmbedder", "ImageTextToTextJudge", "LLMTextRewriter", "MTCIROptions", "MTCIRReport",
            "RefineOptions", "TransformersGenerator", "build_messages", "generate_mtcir", "group_images",

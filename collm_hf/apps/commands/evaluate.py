@@ -72,9 +72,8 @@ def _datasets_progress(show: bool):
 
 def evaluate_from_args(args) -> dict:
     """Evaluate, print the metrics table and the files written, and return the report (`benchmark_report`)."""
-    from ...data import MissingImagesError
-    from ...evaluation.benchmarks import DatasetLayoutError, load_benchmark
-    from ...evaluation.embedding import IndexCacheMismatchError, load_or_embed_gallery
+    from ...evaluation.benchmarks import load_benchmark
+    from ...evaluation.embedding import load_or_embed_gallery
     from ...evaluation.report import benchmark_report, format_metrics_table, write_report
     from ...evaluation.scoring import evaluate_benchmark
     from ...evaluation.submission import write_submission
@@ -87,20 +86,19 @@ def evaluate_from_args(args) -> dict:
         if value is not None and value < 1:
             raise UsageError(f"{option} must be a positive integer, got {value}.")
     show_progress = not args.no_progress
-    try:
-        with _datasets_progress(show_progress):  # loading a folder the first time shows `datasets` bars
-            bench = load_benchmark(args.dataset, args.split, args.refined)
-            protocol = args.protocol or bench.protocol
-            if args.submission_dir is not None and protocol not in SUBMISSION_PROTOCOLS:
-                raise UsageError(f"--submission-dir: {protocol} has no test-server format (only cirr and circo).")
-            if args.images_dir is not None:
-                bench = bench.with_images(args.images_dir)
-        bench = bench.head(args.max_queries)
-        model, processor = load_model_and_processor(args.model, args.device)
-        index = load_or_embed_gallery(model, processor, bench.gallery, args.index_dir, batch_size=args.batch_size,
-                                      num_workers=args.num_workers, show_progress=show_progress)
-    except (DatasetLayoutError, IndexCacheMismatchError, MissingImagesError) as error:
-        raise UsageError(str(error)) from error
+    # A folder that is not a benchmark, a cache built from another gallery or missing images are user errors
+    # (`collm_hf.apps.cli.user_error_types`): one line, exit status 2.
+    with _datasets_progress(show_progress):  # loading a folder the first time shows `datasets` bars
+        bench = load_benchmark(args.dataset, args.split, args.refined)
+        protocol = args.protocol or bench.protocol
+        if args.submission_dir is not None and protocol not in SUBMISSION_PROTOCOLS:
+            raise UsageError(f"--submission-dir: {protocol} has no test-server format (only cirr and circo).")
+        if args.images_dir is not None:
+            bench = bench.with_images(args.images_dir)
+    bench = bench.head(args.max_queries)
+    model, processor = load_model_and_processor(args.model, args.device)
+    index = load_or_embed_gallery(model, processor, bench.gallery, args.index_dir, batch_size=args.batch_size,
+                                  num_workers=args.num_workers, show_progress=show_progress)
     metrics, rankings = evaluate_benchmark(model, processor, bench.queries, bench.gallery, protocol,
                                            batch_size=args.batch_size, text_template=template, index=index,
                                            backend=args.backend, show_progress=show_progress, return_rankings=True)
