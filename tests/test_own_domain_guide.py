@@ -1,4 +1,4 @@
-"""The README's "Your own domain" commands run as written on the synthetic world (a bash block, end to end)."""
+"""The commands of docs/own_domain.md run as written on the synthetic world (its bash block, end to end)."""
 
 import json
 import os
@@ -12,17 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def own_domain_block() -> str:
-    """The first ```bash block of the README's `## Your own domain` section."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Your own domain", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```bash\n(.*?)\n```", section, re.DOTALL)
-    assert match, "no bash block in the README's Your own domain section"
+    """The first ```bash block of docs/own_domain.md."""
+    guide = (ROOT / "docs" / "own_domain.md").read_text(encoding="utf-8")
+    match = re.search(r"```bash\n(.*?)\n```", guide, re.DOTALL)
+    assert match, "no bash block in docs/own_domain.md"
     return match.group(1)
 
 
 @pytest.mark.slow
 @pytest.mark.smollm2
-def test_readme_own_domain_commands_run_as_written(tmp_path):
+def test_own_domain_commands_run_as_written(tmp_path):
     from collm_hf.utils.gguf_weights import smollm2_folder
 
     try:
