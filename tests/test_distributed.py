@@ -9,13 +9,12 @@ under DDP.
 """
 
 import os
-import signal
-import subprocess
 import sys
 from datetime import timedelta
 
 import numpy as np
 import torch
+from _multiprocess import launch_with_retry
 
 from collm_hf.models.collm.losses import ContrastiveLossConfig
 
@@ -84,29 +83,8 @@ def worker(out_dir: str):
     dist.destroy_process_group()
 
 
-def launch_two_ranks(out_dir, timeout: float = 120.0) -> tuple[bool, str]:
-    """Run this file under torchrun with 2 processes; (succeeded, stderr tail). On a timeout the whole process group
-    is killed (`subprocess.run` would kill torchrun alone and leave its workers behind)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(out_dir)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        _, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, err = process.communicate()
-        return False, f"timed out after {timeout:.0f} s\n{err[-3000:]}"
-    return process.returncode == 0, err[-3000:]
-
-
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
-    # One launch in this suite's history hung in gloo (one worker left waiting, 240 s, never reproduced in a
-    # dozen runs of ~10 s): a failed launch is retried once; a real error fails both and shows both stderr tails.
-    succeeded, first = launch_two_ranks(tmp_path)
-    if not succeeded:
-        succeeded, second = launch_two_ranks(tmp_path)
-        assert succeeded, f"first launch:\n{first}\nsecond launch:\n{second}"
+    launch_with_retry(__file__, [tmp_path], nproc=2)
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for stage in ("triplets", "pairs", "pairs_gradcache"):
         model, batch = build(stage.split("_")[0])

@@ -105,6 +105,16 @@ def pool_vision_output(family_name: str, outputs) -> torch.Tensor:
     return outputs.pooler_output
 
 
+def gallery_embedding_rule(config) -> str:
+    """How a `CoLLMConfig`'s gallery embeddings come out of its tower, as a short stable string (recorded by saved
+    indexes and embedding caches, so embeddings made by another rule are never mixed with these).
+
+    Example: `"clip:pooler+projection"`, `"blip:cls+projection"`, `"siglip:pooler"`.
+    """
+    family = VISION_FAMILIES[config.vision_family]
+    return f"{family.name}:{family.pooled}" + ("+projection" if family.has_projection else "")
+
+
 def load_pretrained_vision(name_or_path: str, **kwargs) -> tuple[nn.Module, nn.Module | None, str, int | None]:
     """Load a pretrained tower and its projection from a full or vision-only checkpoint.
 
