@@ -243,6 +243,38 @@ def test_evaluate_add_batch(metric):
         "dress/recall@1": 0.0, "shirt/recall@1": 100.0, "recall@1": 50.0}
 
 
+def test_add_batch_twice_equals_one_compute_with_per_query_inputs(metric):
+    rankings = [["r0", "t0", "a", "b"], ["a", "r1", "b", "t1"], ["t2", "r2", "a", "b"], ["b", "a", "t3", "r3"]]
+    targets = [["t0"], ["t1"], ["t2"], ["t3"]]
+    refs, subsets = ["r0", "r1", "r2", "r3"], [["r0", "t0", "a"], ["r1", "t1", "b"], ["r2", "t2", "a"], ["r3", "t3", "b"]]
+    whole = metric.compute(predictions=rankings, references=targets, protocol="cirr", reference_ids=refs,
+                           subset_ids=subsets, k_values=[1, 2])
+    for rows in (slice(0, 1), slice(1, 4)):
+        metric.add_batch(predictions=rankings[rows], references=targets[rows], reference_ids=refs[rows],
+                         subset_ids=subsets[rows])
+    assert metric.compute(protocol="cirr", k_values=[1, 2]) == whole
+    assert whole == cirr_metrics(rankings, targets, refs, subsets, k_values=[1, 2])
+    # Fashion-IQ categories and CIRCO aspects travel the same way, one query at a time too.
+    metric.add_batch(predictions=rankings[:2], references=targets[:2], categories=["dress", "shirt"])
+    metric.add(prediction=rankings[2], reference=targets[2], categories="shirt")
+    assert metric.compute(protocol="fashioniq", k_values=[1]) == fashioniq_metrics(
+        rankings[:3], targets[:3], ["dress", "shirt", "shirt"], k_values=[1])
+    metric.add_batch(predictions=rankings[:2], references=targets[:2], semantic_aspects=[["color"], ["shape"]])
+    metric.add_batch(predictions=rankings[2:], references=targets[2:], semantic_aspects=[["color"], []])
+    assert metric.compute(protocol="circo", k_values=[2]) == circo_metrics(
+        rankings, targets, k_values=[2], semantic_aspects=[["color"], ["shape"], ["color"], []])
+
+
+def test_per_query_inputs_given_twice_or_partly_are_errors(metric):
+    metric.add_batch(predictions=[["r", "t"]], references=["t"], reference_ids=["r"])
+    with pytest.raises(ValueError, match="given to compute"):
+        metric.compute(protocol="cirr", reference_ids=["r"])
+    metric.add_batch(predictions=[["r", "t"]], references=["t"], reference_ids=["r"])
+    metric.add_batch(predictions=[["r", "t"]], references=["t"])  # this batch forgot its reference ids
+    with pytest.raises(ValueError, match=r"reference_ids\[1\] is missing"):
+        metric.compute(protocol="cirr")
+
+
 def test_evaluate_module_errors_are_clear(metric):
     with pytest.raises(ValueError, match="more than once"):
         metric.compute(predictions=[["a", "a"]], references=[["a"]])

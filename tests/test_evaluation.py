@@ -77,6 +77,46 @@ def test_cirr_top_n_rankings_give_the_full_ranking_metrics(tiny_model_and_proces
         assert set(members) - {ref} <= set(ranking)
 
 
+def test_recall_at_100_over_a_gallery_of_200_equals_the_hand_count():
+    from collm_hf.evaluation.index import GalleryIndex
+
+    generator = torch.Generator().manual_seed(0)
+    gallery = torch.nn.functional.normalize(torch.randn(200, 16, generator=generator), dim=-1)
+    ids = [f"g{i}" for i in range(200)]
+    embeds = torch.nn.functional.normalize(torch.randn(60, 16, generator=generator), dim=-1)
+    target_rows = torch.randint(0, 200, (60,), generator=generator).tolist()
+    reference_rows = [(t + 7) % 200 for t in target_rows]
+    queries = {"query_id": [str(q) for q in range(60)], "reference_id": [ids[r] for r in reference_rows],
+               "target_ids": [[ids[t]] for t in target_rows]}
+    scores = embeds @ gallery.T  # (60, 200)
+    index = GalleryIndex(gallery, ids)
+    for protocol in ("standard", "cirr"):
+        hits = 0  # by hand: the target is in the top 100 when fewer than 100 images (CIRR: but the reference) beat it
+        for q, (t, r) in enumerate(zip(target_rows, reference_rows)):
+            better = scores[q] > scores[q, t]
+            if protocol == "cirr":
+                better[r] = False
+            hits += int(better.sum()) < 100
+        rankings = rank_benchmark(queries, index, embeds, protocol, k_values=[1, 100])
+        assert rankings.metrics([1, 100])["recall@100"] == pytest.approx(100.0 * hits / 60)
+        assert rankings.metrics([1, 100])["recall@100"] > rankings.metrics([1, 50])["recall@50"]
+        with pytest.raises(ValueError, match="too few for @100"):  # ranked for the default cut-offs only
+            rank_benchmark(queries, index, embeds, protocol).metrics([100])
+
+
+def test_fashioniq_without_gallery_categories_is_an_error(tiny_model_and_processor, bench):
+    model, processor = tiny_model_and_processor
+    queries, gallery = bench
+    queries = {k: v for k, v in queries.items() if k != "subset_ids"}
+    queries["category"] = gallery["category"][:6]
+    index = embed_gallery(model, processor, gallery, show_progress=False)
+    embeds = embed_queries(model, processor, queries, index=index, show_progress=False)
+    with pytest.raises(ValueError, match="within its category's gallery"):
+        rank_benchmark(queries, index, embeds, "fashioniq")
+    with pytest.raises(ValueError, match="within its category's gallery"):
+        evaluate_benchmark(model, processor, queries, None, "fashioniq", index=index, show_progress=False)
+
+
 def test_fashioniq_ranks_only_within_the_query_category(tiny_model_and_processor, bench):
     model, processor = tiny_model_and_processor
     queries, gallery = bench

@@ -60,6 +60,7 @@ Args:
     subset_ids: CIRR only (optional): the raw six `img_set.members` of each query (reference included).
     categories: Fashion-IQ only (optional): the category of each query.
     semantic_aspects: CIRCO only (optional): the list of semantic aspects of each query.
+    (These four per-query inputs may also be passed to `add_batch` / `add`, batch by batch, with the rankings.)
     k_values: the cut-offs of recall@K (map@K for CIRCO); default per protocol.
     subset_k_values: CIRR only: the cut-offs of recall_subset@K (default 1, 2, 3).
 Returns:
@@ -139,7 +140,8 @@ def _check_length(values, n: int, name: str):
         raise ValueError(f"{name} has {got} entries but there are {n} predictions (one per query).")
 
 
-def _check_k_values(k_values, default) -> list[int]:
+def check_k_values(k_values, default) -> list[int]:
+    """`k_values` (or `default` when None) as sorted distinct positive ints; anything else raises ValueError."""
     k_values = list(default if k_values is None else k_values)
     if not k_values:
         raise ValueError("k_values is empty.")
@@ -238,7 +240,7 @@ def recall_at_k(predictions, references, k_values=None) -> dict:
     """
     rankings = as_rankings(predictions)
     targets = as_targets(references, len(rankings))
-    k_values = _check_k_values(k_values, DEFAULT_K_VALUES["standard"])
+    k_values = check_k_values(k_values, DEFAULT_K_VALUES["standard"])
     ranks = [first_hit_rank(r, t) for r, t in zip(rankings, targets)]
     return {f"recall@{k}": _percent([p is not None and p < k for p in ranks]) for k in k_values}
 
@@ -266,7 +268,7 @@ def cirr_metrics(predictions, references, reference_ids, subset_ids=None, k_valu
     rankings = as_rankings(predictions)
     n = len(rankings)
     targets = as_targets(references, n)
-    k_values = _check_k_values(k_values, DEFAULT_K_VALUES["cirr"])
+    k_values = check_k_values(k_values, DEFAULT_K_VALUES["cirr"])
     _check_length(reference_ids, n, "reference_ids")
     refs = []
     for i, ref in enumerate(reference_ids):
@@ -285,7 +287,7 @@ def cirr_metrics(predictions, references, reference_ids, subset_ids=None, k_valu
             raise ValueError(f"subset_ids[{i}] must be the list of img_set members, got {members!r}.")
         members = [_as_id(m, f"subset_ids[{i}]") for m in members]
         subset_ranks.append(first_hit_rank(subset_ranking(ranking, ref, members, f"query {i}"), t))
-    for k in _check_k_values(subset_k_values, CIRR_SUBSET_K_VALUES):
+    for k in check_k_values(subset_k_values, CIRR_SUBSET_K_VALUES):
         out[f"recall_subset@{k}"] = _percent([p is not None and p < k for p in subset_ranks])
     recall5 = _percent([p is not None and p < 5 for p in ranks])
     subset1 = _percent([p is not None and p < 1 for p in subset_ranks])
@@ -313,7 +315,7 @@ def circo_metrics(predictions, references, k_values=None, semantic_aspects=None)
     rankings = as_rankings(predictions)
     n = len(rankings)
     targets = as_targets(references, n)
-    k_values = _check_k_values(k_values, DEFAULT_K_VALUES["circo"])
+    k_values = check_k_values(k_values, DEFAULT_K_VALUES["circo"])
     out = {}
     for k in k_values:
         out[f"map@{k}"] = 100.0 * sum(average_precision_at_k(r, g, k) for r, g in zip(rankings, targets)) / n
@@ -354,7 +356,7 @@ def fashioniq_metrics(predictions, references, categories=None, k_values=None) -
     rankings = as_rankings(predictions)
     n = len(rankings)
     targets = as_targets(references, n)
-    k_values = _check_k_values(k_values, DEFAULT_K_VALUES["fashioniq"])
+    k_values = check_k_values(k_values, DEFAULT_K_VALUES["fashioniq"])
     if categories is None:
         out = recall_at_k(rankings, targets, k_values)
     else:
@@ -424,44 +426,96 @@ def _stringify(rows, name: str, scalar_ok: bool):
     return out
 
 
+# Per-query inputs besides predictions and references, stored with them batch by batch: name -> one id / label
+# per query (False; stored as a one-element list, as Arrow's string type takes no nulls here) or a list (True).
+PER_QUERY_INPUTS = {"reference_ids": False, "subset_ids": True, "categories": False, "semantic_aspects": True}
+
+
+def _per_query_column(values, name: str, n: int) -> list:
+    """One stored value per query: strings (lists of strings) as Arrow wants them; None where not given."""
+    if values is None:
+        return [None] * n
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{name} must hold one entry per query, got {type(values).__name__}.")
+    _check_length(values, n, name)
+    out = []
+    for i, value in enumerate(values):
+        if value is None:
+            out.append(None)
+        elif PER_QUERY_INPUTS[name]:
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise TypeError(f"{name}[{i}] must be a list, got {value!r}.")
+            out.append([str(x) if name == "semantic_aspects" else _as_id(x, f"{name}[{i}]") for x in value])
+        else:
+            out.append([str(value) if name == "categories" else _as_id(value, f"{name}[{i}]")])
+    return out
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class CIRMetric(evaluate.Metric):
-    """`evaluate` wrapper around `compute_cir_metrics` (ids are stringified before Arrow encoding)."""
+    """`evaluate` wrapper around `compute_cir_metrics` (ids are stringified before Arrow encoding).
+
+    The per-query inputs (`reference_ids`, `subset_ids`, `categories`, `semantic_aspects`) are stored with the
+    rankings, so they can come batch by batch through `add_batch` / `add`, or all at once to `compute`.
+    """
 
     def _info(self):
+        strings = datasets.Sequence(datasets.Value("string"))
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("string")),
-                "references": datasets.Sequence(datasets.Value("string")),
+                "predictions": strings, "references": strings, "reference_ids": strings, "subset_ids": strings,
+                "categories": strings, "semantic_aspects": strings,
             }),
             reference_urls=["https://github.com/Cuberick-Orion/CIRR", "https://github.com/miccunifi/CIRCO",
                             "https://github.com/XiaoxiaoGuo/fashion-iq"],
         )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Add a batch of rankings and targets (ids stringified)."""
-        return super().add_batch(predictions=_stringify(predictions, "predictions", False),
-                                 references=_stringify(references, "references", True), **kwargs)
+        """Add a batch of rankings and targets, with their per-query inputs (ids stringified)."""
+        predictions = _stringify(predictions, "predictions", False)
+        references = _stringify(references, "references", True)
+        n = len(predictions) if predictions is not None else len(references or [])
+        columns = {name: _per_query_column(kwargs.pop(name, None), name, n) for name in PER_QUERY_INPUTS}
+        return super().add_batch(predictions=predictions, references=references, **columns, **kwargs)
 
     def add(self, *, prediction=None, reference=None, **kwargs):
-        """Add one ranking and its target(s) (ids stringified)."""
+        """Add one ranking and its target(s), with its per-query inputs (ids stringified)."""
+        given = {name: [kwargs.pop(name)] if kwargs.get(name) is not None else None for name in PER_QUERY_INPUTS}
+        given = {name: _per_query_column(values, name, 1)[0] for name, values in given.items()}
         prediction = None if prediction is None else _stringify([prediction], "prediction", False)[0]
         reference = None if reference is None else _stringify([reference], "reference", True)[0]
-        return super().add(prediction=prediction, reference=reference, **kwargs)
+        return super().add(prediction=prediction, reference=reference, **given, **kwargs)
 
     def compute(self, *, predictions=None, references=None, **kwargs):
-        """Compute the metrics (see `compute_cir_metrics`); ids are stringified first."""
-        return super().compute(predictions=_stringify(predictions, "predictions", False),
-                               references=_stringify(references, "references", True), **kwargs)
+        """Compute the metrics (see `compute_cir_metrics`) over what was added plus what is given here.
 
-    def _compute(self, predictions, references, protocol="standard", reference_ids=None, subset_ids=None,
-                 categories=None, semantic_aspects=None, k_values=None, subset_k_values=None):
-        return compute_cir_metrics(predictions, references, protocol=protocol, reference_ids=reference_ids,
-                                   subset_ids=subset_ids, categories=categories, semantic_aspects=semantic_aspects,
-                                   k_values=k_values, subset_k_values=subset_k_values)
+        Per-query inputs given here without predictions apply to the queries added before, in order.
+        """
+        if predictions is None and references is None:
+            late = {name: kwargs.pop(name) for name in PER_QUERY_INPUTS if kwargs.get(name) is not None}
+            return super().compute(given_per_query=late, **kwargs)
+        columns = {name: kwargs.pop(name, None) for name in PER_QUERY_INPUTS}  # `add_batch` checks and stores them
+        return super().compute(predictions=predictions, references=references, **columns, **kwargs)
+
+    def _compute(self, predictions, references, reference_ids=None, subset_ids=None, categories=None,
+                 semantic_aspects=None, protocol="standard", k_values=None, subset_k_values=None,
+                 given_per_query=None):
+        stored = {"reference_ids": reference_ids, "subset_ids": subset_ids, "categories": categories,
+                  "semantic_aspects": semantic_aspects}
+        per_query = {}
+        for name, values in stored.items():
+            values = None if values is None or all(v is None for v in values) else list(values)
+            if values is not None and not PER_QUERY_INPUTS[name]:
+                values = [None if v is None else v[0] for v in values]
+            late = (given_per_query or {}).get(name)
+            if late is not None and values is not None:
+                raise ValueError(f"{name} were added with the batches and given to compute() too: give them once.")
+            per_query[name] = late if late is not None else values
+        return compute_cir_metrics(predictions, references, protocol=protocol, k_values=k_values,
+                                   subset_k_values=subset_k_values, **per_query)
 
 
 METRIC_PATH = os.path.abspath(__file__)  # this file, for `evaluate.load`

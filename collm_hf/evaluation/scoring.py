@@ -7,18 +7,28 @@ removes the reference), CIRCO over the whole unlabeled set (nothing removed), Fa
 category gallery (nothing removed). `evaluate_benchmark` embeds, ranks and scores in one call.
 """
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 
 from ._tables import column, column_names
 from .benchmarks import infer_protocol
-from .cir_metric import DEFAULT_K_VALUES, compute_cir_metrics
+from .cir_metric import DEFAULT_K_VALUES, check_k_values, compute_cir_metrics
 from .embedding import DEFAULT_TEXT_TEMPLATE, embed_gallery, embed_queries
 from .index import GalleryIndex
 
 SUBMISSION_TOP_K = 50  # what the CIRR and CIRCO test servers take
+
+
+def ranking_depth(protocol: str, k_values=None) -> int:
+    """Gallery ids kept per query so that every cut-off asked is exact: the largest K (at least the test servers'
+    50, for submissions), +1 for CIRR, whose metric removes the reference from the ranking first.
+
+    >>> ranking_depth("standard", [1, 100]), ranking_depth("cirr", [1, 100]), ranking_depth("circo")
+    (100, 101, 50)
+    """
+    largest = check_k_values(k_values, DEFAULT_K_VALUES[protocol])[-1]
+    return max(SUBMISSION_TOP_K, largest) + (1 if protocol == "cirr" else 0)
 
 
 @dataclass
@@ -32,6 +42,8 @@ class BenchmarkRankings:
             subset members, in score order, so that subset recall is exact).
         targets: per query, the ground-truth ids (empty lists on closed-label splits).
         reference_ids, subset_ids, categories, semantic_aspects: per query, where the protocol has them.
+        depth: how many ids of each query's gallery were ranked (`ranking_depth`), or None when every ranking
+            covers its whole gallery; a cut-off beyond it is refused rather than under-counted.
     """
 
     protocol: str
@@ -42,6 +54,7 @@ class BenchmarkRankings:
     subset_ids: list[list[str]] | None = None
     categories: list[str] | None = None
     semantic_aspects: list[list[str]] | None = None
+    depth: int | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -51,6 +64,12 @@ class BenchmarkRankings:
         """The protocol's metrics over these rankings (percentages)."""
         if not self.has_labels:
             raise ValueError("Some queries have no target_ids (closed-label split): export a submission instead.")
+        if self.depth is not None:
+            asked = check_k_values(k_values, DEFAULT_K_VALUES[self.protocol])
+            exact = self.depth - (1 if self.protocol == "cirr" else 0)  # CIRR's reference may take one place
+            if asked[-1] > exact:
+                raise ValueError(f"The rankings hold the top {self.depth} gallery ids per query, too few for "
+                                 f"@{asked[-1]}: rank with rank_benchmark(..., k_values={asked}).")
         extra = {
             "cirr": {"reference_ids": self.reference_ids, "subset_ids": self.subset_ids},
             "circo": {"semantic_aspects": self.semantic_aspects},
@@ -77,7 +96,7 @@ def _with_subset_members(ranking, members, reference_id, index: GalleryIndex, qu
 
 def rank_benchmark(queries, index: GalleryIndex, query_embeds: torch.Tensor, protocol: str | None = None,
                    gallery_categories: list[str] | None = None, top_k: int | None = None,
-                   backend: str = "auto") -> BenchmarkRankings:
+                   backend: str = "auto", k_values=None) -> BenchmarkRankings:
     """Rank each query over its benchmark gallery.
 
     Args:
@@ -85,10 +104,11 @@ def rank_benchmark(queries, index: GalleryIndex, query_embeds: torch.Tensor, pro
         index: the embedded gallery of the split.
         query_embeds: (Q, D) from `embed_queries`.
         protocol: None infers it from the columns (`infer_protocol`).
-        gallery_categories: Fashion-IQ: the category of each gallery image (index order); each query is
-            ranked within its own category's gallery.
-        top_k: ids kept per query (default: max(50, largest K of the protocol), +1 for CIRR's reference).
+        gallery_categories: Fashion-IQ (required): the category of each gallery image (index order); each query
+            is ranked within its own category's gallery.
+        top_k: ids kept per query (default: `ranking_depth(protocol, k_values)`).
         backend: search backend ("auto", "torch", "faiss").
+        k_values: the metric cut-offs the rankings will be scored at (default: the protocol's).
 
     Returns:
         `BenchmarkRankings`.
@@ -105,23 +125,26 @@ def rank_benchmark(queries, index: GalleryIndex, query_embeds: torch.Tensor, pro
     if absent:  # it could never be retrieved: a silent zero recall for that query
         raise ValueError(f"{len(absent)} target id(s) are not in the gallery, e.g. query {absent[0][0]}: target "
                          f"{absent[0][1]!r} (wrong gallery split, or a gallery built with --allow-missing?).")
-    fetch = top_k or max(SUBMISSION_TOP_K, max(DEFAULT_K_VALUES[protocol])) + (1 if protocol == "cirr" else 0)
+    fetch = top_k or ranking_depth(protocol, k_values)
     result = BenchmarkRankings(protocol, query_ids, [None] * n, targets, reference_ids)
     groups = {None: list(range(n))}
     if protocol == "fashioniq":
         result.categories = [str(c) for c in column(queries, "category")]
-        if gallery_categories is None:
-            warnings.warn("Fashion-IQ gallery without categories: every query is ranked over the whole gallery.")
-        else:
-            category_of = dict(zip(index.ids, (str(c) for c in gallery_categories)))
-            wrong = [(query_ids[i], t) for i, c in enumerate(result.categories) for t in targets[i]
-                     if category_of[t] != c]
-            if wrong:  # ranked within its own category, such a target could never be found
-                raise ValueError(f"{len(wrong)} target(s) are not in their query's category gallery, e.g. query "
-                                 f"{wrong[0][0]}: target {wrong[0][1]!r} is {category_of[wrong[0][1]]!r}.")
-            groups = {}
-            for i, category in enumerate(result.categories):
-                groups.setdefault(category, []).append(i)
+        if gallery_categories is None:  # ranked over every category, a query would compete with other garments
+            raise ValueError("Fashion-IQ ranks each query within its category's gallery: pass the gallery's "
+                             "categories (gallery_categories, or a gallery table with its `category` column).")
+        if len(gallery_categories) != len(index):
+            raise ValueError(f"{len(gallery_categories)} gallery categories for {len(index)} gallery images.")
+        category_of = dict(zip(index.ids, (str(c) for c in gallery_categories)))
+        wrong = [(query_ids[i], t) for i, c in enumerate(result.categories) for t in targets[i]
+                 if category_of[t] != c]
+        if wrong:  # ranked within its own category, such a target could never be found
+            raise ValueError(f"{len(wrong)} target(s) are not in their query's category gallery, e.g. query "
+                             f"{wrong[0][0]}: target {wrong[0][1]!r} is {category_of[wrong[0][1]]!r}.")
+        groups = {}
+        for i, category in enumerate(result.categories):
+            groups.setdefault(category, []).append(i)
+    cut = False
     for category, rows in groups.items():
         sub_index = index
         if category is not None:
@@ -129,9 +152,11 @@ def rank_benchmark(queries, index: GalleryIndex, query_embeds: torch.Tensor, pro
             if not members:
                 raise ValueError(f"No gallery image has category {category!r}; its queries cannot be ranked.")
             sub_index = index.select(members)
+        cut = cut or fetch < len(sub_index)
         found = sub_index.search(query_embeds[rows], k=min(fetch, len(sub_index)), backend=backend)
         for row, ids in zip(rows, found.ids):
             result.rankings[row] = ids
+    result.depth = fetch if cut else None
     if protocol == "cirr" and "subset_ids" in names:  # without it: recall@K only (no subset metrics)
         result.subset_ids = [[str(m) for m in members] for members in column(queries, "subset_ids")]
         for i in range(n):
@@ -184,7 +209,8 @@ def evaluate_benchmark(model, processor, queries, gallery, protocol: str | None 
     if gallery is not None and "category" in column_names(gallery):
         categories = {str(i): c for i, c in zip(gallery["image_id"], gallery["category"])}
         gallery_categories = [categories[i] for i in index.ids]
-    rankings = rank_benchmark(queries, index, query_embeds, protocol, gallery_categories, backend=backend)
+    rankings = rank_benchmark(queries, index, query_embeds, protocol, gallery_categories, backend=backend,
+                              k_values=k_values)
     metrics = rankings.metrics(k_values) if rankings.has_labels else {}
     if rankings.protocol == "fashioniq" and {"recall@10", "recall@50"} <= set(metrics):
         metrics["fashioniq_score"] = (metrics["recall@10"] + metrics["recall@50"]) / 2  # the papers' "Avg"
@@ -193,4 +219,4 @@ def evaluate_benchmark(model, processor, queries, gallery, protocol: str | None 
     return (metrics, rankings) if return_rankings else metrics
 
 
-__all__ = ["BenchmarkRankings", "SUBMISSION_TOP_K", "evaluate_benchmark", "rank_benchmark"]
+__all__ = ["BenchmarkRankings", "SUBMISSION_TOP_K", "evaluate_benchmark", "rank_benchmark", "ranking_depth"]
