@@ -61,6 +61,20 @@ def test_grad_cache_equals_plain_backward(stage, images):
     assert_same(cached_loss, grads_of(model), plain_loss.detach(), plain)
 
 
+def test_grad_cache_with_reference_negatives_and_a_trainable_tower(images):
+    """The reference embeddings reach the loss (as negatives) and the queries (through the adapter): their graph
+    through the trained tower is backpropagated once, with both gradients."""
+    model, processor = tiny()
+    model.config.contrastive_loss = ContrastiveLossConfig(reference_negatives=True)
+    batch = batch_of("triplets", processor, images)
+    plain_loss = model(**batch).loss
+    plain_loss.backward()
+    plain = grads_of(model)
+    model.zero_grad(set_to_none=True)
+    cached_loss = grad_cache_step(model, batch, chunk_size=3)
+    assert_same(cached_loss, grads_of(model), plain_loss.detach(), plain)
+
+
 def test_grad_cache_replays_dropout(images):
     """With dropout, the replayed chunks see the masks of the first pass: gradients equal one backward through
     the same chunked forward (same random stream)."""

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import DistributedType
 
 from .trainer import CoLLMTrainer
 
@@ -54,33 +55,60 @@ def _image_rows(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
     return torch.where(has_image, has_image.long().cumsum(0) - 1, torch.full_like(has_image, -1, dtype=torch.long))
 
 
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def _dot(tensors, grads) -> torch.Tensor:
+    """sum_k <tensor_k, grad_k> in fp32: its backward sends each cached gradient into its tensor's graph."""
+    return sum((_at_least_fp32(t) * g.to(t.device, torch.float32)).sum() for t, g in zip(tensors, grads))
+
+
 def grad_cache_step(
-    model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext, modification_writer=None
+    model,
+    inputs: dict,
+    chunk_size: int,
+    loss_scale: float = 1.0,
+    autocast=nullcontext,
+    modification_writer=None,
+    backward=None,
 ) -> torch.Tensor:
     """One GradCache forward/backward of a `CoLLMModel` batch; gradients accumulate into `.grad` as after
     `(model(**inputs).loss * loss_scale).backward()`.
+
+    Every backward pass is of a scalar (the loss, then `<embeddings, cached gradient>` per chunk and once for the
+    image side), through `backward`, so a trainer can route them through `accelerator.backward`. The cached
+    embeddings and their gradients are kept in fp32 whatever precision the forward passes run in.
 
     Args:
         model: a `CoLLMModel` (a peft model's base model works: LoRA layers are injected in place).
         inputs: a collator batch (pairs or triplets), on the model's device.
         chunk_size: query rows per chunk (pairs have 3 query rows per sample).
         loss_scale: factor on the loss before backward (1 / gradient accumulation steps).
-        autocast: context manager factory for the forward passes (e.g. Trainer's autocast).
+        autocast: context manager factory for the forward passes (e.g. `accelerator.autocast`).
         modification_writer: pairs: rewrites the synthesised texts, as in `CoLLMModel.forward`.
+        backward: callable on a scalar tensor (default `Tensor.backward`).
 
     Returns:
         the (unscaled) loss, detached.
+
+    Example:
+        >>> loss = grad_cache_step(model, batch, chunk_size=32)  # doctest: +SKIP
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    backward = backward or torch.Tensor.backward
     inputs = {k: v for k, v in inputs.items() if k != "return_loss"}
     with autocast():
         prepared = model.prepare_contrastive_inputs(**inputs, modification_writer=modification_writer)
     if prepared.target_embeds is None:
         raise ValueError("Gradient caching needs targets (target_pixel_values or target_image_embeds).")
+    # Leaves cut the image side's graph: the loss and the chunks backpropagate into them, and the graph itself is
+    # backpropagated once at the end (the reference embeddings reach the loss too, as reference negatives).
     images = prepared.image_embeds
-    image_leaf = None if images is None else images.detach().requires_grad_(images.requires_grad)
-    target_leaf = prepared.target_embeds.detach().requires_grad_(prepared.target_embeds.requires_grad)
+    image_leaf = None if images is None else _at_least_fp32(images.detach()).requires_grad_(images.requires_grad)
+    targets = prepared.target_embeds
+    target_leaf = _at_least_fp32(targets.detach()).requires_grad_(targets.requires_grad)
     image_rows = _image_rows(prepared.input_ids, model.config.image_token_id)
     device = prepared.input_ids.device
     chunks = [slice(start, start + chunk_size) for start in range(0, prepared.input_ids.shape[0], chunk_size)]
@@ -99,26 +127,32 @@ def grad_cache_step(
         for chunk in chunks:
             states.append(RandomState(device))
             cached.append(embed(chunk))
-    query_leaf = torch.cat(cached).requires_grad_(True)  # (rows, dim)
+    query_leaf = _at_least_fp32(torch.cat(cached)).requires_grad_(True)  # (rows, dim)
+    leaves = replace(prepared, image_embeds=image_leaf, target_embeds=target_leaf)
     with autocast():
-        loss = model.contrastive_output(query_leaf, replace(prepared, target_embeds=target_leaf), return_loss=True).loss
-    (loss * loss_scale).backward()  # grads of embeddings (and of the logit scale)
+        loss = model.contrastive_output(query_leaf, leaves, return_loss=True).loss
+    backward(loss * loss_scale)  # grads of the embeddings (and of the logit scale)
     for chunk, state in zip(chunks, states):  # pass 2: replay each chunk with a graph
         with state.restored():
             embeds = embed(chunk)
-        embeds.backward(query_leaf.grad[chunk].to(embeds.dtype))
+        backward(_dot([embeds], [query_leaf.grad[chunk]]))
     roots, grads = [], []
-    if image_leaf is not None and image_leaf.grad is not None:
-        roots.append(images), grads.append(image_leaf.grad)
-    if target_leaf.grad is not None:
-        roots.append(prepared.target_embeds), grads.append(target_leaf.grad)
+    for root, leaf in ((images, image_leaf), (targets, target_leaf)):
+        if leaf is not None and leaf.grad is not None:
+            roots.append(root), grads.append(leaf.grad)
     if roots:  # image side: the vision tower (when trained) and synthesis
-        torch.autograd.backward(roots, grads)
+        backward(_dot(roots, grads))
     return loss.detach()
 
 
 def wrapped_grad_cache_step(
-    model, inputs: dict, chunk_size: int, loss_scale: float = 1.0, autocast=nullcontext, modification_writer=None
+    model,
+    inputs: dict,
+    chunk_size: int,
+    loss_scale: float = 1.0,
+    autocast=nullcontext,
+    modification_writer=None,
+    backward=None,
 ) -> torch.Tensor:
     """`grad_cache_step` for a model that may be wrapped in DDP and/or peft.
 
@@ -130,7 +164,7 @@ def wrapped_grad_cache_step(
     unwrapped = model.module if distributed else model
     base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
     with model.no_sync() if distributed else nullcontext():
-        loss = grad_cache_step(base, inputs, chunk_size, loss_scale, autocast, modification_writer)
+        loss = grad_cache_step(base, inputs, chunk_size, loss_scale, autocast, modification_writer, backward)
     if distributed:
         world = dist.get_world_size()
         for param in model.parameters():
@@ -145,8 +179,10 @@ class GradCacheTrainer(CoLLMTrainer):
     (times the number of processes: negatives are gathered), while the LLM sees `chunk_size` query rows at a time.
 
     Use it where the batch the paper uses (1024) does not fit: same loss, same gradients, more compute (the
-    queries are encoded twice). Under DDP the step runs without DDP's hooks (`no_sync`) and averages the
-    gradients itself after the backward passes. fp16 loss scaling is not supported (use bf16 or fp32).
+    queries are encoded twice). The forward passes run under `accelerator.autocast()` (`--bf16 True` trains in
+    bf16 autocast, as the plain trainer does) and every backward pass goes through `accelerator.backward`. Under DDP
+    the step runs without DDP's hooks (`no_sync`) and averages the gradients itself after the backward passes.
+    fp16 loss scaling is not supported (use bf16 or fp32).
 
     Args:
         chunk_size: query rows per LLM pass.
@@ -164,12 +200,19 @@ class GradCacheTrainer(CoLLMTrainer):
             raise ValueError("GradCacheTrainer does not support fp16 loss scaling; use bf16 or fp32.")
         self.chunk_size = chunk_size
 
+    def _backward(self, scalar: torch.Tensor) -> None:
+        # As Trainer.training_step: DeepSpeed must not rescale by the accumulation steps (the loss already is).
+        kwargs = {"scale_wrt_gas": False} if self.accelerator.distributed_type == DistributedType.DEEPSPEED else {}
+        self.accelerator.backward(scalar, **kwargs)
+
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.train()
+        if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers, as Trainer.training_step
+            self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
-        loss = wrapped_grad_cache_step(model, inputs, self.chunk_size, scale, self.compute_loss_context_manager,
-                                       self.modification_writer)
+        loss = wrapped_grad_cache_step(model, inputs, self.chunk_size, scale, self.accelerator.autocast,
+                                       self.modification_writer, self._backward)
         return loss * scale
 
 
