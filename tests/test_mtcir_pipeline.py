@@ -1,5 +1,6 @@
 """MTCIR pipeline: grouping and pairing rules, JSON parsing, resume after a kill, SmolLM2 end to end."""
 
+import copy
 import json
 import math
 import re
@@ -269,6 +270,42 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     counting = CountingEmbedder(embeds)
     generate_mtcir(pairs, counting, ScriptedGenerator(), tmp_path / "resumed", options=MTCIROptions(low=0.1, high=0.999))
     assert len(set((tmp_path / "resumed.work").glob("run-*")) - runs_before) == 1 and counting.calls == 0
+
+
+def test_edited_pairs_get_a_fresh_plan(tmp_path):
+    """Same output folder, same settings, edited pairs (rows reordered, a caption changed, two images swapped):
+    the rerun plans afresh and writes what a first run on the edited pairs writes."""
+    embeds, options = _clustered(3), MTCIROptions(low=0.0, high=0.999, shard_size=4, max_retries=0)
+    original = _pairs_dataset(18)
+    generate_mtcir(original, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "out", options=options)
+    rows = original.to_list()[::-1]
+    rows[0]["caption"] = "an edited caption"
+    rows[1]["image"], rows[10]["image"] = rows[10]["image"], rows[1]["image"]
+    edited = Dataset.from_list(rows, features=Features(PAIRS_FEATURES))
+    generate_mtcir(edited, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "out", options=options)
+    generate_mtcir(edited, FixedEmbedder(embeds), ScriptedGenerator(), tmp_path / "fresh", options=options)
+    for config in ("triplets", "images"):
+        assert _rows(tmp_path / "out", config) == _rows(tmp_path / "fresh", config)
+    assert len(list((tmp_path / "out.work").glob("run-*"))) == 2
+    settings = [json.loads(path.read_text()) for path in (tmp_path / "out.work").glob("run-*/settings.json")]
+    assert len({entry["inputs"] for entry in settings}) == 2
+    # The embedding caches are safetensors (nothing is unpickled), one per embedder and inputs.
+    assert len(list((tmp_path / "out.work").glob("embeddings-*.safetensors"))) == 2
+    assert not list((tmp_path / "out.work").rglob("*.pt"))
+
+
+def test_image_embedder_identity_follows_the_weights(tiny_model_and_processor):
+    from collm_hf.pipelines.embedding import ImageEmbedder
+
+    model, processor = tiny_model_and_processor
+    first = ImageEmbedder.from_model(model, processor)
+    assert ImageEmbedder.from_model(model, processor, name="elsewhere").identity == first.identity
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        next(changed.vision_tower.parameters()).add_(1e-3)
+    assert ImageEmbedder.from_model(changed, processor).identity != first.identity
+    custom = ImageEmbedder(lambda pixels: pixels.flatten(1), None, name="flat")
+    assert custom.identity != ImageEmbedder(lambda pixels: pixels.flatten(1), None, name="other").identity
 
 
 def test_no_group_in_the_window_names_the_similarities(tmp_path):

@@ -128,6 +128,21 @@ def test_no_package_code_passes_trust_remote_code_true():
     assert not offenders, offenders
 
 
+def test_nothing_in_the_package_unpickles():
+    """Caches are safetensors or JSON; a `torch.load` would need `weights_only=True`, and the torch pin keeps
+    that the default (torch >= 2.6) for the libraries underneath."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"\b(torch\.load|pickle\.loads?|np\.load)\s*\(", text):
+            call = text[match.start():text.find(")", match.end()) + 1]
+            if "weights_only=True" not in call:
+                offenders.append(f"{path.relative_to(PACKAGE)}: {call}")
+    assert not offenders, offenders
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    assert re.search(r'"torch>=2\.(6|[7-9]|\d\d)', pyproject), "torch < 2.6 unpickles anything by default"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Archives
 # --------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ through `vision_families.load_pretrained_vision`). Both give the L2-normalised e
 for retrieval (`collm_hf.models.collm.vision_families`), so similarity windows mean the same as in the paper for CLIP.
 """
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable
 
@@ -24,6 +26,11 @@ class ImageEmbedder:
         image_processor: turns a list of PIL images into `pixel_values`.
         batch_size: images per forward pass.
         name: what the dataset card records.
+        modules: the torch modules whose weights make the embeddings (tower, projection): with the image
+            processor's settings they make up `identity`, which keys the pipelines' embedding caches. A custom
+            `embed_pixels` given without them is known by `name` alone, so give each different function its own name.
+        rule: how the embedding comes out of the modules (e.g. "clip:pooler+projection"), part of `identity`.
+
 
     Example:
         >>> embedder = ImageEmbedder.from_pretrained("openai/clip-vit-base-patch32")  # doctest: +SKIP
@@ -31,15 +38,41 @@ class ImageEmbedder:
         torch.Size([len(images), 512])
     """
 
-    def __init__(self, embed_pixels: Callable, image_processor, batch_size: int = 32, name: str = "custom"):
+    def __init__(self, embed_pixels: Callable, image_processor, batch_size: int = 32, name: str = "custom",
+                 modules: Iterable = (), rule: str | None = None):
         self.embed_pixels, self.image_processor = embed_pixels, image_processor
         self.batch_size, self.name = batch_size, name
+        self.modules, self.rule = tuple(m for m in modules if m is not None), rule
+        self._identity = None
+
+    @property
+    def identity(self) -> str:
+        """sha256 of what decides the embeddings: the weights of `modules` (names, dtypes, shapes, bytes), the image
+        processor's settings and `rule`; `name` stands in for the weights when no modules were given. Computed once."""
+        if self._identity is None:
+            digest = hashlib.sha256()
+            settings = self.image_processor.to_dict() if hasattr(self.image_processor, "to_dict") else None
+            if settings is not None:  # where its class lives is not how it makes pixels
+                settings = {k: v for k, v in settings.items() if k not in ("auto_map", "processor_class") and k[0] != "_"}
+            digest.update(json.dumps({"rule": self.rule, "image_processor": settings}, sort_keys=True, default=str).encode())
+            if not self.modules:
+                digest.update(f"name:{self.name}".encode())
+            with torch.no_grad():
+                for number, module in enumerate(self.modules):
+                    for key, tensor in sorted(module.state_dict().items()):
+                        digest.update(f"{number}.{key}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+                        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            self._identity = digest.hexdigest()
+        return self._identity
 
     @classmethod
     def from_model(cls, model, processor, batch_size: int = 32, name: str | None = None) -> "ImageEmbedder":
         """Embed with a loaded `CoLLMModel` and its `CoLLMProcessor` (`get_image_embeds`)."""
+        from ..models.collm.vision_families import gallery_embedding_rule
+
         return cls(model.get_image_embeds, processor.image_processor, batch_size,
-                   name or getattr(model, "name_or_path", "") or "CoLLMModel")
+                   name or getattr(model, "name_or_path", "") or "CoLLMModel",
+                   modules=(model.vision_tower, model.vision_projection), rule=gallery_embedding_rule(model.config))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, batch_size: int = 32, device: str | None = None) -> "ImageEmbedder":
@@ -71,7 +104,8 @@ class ImageEmbedder:
                 pooled = projection(pooled)  # (batch, dim)
             return F.normalize(pooled, dim=-1)
 
-        return cls(embed_pixels, AutoImageProcessor.from_pretrained(name_or_path), batch_size, name_or_path)
+        return cls(embed_pixels, AutoImageProcessor.from_pretrained(name_or_path), batch_size, name_or_path,
+                   modules=(tower, projection), rule=type(tower).__name__)
 
     @torch.inference_mode()
     def embed(self, images: Iterable, total: int | None = None, progress: bool = False) -> torch.Tensor:

@@ -3,17 +3,20 @@
 This makes a new dataset with an LLM; `collm_hf.data.mtcir.build_mtcir` builds the official MTCIR from its files.
 
     pairs (image_id, image, caption)
-      --ImageEmbedder-->  embeddings                      work_dir/embeddings-<embedder, images>.pt
-      --group_images-->   groups of 6, pairs inside them  work_dir/run-<settings>/plan.json
-      --generator-->      forward/backward texts per pair work_dir/run-<settings>/shards/shard-XXXXX.json
+      --ImageEmbedder-->  embeddings                      work_dir/embeddings-<embedder, inputs>.safetensors
+      --group_images-->   groups of 6, pairs inside them  work_dir/run-<settings, inputs>/plan.json
+      --generator-->      forward/backward texts per pair work_dir/run-<settings, inputs>/shards/shard-XXXXX.json
       --write_dataset-->  triplets + images (+ card)      output_dir (atomic)
 
 Resuming: every stage's result is written atomically (temp file, then `os.replace`) and every later run
 reuses what exists, so a killed run continues at the first unfinished shard and loses at most the shard in
 flight. A shard's replies depend only on its own pairs (fixed batches, seeded retries), so a resumed run
-writes exactly what an uninterrupted run writes, with no duplicates. Work made with other settings (window,
-generator, prompt, ...) never mixes in: each set of settings has its own `run-<digest>` folder (with a
-`settings.json` saying what it was made with), and the embeddings are shared by all of them.
+writes exactly what an uninterrupted run writes, with no duplicates. Work made from other inputs or with other
+settings never mixes in: each run folder `run-<digest>` is keyed by the settings (window, generator, prompt, ...)
+and by the inputs (the pairs dataset's ids, captions and `datasets` fingerprint, which changes when its files or
+rows change, and the embedder's identity: a digest of the vision weights and image-processor settings), with a
+`settings.json` saying what it was made with. Edited pairs therefore get a fresh plan; the embeddings of the same
+inputs are shared by every set of settings. Every cache is JSON or safetensors: nothing is unpickled.
 
 Rows written (schema `triplet_features()`): one `triplets` row per (pair, direction, category), with every
 text of that category in `modifications`; `direction` is "forward" (a -> b) or "backward" (b -> a).
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import torch
 from datasets import Image
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import DatasetBuildError
@@ -110,12 +114,21 @@ def _atomic_write_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def _atomic_torch_save(path: Path, value) -> None:
-    atomic_write(path, lambda temp: torch.save(value, temp))
-
-
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def inputs_digest(pairs, ids: list[str], captions: list[str]) -> str:
+    """What the plan is made from: the pairs' ids and captions (in row order) and the dataset's fingerprint (which
+    `datasets` derives from its files or rows, so edited images change it too)."""
+    return _digest({"fingerprint": getattr(pairs, "_fingerprint", None), "ids": ids, "captions": captions})
+
+
+def embedder_identity(embedder) -> str:
+    """The embedder's `identity` (a digest of what decides its embeddings, see `ImageEmbedder.identity`), or its
+    name for an embedder that has none."""
+    identity = getattr(embedder, "identity", None)
+    return str(identity) if identity else f"name:{getattr(embedder, 'name', '?')}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -159,8 +172,27 @@ def similarity_quantiles(embeds: torch.Tensor, sample: int = 2000) -> dict:
     return {f"q{int(level * 100):02d}": round(float(value), 4) for level, value in zip(levels, values)}
 
 
-def plan_pairs(pairs, embedder, options: MTCIROptions, work_dir: Path, run_dir: Path, progress: bool = False) -> dict:
-    """Embed (once per embedder and images, in `work_dir`), group, list the pairs to describe (in `run_dir`).
+def _embeddings(pairs, embedder, ids: list[str], key: dict, work_dir: Path, progress: bool) -> torch.Tensor:
+    """The image embeddings of `pairs`, computed once per embedder and inputs (`embeddings-<key>.safetensors`)."""
+    path = work_dir / f"embeddings-{_digest(key)}.safetensors"
+    if path.exists():
+        embeds = load_file(path)["embeddings"]
+        if len(embeds) == len(ids):
+            return embeds
+    images = pairs.select_columns(["image"])
+    embeds = embedder.embed((row["image"] for row in images), total=len(ids), progress=progress)  # (n, dim)
+    embeds = embeds.detach().float().cpu().contiguous()
+    metadata = {key_name: str(value) for key_name, value in key.items()}
+    atomic_write(path, lambda temp: save_file({"embeddings": embeds}, temp, metadata=metadata))
+    return embeds
+
+
+def plan_pairs(pairs, embedder, options: MTCIROptions, work_dir: Path, run_dir: Path, progress: bool = False,
+               checked: tuple[list[str], list[str]] | None = None) -> dict:
+    """Embed (once per embedder and inputs, in `work_dir`), group, list the pairs to describe (in `run_dir`).
+
+    `run_dir` must be keyed by the inputs (`inputs_digest`): a plan found there is reused as it is.
+    `checked` is `(ids, captions)` when the caller already read them (`_check_pairs`).
 
     Returns:
         {"image_ids": [...], "captions": [...], "groups": [[id, ...]], "pairs": [[a, b], ...]}.
@@ -168,14 +200,9 @@ def plan_pairs(pairs, embedder, options: MTCIROptions, work_dir: Path, run_dir: 
     plan_path = run_dir / "plan.json"
     if plan_path.exists():
         return json.loads(plan_path.read_text())
-    ids, captions = _check_pairs(pairs)
-    embeds_path = work_dir / f"embeddings-{_digest([getattr(embedder, 'name', '?'), ids])}.pt"
-    if embeds_path.exists():
-        embeds = torch.load(embeds_path)
-    else:
-        images = pairs.select_columns(["image"])
-        embeds = embedder.embed((row["image"] for row in images), total=len(ids), progress=progress)  # (n, dim)
-        _atomic_torch_save(embeds_path, embeds)
+    ids, captions = checked or _check_pairs(pairs)
+    key = {"embedder": embedder_identity(embedder), "inputs": inputs_digest(pairs, ids, captions)}
+    embeds = _embeddings(pairs, embedder, ids, key, work_dir, progress)
     groups = group_images(embeds, options.group_size, options.low, options.high, options.num_candidates)
     id_groups = [[ids[i] for i in group] for group in groups]
     pair_list = [list(pair) for pair in pairs_from_groups(id_groups)]
@@ -349,11 +376,15 @@ def generate_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, wo
     output_dir = Path(output_dir)
     work_dir = Path(work_dir) if work_dir else output_dir.with_name(output_dir.name + ".work")
     generator_info = generator.describe() if hasattr(generator, "describe") else {"generator": type(generator).__name__}
+    ids, captions = _check_pairs(pairs)
     settings = {"options": asdict(options), "generator": generator_info, "embedder": getattr(embedder, "name", "?"),
+                "embedder_identity": embedder_identity(embedder), "inputs": inputs_digest(pairs, ids, captions),
                 "prompt": _digest(build_messages("a", "b", options.word_limit))}
     work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = run_folder(work_dir, settings)
-    plan = plan_pairs(pairs, embedder, options, work_dir, run_dir, progress)
+    plan = plan_pairs(pairs, embedder, options, work_dir, run_dir, progress, checked=(ids, captions))
+    if plan["image_ids"] != ids:  # the run folder is keyed by these ids: only a hand-edited plan gets here
+        raise DatasetBuildError(f"{run_dir / 'plan.json'} was made from other pairs; delete {run_dir} and rerun")
     report = MTCIRReport(num_images=len(plan["image_ids"]), num_groups=len(plan["groups"]), num_pairs=len(plan["pairs"]),
                          similarity_quantiles=plan.get("similarity_quantiles", {}))
     if not plan["pairs"]:
@@ -368,7 +399,7 @@ def generate_mtcir(pairs, embedder, generator, output_dir: str | os.PathLike, wo
     used = set()
     for row in rows:
         used.update((row["reference_id"], row["target_id"]))
-    position = {image_id: index for index, image_id in enumerate(plan["image_ids"])}
+    position = {image_id: index for index, image_id in enumerate(ids)}  # rows of this `pairs` dataset
     raw = pairs.cast_column("image", Image(decode=False))  # keep the original bytes, no re-encoding
     keep = sorted(position[image_id] for image_id in used)
     image_rows = ({"image_id": str(row["image_id"]), "image": row["image"]}
