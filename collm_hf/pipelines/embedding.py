@@ -31,7 +31,6 @@ class ImageEmbedder:
             `embed_pixels` given without them is known by `name` alone, so give each different function its own name.
         rule: how the embedding comes out of the modules (e.g. "clip:pooler+projection"), part of `identity`.
 
-
     Example:
         >>> embedder = ImageEmbedder.from_pretrained("openai/clip-vit-base-patch32")  # doctest: +SKIP
         >>> embedder.embed(images).shape  # doctest: +SKIP
