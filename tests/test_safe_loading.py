@@ -244,6 +244,46 @@ def test_tar_extraction_refuses_escapes(tmp_path, entries, match):
     assert not target.exists()
 
 
+@pytest.mark.parametrize("links", [
+    [("s", "."), ("l", "s/../escaped")],  # lexically inside ("escaped"), but s/.. is the target's parent
+    [("a", "b"), ("b", "c/.."), ("c", "."), ("l", "a/../../escaped")],
+    [("d", "."), ("d2", "d/d/d/.."), ("l", "d2/escaped")],
+])
+def test_link_chain_tar_leaves_the_target_untouched(tmp_path, links):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("before")
+    path = _tar(tmp_path / "chain.tar", [_file("images/ok.png")] + [_link(name, to) for name, to in links],
+                {"images/ok.png": _png()})
+    with pytest.raises(UnsafeArchiveError, match="outside the target folder"):
+        safe_extract(path, target)
+    assert sorted(os.listdir(target)) == ["keep.txt"] and (target / "keep.txt").read_text() == "before"
+    assert sorted(os.listdir(tmp_path)) == ["chain.tar", "out"]  # nothing escaped, no temporary folder left
+
+
+def test_extraction_refused_underneath_is_an_unsafe_archive_error(tmp_path, monkeypatch):
+    path = _tar(tmp_path / "good.tar", [_file("images/a.png")], {"images/a.png": _png()})
+
+    def refuse(self, *args, **kwargs):
+        raise tarfile.OutsideDestinationError(self.getmembers()[0], str(tmp_path))
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", refuse)
+    with pytest.raises(UnsafeArchiveError, match="OutsideDestinationError"):
+        safe_extract(path, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["good.tar"]
+
+
+def test_extraction_into_an_existing_folder_merges(tmp_path):
+    target = tmp_path / "images"
+    (target / "dev").mkdir(parents=True)
+    (target / "dev" / "old.png").write_bytes(_png((0, 255, 0)))
+    path = _tar(tmp_path / "train.tar", [_file("dev/a.png"), _file("train/b.png")],
+                {"dev/a.png": _png(), "train/b.png": _png()})
+    assert safe_extract(path, target) == ["dev/a.png", "train/b.png"]
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*.png")) == ["dev/a.png", "dev/old.png", "train/b.png"]
+    assert sorted(os.listdir(tmp_path)) == ["images", "train.tar"]
+
+
 def test_tar_device_and_oversized_members_are_refused(tmp_path):
     device = tarfile.TarInfo("dev/null")
     device.type = tarfile.CHRTYPE

@@ -2,9 +2,10 @@
 
 CIRR's and LLaVA-Pretrain's images ship as archives. `ImageArchive` reads members in place (no extraction,
 no temporary files), decoding them through `image_io.open_image` so a broken member raises `ImageReadError`
-naming `archive::member`. `safe_extract` unpacks an archive only after checking every member: absolute
-paths, `..` components, links that resolve outside the target folder, device files, and oversized members
-are refused with `UnsafeArchiveError` naming the member, and nothing is written when any member is bad.
+naming `archive::member`. `safe_extract` unpacks an archive all or nothing: absolute paths, `..` components,
+members or links that resolve outside the target folder (through the archive's own links), device files and
+oversized members are refused with `UnsafeArchiveError` naming the member before anything is written; the archive
+is extracted into a temporary folder beside the target and renamed into place.
 
 Example:
     >>> with ImageArchive("dev.zip") as archive:  # doctest: +SKIP
@@ -14,8 +15,10 @@ Example:
 import io
 import os
 import posixpath
+import shutil
 import stat
 import tarfile
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -59,19 +62,62 @@ def _key(name: str) -> str:
     return posixpath.normpath(name.replace("\\", "/")).lstrip("/")
 
 
-def _inside(target: Path, relative: str) -> bool:
-    resolved = (target / relative).resolve()
-    return resolved == target or target in resolved.parents
+# Links followed while resolving one path before it counts as a loop (the kernel's ELOOP limit).
+MAX_LINK_HOPS = 40
 
 
-def _check_link(target: Path, member: str, link: str, where: str, hard: bool = False) -> None:
-    """A link's destination must stay inside `target` (symlinks resolve from the member's folder)."""
-    if not link or link.startswith(("/", "\\")) or (len(link) > 1 and link[1] == ":"):
-        raise UnsafeArchiveError(f"{where}: member {member!r} is a link to {link!r}, outside the target folder")
-    base = "" if hard else posixpath.dirname(member)
-    joined = posixpath.normpath(posixpath.join(base, link.replace("\\", "/")))
-    if joined.startswith("..") or not _inside(target, joined):
-        raise UnsafeArchiveError(f"{where}: member {member!r} is a link to {link!r}, outside the target folder")
+def _is_absolute(path: str) -> bool:
+    return path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":")
+
+
+def _resolve(links: dict[str, str], path: str, where: str, subject: str) -> str:
+    """Resolve `path` (relative to the archive's root) through the archive's own symbolic links, as the file system
+    will once they exist; raise `UnsafeArchiveError` about `subject` (e.g. "member 'a/b'") if it leaves the root."""
+    parts, pending, hops = [], path.replace("\\", "/").split("/"), 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise UnsafeArchiveError(f"{where}: {subject} resolves outside the target folder")
+            parts.pop()
+            continue
+        candidate = "/".join(parts + [part])
+        if candidate in links:
+            hops += 1
+            link = links[candidate]
+            if hops > MAX_LINK_HOPS:
+                raise UnsafeArchiveError(f"{where}: {subject}: too many levels of links (a loop?)")
+            if not link or _is_absolute(link):
+                raise UnsafeArchiveError(f"{where}: {subject} goes through the link {candidate!r} to {link!r}, "
+                                         "outside the target folder")
+            pending = link.replace("\\", "/").split("/") + pending  # relative to the link's folder: `parts`
+            continue
+        parts.append(part)
+    return "/".join(parts)
+
+
+def _check_members(entries: list[tuple[str, str, str | None]], where: str) -> None:
+    """Check where every member lands and where every link leads, through the archive's own symbolic links.
+
+    Args:
+        entries: (clean member name, kind, link) with kind "symlink", "hardlink" or "other".
+    """
+    links = {name: link for name, kind, link in entries if kind == "symlink"}
+    regular = {name for name, kind, _ in entries if kind == "other"}
+    for name, kind, link in entries:
+        folder = posixpath.dirname(name)
+        _resolve(links, folder, where, f"member {name!r}")  # the folder the member is written into
+        if kind == "symlink":
+            if not link or _is_absolute(link):
+                raise UnsafeArchiveError(f"{where}: member {name!r} is a link to {link!r}, outside the target folder")
+            _resolve(links, posixpath.join(folder, link.replace("\\", "/")), where,
+                     f"member {name!r}, a link to {link!r},")
+        elif kind == "hardlink":
+            if _resolve(links, link, where, f"member {name!r}, a hard link to {link!r},") not in regular:
+                raise UnsafeArchiveError(f"{where}: member {name!r} is a hard link to {link!r}, which is no file of "
+                                         "the archive")
 
 
 def _archive_kind(path: Path) -> str:
@@ -85,9 +131,59 @@ def _archive_kind(path: Path) -> str:
     raise UnsafeArchiveError(f"{path}: not a zip or tar archive")
 
 
+def _check_extracted(root: Path, where: str) -> None:
+    """Every extracted path resolves inside `root` (what the checks before extraction guarantee, proven on disk)."""
+    root = root.resolve()
+    for folder, names, files in os.walk(root):
+        for name in names + files:
+            resolved = (Path(folder) / name).resolve()
+            if resolved != root and root not in resolved.parents:
+                raise UnsafeArchiveError(f"{where}: member {os.path.relpath(Path(folder) / name, root)!r} resolves "
+                                         "outside the target folder")
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Rename `source`'s entries into `target`: folders merge, files replace (each one `os.replace`)."""
+    for entry in sorted(source.iterdir()):
+        destination = target / entry.name
+        if entry.is_dir() and not entry.is_symlink() and destination.is_dir() and not destination.is_symlink():
+            _move_into(entry, destination)
+        else:
+            os.replace(entry, destination)
+
+
+def _read_entries(archive, kind: str, where: str, max_member_bytes: int) -> tuple[list, list]:
+    """(members, [(clean name, kind, link)]) of an open archive; a bad name, device or size raises."""
+    entries = []
+    members = archive.infolist() if kind == "zip" else archive.getmembers()
+    for member in members:
+        raw = member.filename if kind == "zip" else member.name
+        name = check_member_name(raw, where)
+        size = member.file_size if kind == "zip" else member.size
+        if kind == "tar" and (member.isdev() or member.isfifo()):
+            raise UnsafeArchiveError(f"{where}: member {raw!r} is a device or FIFO")
+        if size > max_member_bytes:
+            raise UnsafeArchiveError(f"{where}: member {raw!r} is {size} bytes uncompressed (limit {max_member_bytes})")
+        if kind == "zip" and _is_zip_link(member):  # zipfile writes links as small text files; still checked
+            entries.append((name, "symlink", _zip_link_target(archive, member)))
+        elif kind == "tar" and member.issym():
+            entries.append((name, "symlink", member.linkname))
+        elif kind == "tar" and member.islnk():
+            entries.append((name, "hardlink", check_member_name(member.linkname, where)))
+        else:
+            entries.append((name, "other", None))
+    return members, entries
+
+
 def safe_extract(archive_path: str | os.PathLike, target_dir: str | os.PathLike,
                  max_member_bytes: int = MAX_MEMBER_BYTES) -> list[str]:
-    """Extract a zip or tar archive into `target_dir` after checking every member.
+    """Extract a zip or tar archive into `target_dir`, all or nothing.
+
+    Every member is checked first: its name, its size, where it lands and where a link leads once the archive's
+    own links exist (a chain such as `s -> .`, `l -> s/../x` is followed, not read lexically). The archive is then
+    extracted into a temporary folder beside `target_dir`, checked again on disk, and renamed into place: a
+    `target_dir` that did not exist appears in one rename; into an existing folder each entry is renamed in
+    (folders merge, files are replaced). Nothing reaches `target_dir` when any member is refused.
 
     Args:
         archive_path: a .zip, .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz file.
@@ -98,50 +194,40 @@ def safe_extract(archive_path: str | os.PathLike, target_dir: str | os.PathLike,
         The extracted member names (relative posix paths), in archive order.
 
     Raises:
-        UnsafeArchiveError: a member has an absolute path, a `..` component, a link leaving `target_dir`,
-            is a device/FIFO, or is larger than `max_member_bytes`. Nothing is extracted in that case.
+        UnsafeArchiveError: a member has an absolute path or a `..` component, lands or links outside
+            `target_dir`, is a device/FIFO, or is larger than `max_member_bytes`; or the extraction refused a
+            member. Nothing is extracted in that case.
     """
     archive_path = Path(archive_path)
     if not archive_path.is_file():
         raise FileNotFoundError(f"archive not found: {archive_path}")
-    target = Path(target_dir).resolve()
+    target = Path(target_dir).absolute()
+    if target.exists() and (target.is_symlink() or not target.is_dir()):
+        raise UnsafeArchiveError(f"{archive_path}: the target {target} exists and is not a folder")
     kind = _archive_kind(archive_path)
     where = str(archive_path)
-    names = []
-    if kind == "zip":
-        with zipfile.ZipFile(archive_path) as archive:
-            infos = archive.infolist()
-            for info in infos:
-                name = check_member_name(info.filename, where)
-                if _is_zip_link(info):  # zipfile writes links as small text files; still refuse escaping ones
-                    _check_link(target, name, _zip_link_target(archive, info), where)
-                if info.file_size > max_member_bytes:
-                    raise UnsafeArchiveError(f"{where}: member {info.filename!r} is {info.file_size} bytes "
-                                             f"uncompressed (limit {max_member_bytes})")
-                names.append(name)
-            target.mkdir(parents=True, exist_ok=True)
-            for info in infos:
-                archive.extract(info, target)
-        return [n for n in names if n != "."]
-    with tarfile.open(archive_path) as archive:
-        members = archive.getmembers()
-        for member in members:
-            name = check_member_name(member.name, where)
-            if member.issym():
-                _check_link(target, name, member.linkname, where)
-            elif member.islnk():
-                check_member_name(member.linkname, where)
-                _check_link(target, name, member.linkname, where, hard=True)
-            elif member.isdev() or member.isfifo():
-                raise UnsafeArchiveError(f"{where}: member {member.name!r} is a device or FIFO")
-            elif member.size > max_member_bytes:
-                raise UnsafeArchiveError(f"{where}: member {member.name!r} is {member.size} bytes "
-                                         f"(limit {max_member_bytes})")
-            names.append(name)
-        target.mkdir(parents=True, exist_ok=True)
-        # Python's own "data" filter repeats these checks and drops unsafe permission bits.
-        archive.extractall(target, members=members, filter="data")
-    return [n for n in names if n != "."]
+    with (zipfile.ZipFile(archive_path) if kind == "zip" else tarfile.open(archive_path)) as archive:
+        members, entries = _read_entries(archive, kind, where, max_member_bytes)
+        _check_members(entries, where)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
+        try:
+            try:
+                if kind == "zip":
+                    archive.extractall(staging, members=members)
+                else:  # Python's "data" filter repeats the checks and drops unsafe permission bits
+                    archive.extractall(staging, members=members, filter="data")
+            except (tarfile.TarError, OSError) as error:  # tarfile.FilterError included
+                raise UnsafeArchiveError(f"{where}: extraction refused a member ({type(error).__name__}: "
+                                         f"{error})") from error
+            _check_extracted(staging, where)
+            if target.exists():
+                _move_into(staging, target)
+            else:
+                os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [name for name, _, _ in entries if name != "."]
 
 
 class ImageArchive:
