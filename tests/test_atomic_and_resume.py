@@ -4,7 +4,8 @@
   midway through writing its shards: the previous build at `--output-dir` is untouched, and running the build
   again gives output byte-identical to an uninterrupted build (and removes the killed run's scratch folder).
 - `GalleryIndex.save` is SIGKILLed at random moments while overwriting an index: loading the folder gives the
-  old index or the new one exactly, or an error saying the folder is inconsistent; never a torn file.
+  old index or the new one exactly, never a torn or mixed one; the next save removes the killed run's files.
+  (Sharded multi-process builds killed and rerun, and two writers at once: `test_index_scale.py`.)
 - Training (`examples/train_collm.py pairs`, CPU, fixed seed, tiny model, LoRA) crashed in step 3 and resumed
   from its last checkpoint ends with exactly the weights of an uninterrupted run.
 """
@@ -165,19 +166,16 @@ def test_sigkilled_index_save_never_leaves_a_torn_index(tmp_path):
         time.sleep(delay)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-        try:
-            loaded = GalleryIndex.load(folder)
-        except ValueError as error:
-            assert "inconsistent" in str(error)
-            outcomes.add("inconsistent")
-            continue
+        loaded = GalleryIndex.load(folder)
         if loaded.ids[0] == "old0":
             assert torch.equal(loaded.embeddings, old.embeddings)
             outcomes.add("old")
         else:
             assert loaded.ids == [f"new{i}" for i in range(20000)] and torch.equal(loaded.embeddings, new_embeddings)
             outcomes.add("new")
-    assert outcomes  # every kill left one of the three allowed states
+    assert outcomes  # every kill left one of the two allowed states
+    old.save(folder)  # an uninterrupted save afterwards leaves only its own files
+    assert sorted(p.name for p in folder.iterdir())[-1] == "manifest.json" and len(list(folder.iterdir())) == 3
 
 
 # ==============================================================================================================

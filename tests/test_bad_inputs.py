@@ -559,15 +559,18 @@ def test_index_k_larger_than_the_gallery(backend):
 
 
 def test_index_folder_damage_is_detected(tmp_path):
-    from collm_hf.evaluation.index import EMBEDDINGS_FILE, IDS_FILE, GalleryIndex
+    from collm_hf.evaluation.index import GalleryIndex
 
     GalleryIndex(_gallery(), list("abcd")).save(tmp_path / "index")
     good = tmp_path / "index"
+    ids_file = next(good.glob("ids-*.json")).name
+    embeddings_file = next(good.glob("embeddings-*.safetensors")).name
     for damage, error, match in [
-        (lambda f: (f / IDS_FILE).write_text(json.dumps(list("abcx"))), ValueError, "ids checksum differs"),
-        (lambda f: (f / IDS_FILE).write_text("[\"a\", "), ValueError, ""),
-        (lambda f: (f / EMBEDDINGS_FILE).write_bytes((f / EMBEDDINGS_FILE).read_bytes()[:50]), Exception, ""),
-        (lambda f: (f / IDS_FILE).unlink(), FileNotFoundError, IDS_FILE),
+        (lambda f: (f / ids_file).write_text(json.dumps(list("abcx"))), ValueError, "ids checksum differs"),
+        (lambda f: (f / ids_file).write_text("[\"a\", "), ValueError, ""),
+        (lambda f: (f / embeddings_file).write_bytes((f / embeddings_file).read_bytes()[:50]), Exception, ""),
+        (lambda f: (f / ids_file).unlink(), FileNotFoundError, ids_file),
+        (lambda f: (f / "manifest.json").write_text("{"), ValueError, "manifest.json"),
     ]:
         folder = tmp_path / "damaged"
         shutil.rmtree(folder, ignore_errors=True)

@@ -92,7 +92,7 @@ def test_cirr_val_metrics_json_picture_and_index_cache(saved_model, cirr_folder,
     assert {"recall@1", "recall@50", "recall_subset@1", "cirr_score"} <= set(report["metrics"])
     assert json.loads(out.read_text())["metrics"] == report["metrics"]
     assert Image.open(tmp_path / "grid.png").size[0] > 200
-    assert os.path.isfile(tmp_path / "index" / "gallery_embeddings.safetensors")
+    assert os.path.isfile(tmp_path / "index" / "manifest.json")
     again = example.main(argv)  # second run loads the cached index: same numbers
     assert again["metrics"] == report["metrics"]
 

@@ -177,7 +177,8 @@ def test_gallery_index_cache_is_loaded_when_it_matches(tiny_model_and_processor,
     model.train()
     built = load_or_embed_gallery(model, processor, gallery, tmp_path / "index", batch_size=5, show_progress=False)
     assert model.training  # eval mode only for the call
-    loaded = load_or_embed_gallery(None, None, gallery, tmp_path / "index")  # loaded: no model needed
+    model.get_image_embeds = None  # loaded, not embedded again: the image tower is not called
+    loaded = load_or_embed_gallery(model, processor, gallery, tmp_path / "index")
     assert loaded.ids == built.ids and torch.equal(loaded.embeddings, built.embeddings)
     other = {"image_id": [f"x{i}" for i in range(12)], "image": gallery["image"]}
     with pytest.raises(IndexCacheMismatchError, match="built from another gallery"):

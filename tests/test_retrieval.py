@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from collm_hf.evaluation import index as retrieval
-from collm_hf.evaluation.index import GalleryIndex, shard_range
+from collm_hf.evaluation.index import GalleryIndex, exact, gallery, identity, shard_range
 
 faiss = pytest.importorskip("faiss")
 
@@ -33,10 +32,11 @@ def brute_force(index, queries, k, exclude=None):
     return top.values, top.indices
 
 
-def test_docstring_example():
+@pytest.mark.parametrize("module", [gallery, identity])
+def test_docstring_examples(module):
     import doctest
 
-    assert doctest.testmod(retrieval).failed == 0
+    assert doctest.testmod(module).failed == 0
 
 
 @pytest.mark.parametrize("k, chunk_size", [(1, 100), (10, 1000), (50, 333), (120, 4096)])
@@ -57,13 +57,14 @@ def test_torch_and_faiss_exact_search_agree(index, k, chunk_size):
 
 def test_auto_backend_is_faiss_when_installed(index, monkeypatch):
     calls = []
-    monkeypatch.setattr(GalleryIndex, "_search_faiss", lambda self, *a: calls.append(1) or (torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.long)))
+    monkeypatch.setattr(gallery, "search_faiss",
+                        lambda *a: calls.append(1) or (torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.long)))
     index.search(_unit(1, 48, 2), 1)
     assert calls == [1]
 
 
 def test_faiss_backend_without_faiss_is_a_clear_error(index, monkeypatch):
-    monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
+    monkeypatch.setattr(gallery, "faiss_available", lambda: False)
     with pytest.raises(ImportError, match="pip install faiss"):
         index.search(_unit(1, 48, 2), 1, backend="faiss")
     assert len(index.search(_unit(1, 48, 2), 3).ids[0]) == 3  # auto falls back to torch
@@ -72,13 +73,13 @@ def test_faiss_backend_without_faiss_is_a_clear_error(index, monkeypatch):
 def test_torch_memory_is_bounded_by_chunks(index, monkeypatch):
     """Score blocks never exceed (query block) x (chunk) while the gallery is larger than the chunk."""
     shapes = []
-    original = retrieval._score_block
+    original = exact._score_block
 
     def spy(queries, chunk):
         shapes.append((queries.shape[0], chunk.shape[0]))
         return original(queries, chunk)
 
-    monkeypatch.setattr(retrieval, "_score_block", spy)
+    monkeypatch.setattr(exact, "_score_block", spy)
     queries = _unit(20, 48, 3)
     result = index.search(queries, 5, backend="torch", max_block_bytes=20 * 256 * 4)  # 256 gallery rows per block
     assert len(shapes) == -(-3000 // 256) and max(c for _, c in shapes) == 256
@@ -96,7 +97,7 @@ def test_k_larger_than_what_is_left_pads_with_minus_one():
         assert result.indices.tolist() == [[1, 2, -1]] and torch.isneginf(result.scores[0, 2])
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf-flat", "ivf-pq", "hnsw"])
 def test_approximate_search_finds_clustered_neighbours(kind):
     centers = _unit(40, 32, 5)
     gallery = F.normalize(centers.repeat_interleave(50, 0) + 0.05 * torch.randn(2000, 32), dim=-1)
@@ -108,36 +109,39 @@ def test_approximate_search_finds_clustered_neighbours(kind):
     assert recall >= 0.8 and all("0" not in row for row in approx)
 
 
-def test_save_load_round_trip_is_atomic(index, tmp_path):
+def test_save_load_round_trip(index, tmp_path):
     index.save(str(tmp_path / "idx"))
-    assert sorted(os.listdir(tmp_path / "idx")) == ["gallery_embeddings.safetensors", "gallery_ids.json"]
+    names = sorted(os.listdir(tmp_path / "idx"))
+    assert len(names) == 3 and names[2] == "manifest.json"
+    assert names[0].startswith("embeddings-00000-") and names[1].startswith("ids-00000-")
     loaded = GalleryIndex.load(str(tmp_path / "idx"))
     assert loaded.ids == index.ids and torch.equal(loaded.embeddings, index.embeddings)
     queries = _unit(5, 48, 7)
     assert loaded.search(queries, 7, backend="torch").ids == index.search(queries, 7, backend="torch").ids
-    (tmp_path / "idx" / "gallery_ids.json").write_text('["x"]')
+    (tmp_path / "idx" / names[1]).write_text('["x"]')
     with pytest.raises(ValueError, match="does not match"):
         GalleryIndex.load(str(tmp_path / "idx"))
     with pytest.raises(FileNotFoundError, match="not a gallery index"):
         GalleryIndex.load(str(tmp_path / "nothing"))
 
 
-def test_failed_save_leaves_previous_files(index, tmp_path, monkeypatch):
+def test_failed_save_leaves_the_previous_index(index, tmp_path, monkeypatch):
+    from collm_hf.evaluation.index import storage
+
     small = GalleryIndex(torch.eye(2), ["a", "b"])
     small.save(str(tmp_path))
+    before = sorted(os.listdir(tmp_path))
 
-    def boom(*args, **kwargs):
+    def boom(self, start, block):
         raise OSError("disk full")
 
-    import safetensors.torch
-
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(storage.ShardWriter, "write", boom)
     with pytest.raises(OSError, match="disk full"):
         index.save(str(tmp_path))
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    assert sorted(os.listdir(tmp_path)) == before  # no temporary file left, nothing replaced
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="does not match"):  # ids were replaced, embeddings were not: detected
-        GalleryIndex.load(str(tmp_path))
+    loaded = GalleryIndex.load(str(tmp_path))
+    assert loaded.ids == ["a", "b"] and torch.equal(loaded.embeddings, torch.eye(2))
 
 
 def test_invalid_embeddings_and_ids_are_rejected():

@@ -125,7 +125,32 @@ def test_missing_model_and_mismatched_index(index_dir, assets, tmp_path, capsys)
     GalleryIndex(torch.nn.functional.normalize(torch.randn(3, 7), dim=-1), ["a", "b", "c"]).save(str(tmp_path / "i7"))
     assert cli_main(["search", "--device", "cpu", "--model", assets["model"], "--index", str(tmp_path / "i7"),
                      "--text", "x"]) == 2
-    assert "built with another model" in capsys.readouterr().err
+    assert "records no model" in capsys.readouterr().err
+
+
+def test_index_made_by_another_model_is_refused_then_rebuilt(index_dir, assets, tmp_path, capsys):
+    """Model B searching model A's index: one line naming both, exit 2; --rebuild-index re-embeds its gallery."""
+    import shutil
+
+    from collm_hf.testing_utils import tiny_model_and_processor
+
+    other, processor = tiny_model_and_processor(seed=1)
+    other.save_pretrained(tmp_path / "model-b")
+    processor.save_pretrained(tmp_path / "model-b")
+    shutil.copytree(index_dir, tmp_path / "index")
+    capsys.readouterr()
+    argv = ["search", "--device", "cpu", "--index", str(tmp_path / "index"), "--text", "x", "--json"]
+    assert cli_main([*argv, "--model", str(tmp_path / "model-b")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # (after progress bars)
+    assert len(err) == 1 and "vision weights differ" in err[0] and "--rebuild-index" in err[0]
+    err = err[0]
+    assert assets["model"] in err and str(tmp_path / "model-b") in err  # both models named
+    assert cli_main([*argv, "--model", str(tmp_path / "model-b"), "--rebuild-index"]) == 0
+    capsys.readouterr()
+    assert cli_main([*argv, "--model", str(tmp_path / "model-b")]) == 0  # now B's index
+    capsys.readouterr()
+    assert cli_main([*argv, "--model", assets["model"]]) == 2  # and no longer A's
+    assert str(tmp_path / "model-b") in capsys.readouterr().err
 
 
 def test_load_gallery_formats(assets, tmp_path):

@@ -55,17 +55,17 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
     A path that is missing, in the way or not readable; a hub that cannot be reached or refuses the request (no
     such repo, gated, not logged in); and the package's own input errors: an unreadable image, a query or gallery
-    that cannot be searched, a dataset without the config, split or columns asked for, a cached index built from
-    another gallery, raw files that cannot be built into a dataset (missing images included), a row that cannot be
-    written, an upload that failed, an unsafe archive, a checkpoint with pickle weights only or with missing
-    weights.
+    that cannot be searched, a dataset without the config, split or columns asked for, a saved index made by another
+    model or from another gallery (or damaged), raw files that cannot be built into a dataset (missing images
+    included), a row that cannot be written, an upload that failed, an unsafe archive, a checkpoint with pickle
+    weights only or with missing weights.
     """
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     from ..data import DatasetBuildError, DatasetWriteError
     from ..data.writer import HubPushError
     from ..evaluation.benchmarks import DatasetLayoutError
-    from ..evaluation.embedding import IndexCacheMismatchError
+    from ..evaluation.index import IndexFolderError, IndexMismatchError
     from ..models.collm.image_io import ImageReadError
     from ..models.collm.safe_loading import MissingWeightsError, UnsafeWeightsError
     from ..utils.archives import UnsafeArchiveError
@@ -73,8 +73,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
     return (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
             ConnectionError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ImageReadError,
-            SearchInputError, DatasetLayoutError, IndexCacheMismatchError, DatasetBuildError, DatasetWriteError,
-            HubPushError, UnsafeArchiveError, UnsafeWeightsError, MissingWeightsError)
+            SearchInputError, DatasetLayoutError, IndexMismatchError, IndexFolderError, DatasetBuildError,
+            DatasetWriteError, HubPushError, UnsafeArchiveError, UnsafeWeightsError, MissingWeightsError)
 
 
 def is_user_error(error: BaseException) -> bool:

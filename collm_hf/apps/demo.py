@@ -189,13 +189,15 @@ def _handler(searcher: GallerySearcher):
 # ----------------------------------------------------------------------------------------------------------
 def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_dataset=None, *, images=None,
                samples=None, k: int = 8, device=None, searcher: GallerySearcher | None = None, seed: int = 0,
-               title: str = "CoLLM composed image retrieval", **load_options) -> gr.Blocks:
+               title: str = "CoLLM composed image retrieval", rebuild_index: bool = False, **load_options) -> gr.Blocks:
     """Build the Gradio app (not launched).
 
     Args:
         model_path: saved CoLLM folder or hub id (default: the quickstart's `collm-quickstart/model`).
         index_or_dataset: a gallery dataset (path, hub id or `datasets.Dataset`), an index folder from
-            `collm-hf index`, or a `GalleryIndex`; None: the synthetic world's gallery (`default_gallery`).
+            `collm-hf index` (memory-mapped, searched with the approximate index saved in it, if any; one made by
+            another model raises `IndexMismatchError`), or a `GalleryIndex`; None: the synthetic world's gallery
+            (`default_gallery`).
         images: gallery dataset to show results from, when `index_or_dataset` is an index without one.
         samples: sample queries [(image or path, text)]; default: the synthetic world's queries, or a few
             gallery images (image-only) for another gallery.
@@ -203,6 +205,7 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
         device: "cpu", "cuda" or None (auto).
         searcher: an already loaded `GallerySearcher` (then `model_path` and the gallery are not read).
         seed: the synthetic world's seed for the default gallery.
+        rebuild_index: re-embed an index folder made by another model, from the gallery it names.
         **load_options: `config` / `split` of the gallery dataset.
 
     Returns:
@@ -215,7 +218,8 @@ def build_demo(model_path: str | os.PathLike | None = DEFAULT_MODEL, index_or_da
         if index_or_dataset is None:
             index_or_dataset, world_samples = default_gallery(model_path, seed)
             samples = world_samples if samples is None else samples
-        index, gallery = open_gallery(index_or_dataset, model, processor, images=images, **load_options)
+        index, gallery = open_gallery(index_or_dataset, model, processor, images=images, rebuild=rebuild_index,
+                                      **load_options)
         searcher = GallerySearcher(model, processor, index, gallery)
     if samples is None and searcher.gallery is not None:
         samples = [(searcher.image(i), "") for i in searcher.index.ids[:NUM_SAMPLES]]

@@ -8,8 +8,11 @@ The glue the search CLI and the web demo share:
 
 A gallery is a `datasets.Dataset` with `image_id` and `image` columns (the project's gallery schema), given as
 an object, a Parquet file, a `save_to_disk` folder, a folder written by `collm_hf.data.write_dataset` (config
-`gallery`) or a hub id; or an index folder written by `save_index` (`GalleryIndex` files plus
-`gallery_source.json`, which says where the images are, so the demo can show them).
+`gallery`) or a hub id; or an index folder written by `build_gallery_index` / `collm-hf index` (`GalleryIndex`
+files plus `gallery_source.json`, which says where the images are, so the demo can show them, and so that the
+index can be rebuilt). An index folder is opened memory-mapped, with the approximate FAISS index saved in it
+(reopened, not retrained), and only for the model that made it: another one is an `IndexMismatchError` naming
+both, unless the caller asks to rebuild it from its gallery.
 """
 
 import json
@@ -22,11 +25,14 @@ import torch
 from ..models.collm.image_io import ImageReadError, open_image, to_rgb_image
 from ..utils.atomic import atomic_write_json
 from ..evaluation.benchmarks import DatasetLayoutError, is_local_path, load_splits, pick_split
-from ..evaluation.index import EMBEDDINGS_FILE, GalleryIndex, image_embedder
+from ..evaluation.index import (APPROXIMATE_KINDS, MANIFEST_FILE, GalleryIndex, IndexFolderError, IndexMismatchError,
+                                gallery_identity, image_embedder)
+from ..evaluation.index.gallery import LEGACY_FILES
 
 SOURCE_FILE = "gallery_source.json"
 DEFAULT_MODEL = os.path.join("collm-quickstart", "model")  # what `collm-hf quickstart` writes by default
 QUERY_MODES = ("image+text", "text", "image")
+INDEX_KINDS = ("flat", *APPROXIMATE_KINDS)  # flat: exact search over the stored embeddings
 DUPLICATE_COSINE = 0.9999  # a gallery image this close to the reference is the reference (re-encoded at most)
 
 
@@ -115,8 +121,17 @@ def _describe(source) -> str:
 
 
 def is_index_folder(path) -> bool:
-    """Whether `path` is a folder written by `GalleryIndex.save` / `save_index`."""
-    return isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, EMBEDDINGS_FILE))
+    """Whether `path` is a gallery index folder (written by `GalleryIndex.save`, `build_gallery_index`, or an
+    older version of the package, which `GalleryIndex.load` then asks to rebuild)."""
+    return isinstance(path, (str, os.PathLike)) and (os.path.isfile(os.path.join(path, MANIFEST_FILE)) or all(
+        os.path.isfile(os.path.join(path, name)) for name in LEGACY_FILES))
+
+
+def _write_source(folder: Path, source: dict | None, num_images: int) -> None:
+    if source is None:
+        (folder / SOURCE_FILE).unlink(missing_ok=True)  # never leave a stale pointer to another gallery
+    else:
+        atomic_write_json(folder / SOURCE_FILE, dict(source, num_images=num_images), indent=2)
 
 
 def save_index(index: GalleryIndex, folder: str | os.PathLike, source: dict | None = None) -> Path:
@@ -129,23 +144,65 @@ def save_index(index: GalleryIndex, folder: str | os.PathLike, source: dict | No
     """
     folder = Path(folder)
     index.save(str(folder))
-    if source is None:
-        (folder / SOURCE_FILE).unlink(missing_ok=True)  # never leave a stale pointer to another gallery
-    else:
-        atomic_write_json(folder / SOURCE_FILE, dict(source, num_images=len(index)), indent=2)
+    _write_source(folder, source, len(index))
     return folder
 
 
+def build_gallery_index(model, processor, gallery, folder: str | os.PathLike, kind: str = "flat",
+                        source: dict | None = None, batch_size: int = 64, show_progress: bool = True,
+                        rebuild: bool = False, append: bool = False, accelerator=None) -> GalleryIndex:
+    """Embed `gallery` into the index folder `folder` (what `collm-hf index` runs).
+
+    Args:
+        model, processor: the CoLLM whose vision side embeds the gallery.
+        gallery: a gallery dataset (`image_id`, `image`).
+        folder: the index folder. An index already there is kept when it is this model's and holds this gallery
+            (nothing is embedded again); one made by another model or from another gallery raises
+            `IndexMismatchError` unless `rebuild` (or, for a gallery that grew, `append`).
+        kind: "flat" (exact search only) or an approximate kind also saved ("ivf-flat", "ivf-pq", "hnsw").
+        source: where the gallery's images are (`gallery_source.json`), to show them and to rebuild the index.
+        append: add the gallery's images that the index lacks as one new shard; the rest is not embedded again.
+        accelerator: build with one shard per process.
+
+    Returns:
+        the saved index (memory-mapped).
+    """
+    if kind not in INDEX_KINDS:
+        raise SearchInputError(f"The index kind must be one of {INDEX_KINDS}, got {kind!r}.")
+    folder = Path(folder)
+    approximate = [] if kind == "flat" else [kind]
+    ids = [str(i) for i in gallery["image_id"]]
+    identity = gallery_identity(model, processor)
+    index = None
+    if is_index_folder(folder) and not rebuild:
+        try:
+            index = GalleryIndex.load(folder, identity=identity, ids=None if append else ids)
+        except IndexFolderError as error:
+            raise IndexMismatchError(f"{error} Pass --rebuild-index to replace it.") from error
+        if append:
+            index.append_dataset(gallery, model, processor, batch_size=batch_size, show_progress=show_progress)
+        for missing in set(approximate) - set(index.saved_approximate):
+            index.build_approximate(missing)
+    if index is None:
+        index = GalleryIndex.build(folder, gallery, model, processor, batch_size=batch_size, show_progress=show_progress,
+                                   accelerator=accelerator, approximate=approximate)
+    if accelerator is None or accelerator.is_main_process:
+        _write_source(folder, source, len(index))
+    return index
+
+
 def open_gallery(index_or_dataset, model=None, processor=None, images=None, batch_size: int = 64,
-                 show_progress: bool = True, **load_options):
+                 show_progress: bool = True, rebuild: bool = False, **load_options):
     """A searchable gallery: a saved index (loaded) or a dataset (embedded now with `model`).
 
     Args:
         index_or_dataset: a `GalleryIndex`, an index folder, or anything `load_gallery` takes.
-        model, processor: used to embed a dataset gallery.
+        model, processor: used to embed a dataset gallery, and to check that an index folder was made by them.
         images: the gallery dataset to show images from, when `index_or_dataset` is an index (default: the
             dataset named in the index folder's `gallery_source.json`, if it is still there).
         batch_size, show_progress: embedding options.
+        rebuild: an index folder made by another model is rebuilt with `model` from the gallery named in its
+            `gallery_source.json` (instead of raising `IndexMismatchError`).
         **load_options: `config`, `split` for `load_gallery`.
 
     Returns:
@@ -154,9 +211,16 @@ def open_gallery(index_or_dataset, model=None, processor=None, images=None, batc
     if isinstance(index_or_dataset, GalleryIndex):
         index = index_or_dataset
     elif is_index_folder(index_or_dataset):
-        index = GalleryIndex.load(str(index_or_dataset))
+        folder = Path(index_or_dataset)
+        identity = None if model is None else gallery_identity(model, processor)
+        try:
+            index = GalleryIndex.load(folder, identity=identity)
+        except (IndexMismatchError, IndexFolderError) as error:
+            if not rebuild:
+                raise
+            index = _rebuild(folder, model, processor, batch_size, show_progress, error)
         if images is None:
-            images = _source_dataset(Path(index_or_dataset))
+            images = _source_dataset(folder)
     else:
         if model is None or processor is None:
             raise SearchInputError("Embedding a gallery dataset needs the model and processor.")
@@ -164,6 +228,32 @@ def open_gallery(index_or_dataset, model=None, processor=None, images=None, batc
         index = GalleryIndex.from_dataset(gallery, model, processor, batch_size=batch_size, show_progress=show_progress)
         return index, gallery
     return index, (None if images is None else load_gallery(images, **load_options))
+
+
+def _rebuild(folder: Path, model, processor, batch_size, show_progress, error) -> GalleryIndex:
+    """Re-embed the gallery an index folder was built from (its `gallery_source.json`) with `model`."""
+    path = folder / SOURCE_FILE
+    source = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    gallery = _source_dataset(folder)
+    if gallery is None or model is None:
+        raise IndexMismatchError(f"{error} It cannot be rebuilt here: {path} does not name a gallery dataset that "
+                                 "is still there; run `collm-hf index --rebuild-index` with the gallery.") from error
+    try:
+        kinds = read_manifest_kinds(folder)
+    except (OSError, ValueError):
+        kinds = []
+    index = build_gallery_index(model, processor, gallery, folder, kind=kinds[0] if kinds else "flat",
+                                source=dict(source, model=str(getattr(model, "name_or_path", "") or "")),
+                                batch_size=batch_size, show_progress=show_progress, rebuild=True)
+    for kind in kinds[1:]:
+        index.build_approximate(kind)
+    return index
+
+
+def read_manifest_kinds(folder) -> list[str]:
+    """The approximate kinds saved in an index folder's manifest."""
+    path = Path(folder) / MANIFEST_FILE
+    return sorted(json.loads(path.read_text(encoding="utf-8")).get("approximate", {})) if path.is_file() else []
 
 
 def _source_dataset(folder: Path):
@@ -210,8 +300,11 @@ class GallerySearcher:
     Args:
         model: a `CoLLMModel` (eval mode).
         processor: its `CoLLMProcessor`.
-        index: a `GalleryIndex` embedded by the same model's vision side.
+        index: a `GalleryIndex` embedded by the same model's vision side (an index that records another model
+            raises `IndexMismatchError`).
         gallery: optional `datasets.Dataset` (`image_id`, `image`) to fetch result images from.
+        approximate: "auto" (the approximate index saved with `index`, if any, else exact search), None (exact),
+            or a kind ("ivf-flat", "ivf-pq", "hnsw").
 
     Example:
 
@@ -222,7 +315,7 @@ class GallerySearcher:
     ```
     """
 
-    def __init__(self, model, processor, index: GalleryIndex, gallery=None):
+    def __init__(self, model, processor, index: GalleryIndex, gallery=None, approximate: str | None = "auto"):
         from ..models.collm.query_encoder import CoLLMQueryEncoder
 
         self.model, self.processor, self.index, self.gallery = model, processor, index, gallery
@@ -232,18 +325,26 @@ class GallerySearcher:
         if index.dim != dim:
             raise SearchInputError(f"The gallery index has {index.dim}-d embeddings but the model makes {dim}-d ones: "
                                    "it was built with another model; rebuild it with `collm-hf index`.")
+        if index.identity is not None:
+            index.check(gallery_identity(model, processor))
+        if approximate == "auto":
+            approximate = index.saved_approximate[0] if index.saved_approximate else None
+        elif approximate is not None and approximate not in APPROXIMATE_KINDS:
+            raise SearchInputError(f"approximate must be 'auto', None or one of {APPROXIMATE_KINDS}, got {approximate!r}.")
+        self.approximate = approximate
         self._rows = None
         if gallery is not None:
             self._rows = {str(image_id): row for row, image_id in enumerate(gallery["image_id"])}
 
     @classmethod
     def from_pretrained(cls, model_path, index_or_dataset, images=None, device=None, batch_size: int = 64,
-                        show_progress: bool = True, **load_options) -> "GallerySearcher":
+                        show_progress: bool = True, rebuild: bool = False, approximate: str | None = "auto",
+                        **load_options) -> "GallerySearcher":
         """Load the model from `model_path` and the gallery (index folder or dataset) in one call."""
         model, processor = load_model_and_processor(model_path, device)
         index, gallery = open_gallery(index_or_dataset, model, processor, images=images, batch_size=batch_size,
-                                      show_progress=show_progress, **load_options)
-        return cls(model, processor, index, gallery)
+                                      show_progress=show_progress, rebuild=rebuild, **load_options)
+        return cls(model, processor, index, gallery, approximate=approximate)
 
     @property
     def size(self) -> int:
@@ -286,14 +387,15 @@ class GallerySearcher:
         excluded = list(exclude_ids or [])
         if exclude_reference and image_embeds is not None:
             excluded += self.duplicates(image_embeds)
-        result = self.index.search(query.float().cpu(), k=k, exclude_ids=[excluded])
+        result = self.index.search(query.float().cpu(), k=k, exclude_ids=[excluded], approximate=self.approximate)
         scores = result.scores[0].tolist()
         return [SearchHit(rank=r + 1, image_id=image_id, score=float(scores[r]))
                 for r, image_id in enumerate(result.ids[0])]
 
     def duplicates(self, image_embeds: torch.Tensor, max_count: int = 16) -> list[str]:
         """Ids of gallery images whose embedding matches `image_embeds` (1, D) up to `DUPLICATE_COSINE`."""
-        found = self.index.search(image_embeds.float().cpu(), k=min(max_count, len(self.index)))
+        found = self.index.search(image_embeds.float().cpu(), k=min(max_count, len(self.index)),
+                                  approximate=self.approximate)
         return [i for i, score in zip(found.ids[0], found.scores[0].tolist()) if score >= DUPLICATE_COSINE]
 
     def image(self, image_id: str):
@@ -308,7 +410,7 @@ class GallerySearcher:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "GallerySearcher", "QUERY_MODES", "SearchHit", "SearchInputError", "is_index_folder",
-    "load_gallery",
-    "load_model_and_processor", "open_gallery", "query_mode", "read_query_image", "resolve_device", "save_index",
+    "DEFAULT_MODEL", "GallerySearcher", "INDEX_KINDS", "QUERY_MODES", "SearchHit", "SearchInputError",
+    "build_gallery_index", "is_index_folder", "load_gallery", "load_model_and_processor", "open_gallery", "query_mode",
+    "read_manifest_kinds", "read_query_image", "resolve_device", "save_index",
 ]

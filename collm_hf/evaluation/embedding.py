@@ -1,8 +1,11 @@
-"""Embedding a benchmark split: its gallery into a `GalleryIndex` (optionally cached in a folder), its queries
-(reference image + modification text) into (Q, D) query embeddings.
+"""Embedding a benchmark split: its gallery into a `GalleryIndex` (optionally cached in an index folder), its
+queries (reference image + modification text) into (Q, D) query embeddings.
 
     gallery --embed_gallery / load_or_embed_gallery--> GalleryIndex
     queries --query_texts + embed_queries-------------> (Q, D)
+
+A cached index is reused only for the model that made it and the gallery it holds (the folder's manifest
+records both); anything else is an `IndexCacheMismatchError` naming both sides, unless `rebuild=True`.
 """
 
 import os
@@ -11,7 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ._tables import column, column_names
-from .index import IDS_FILE, GalleryIndex, _load_images, check_finite
+from .index import GalleryIndex, IndexFolderError, IndexMismatchError, build_index, check_finite, gallery_identity
+from .index.building import load_images
+from .index.gallery import LEGACY_FILES
+from .index.storage import MANIFEST_FILE
 
 DEFAULT_TEXT_TEMPLATE = "{modification_text}"
 # CIRCO with its shared concept, phrased as several public CIRCO code bases do ("<concept> but <caption>");
@@ -19,8 +25,8 @@ DEFAULT_TEXT_TEMPLATE = "{modification_text}"
 SHARED_CONCEPT_TEMPLATE = "{shared_concept} but {modification_text}"
 
 
-class IndexCacheMismatchError(ValueError):
-    """A cached gallery index that was not built from the gallery being evaluated."""
+class IndexCacheMismatchError(IndexMismatchError):
+    """A cached gallery index made by another model, or from another gallery, than the ones being evaluated."""
 
 
 def query_texts(queries, text_template: str = DEFAULT_TEXT_TEMPLATE) -> list[str]:
@@ -54,31 +60,41 @@ def embed_gallery(model, processor, gallery, batch_size: int = 64, accelerator=N
 
 
 def load_or_embed_gallery(model, processor, gallery, cache_dir: str | os.PathLike | None = None, *,
-                          batch_size: int = 64, num_workers: int = 0, show_progress: bool = True) -> GalleryIndex:
-    """The gallery's index: loaded from `cache_dir` when an index is there (it must hold this gallery's ids, in
-    order), else embedded (model in eval mode) and, with `cache_dir`, saved there.
+                          batch_size: int = 64, num_workers: int = 0, show_progress: bool = True,
+                          rebuild: bool = False, accelerator=None) -> GalleryIndex:
+    """The gallery's index: loaded from `cache_dir` when the index there was made by this model (vision weights,
+    embedding rule, image processor, dtype) from this gallery (its ids, in order); else embedded (model in eval
+    mode) and, with `cache_dir`, saved there (one shard per process of `accelerator`, memory-mapped afterwards).
+
+    Args:
+        model, processor: the `CoLLMModel` being evaluated and its processor.
+        gallery: the split's `gallery` table (`image_id`, `image`).
+        cache_dir: index folder to reuse or write (None: embed in memory).
+        batch_size, num_workers, show_progress: embedding options.
+        rebuild: replace an index in `cache_dir` made by another model or from another gallery (instead of
+            raising `IndexCacheMismatchError`).
+        accelerator: embed across its processes.
 
     Example:
         >>> index = load_or_embed_gallery(model, processor, bench.gallery, "cache/cirr-val")  # doctest: +SKIP
     """
-    ids = [str(i) for i in column(gallery, "image_id")]
-    if cache_dir is not None and os.path.isfile(os.path.join(cache_dir, IDS_FILE)):
-        index = GalleryIndex.load(str(cache_dir))
-        if index.ids != ids:
-            raise IndexCacheMismatchError(f"The gallery index in {cache_dir} was built from another gallery (its "
-                                          f"{len(index)} ids differ from the gallery's {len(ids)}): use another "
-                                          "folder, or delete it to embed the gallery again.")
-        return index
+    if cache_dir is not None and any(os.path.isfile(os.path.join(cache_dir, name)) for name in (MANIFEST_FILE, *LEGACY_FILES)):
+        ids = [str(i) for i in column(gallery, "image_id")]
+        try:
+            return GalleryIndex.load(cache_dir, identity=gallery_identity(model, processor), ids=ids)
+        except (IndexMismatchError, IndexFolderError) as error:
+            if not rebuild:
+                raise IndexCacheMismatchError(f"{error} (--index-dir {cache_dir})") from error
     was_training = model.training
     model.eval()
     try:
-        index = embed_gallery(model, processor, gallery, batch_size=batch_size, show_progress=show_progress,
-                              num_workers=num_workers)
+        if cache_dir is None:
+            return embed_gallery(model, processor, gallery, batch_size=batch_size, accelerator=accelerator,
+                                 show_progress=show_progress, num_workers=num_workers)
+        return build_index(cache_dir, gallery, model, processor, batch_size=batch_size, accelerator=accelerator,
+                           show_progress=show_progress, num_workers=num_workers)
     finally:
         model.train(was_training)
-    if cache_dir is not None:
-        index.save(str(cache_dir))
-    return index
 
 
 @torch.inference_mode()
@@ -110,8 +126,7 @@ def embed_queries(model, processor, queries, batch_size: int = 32, text_template
         b1 = min(len(texts), b0 + batch_size)
         refs = reference_ids[b0:b1]
         if index is not None and all(r in index.position for r in refs):
-            rows = torch.tensor([index.position[r] for r in refs], device=index.embeddings.device)
-            image_embeds = index.embeddings.index_select(0, rows).to(device)  # (batch, D_image)
+            image_embeds = index.vectors([index.position[r] for r in refs]).to(device)  # (batch, D_image)
             if query_encoder is not None:
                 embeds = query_encoder.encode(texts[b0:b1], image_embeds=image_embeds)
             else:
@@ -122,7 +137,7 @@ def embed_queries(model, processor, queries, batch_size: int = 32, text_template
                 raise KeyError("The queries have no 'reference_image' column and their references are not in the "
                                "gallery index: attach the images or pass index=.")
             values = queries["reference_image"][b0:b1] if isinstance(queries, dict) else queries[b0:b1]["reference_image"]
-            images = _load_images(values, refs)
+            images = load_images(values, refs)
             inputs = processor(images=images, text=texts[b0:b1])
             embeds = model.get_query_embeds(inputs["input_ids"], inputs["attention_mask"],
                                             pixel_values=inputs["pixel_values"].to(device))

@@ -34,7 +34,10 @@ def add_arguments(parser):
     parser.add_argument("--backend", choices=["auto", "torch", "faiss"], default="auto", help="search backend")
     parser.add_argument("--images-dir", default=None,
                         help="local image folder for annotation-only (--no-images) dataset builds")
-    parser.add_argument("--index-dir", default=None, help="gallery index cache folder (loaded if present, else saved)")
+    parser.add_argument("--index-dir", default=None,
+                        help="gallery index folder: reused when this model made it from this gallery, else written")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="replace an --index-dir index made by another model or from another gallery")
     parser.add_argument("--output-json", default=None, help="write the report here")
     parser.add_argument("--submission-dir", default=None, help="write CIRR / CIRCO test-server files here")
     parser.add_argument("--visualize", default=None, help="write a PNG grid of queries and their top results here")
@@ -98,7 +101,7 @@ def evaluate_from_args(args) -> dict:
     bench = bench.head(args.max_queries)
     model, processor = load_model_and_processor(args.model, args.device)
     index = load_or_embed_gallery(model, processor, bench.gallery, args.index_dir, batch_size=args.batch_size,
-                                  num_workers=args.num_workers, show_progress=show_progress)
+                                  num_workers=args.num_workers, show_progress=show_progress, rebuild=args.rebuild_index)
     metrics, rankings = evaluate_benchmark(model, processor, bench.queries, bench.gallery, protocol,
                                            batch_size=args.batch_size, text_template=template, index=index,
                                            backend=args.backend, show_progress=show_progress, return_rankings=True)

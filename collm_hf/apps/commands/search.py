@@ -1,12 +1,13 @@
 """`collm-hf search` and `collm-hf index`: composed image retrieval from the terminal.
 
-    collm-hf index  --model M --dataset D --output-dir I                    # embed a gallery once (progress bar)
+    collm-hf index  --model M --dataset D --output-dir I [--kind ivf-pq]   # embed a gallery once (progress bar)
     collm-hf search --model M --index I --image ref.png --text "make it blue" [-k 10] [--json]
 
-`--index` takes the folder `collm-hf index` wrote, or a gallery dataset directly (embedded on the fly).
-Either of `--image` / `--text` may be left out for an image-only or text-only query. Bad input (a missing or
-unreadable image, a query with neither part, a model that does not match the index) is a user error
-(`collm_hf.apps.cli`): one line naming it, exit status 2. `commands/index.py` registers `index`.
+`--index` takes the folder `collm-hf index` wrote (searched with the approximate index saved in it, if any), or a
+gallery dataset directly (embedded on the fly). Either of `--image` / `--text` may be left out for an image-only
+or text-only query. Bad input (a missing or unreadable image, a query with neither part, an index made by
+another model or from another gallery) is a user error (`collm_hf.apps.cli`): one line naming it, exit status 2;
+`--rebuild-index` re-embeds such an index instead. `commands/index.py` registers `index`.
 """
 
 import argparse
@@ -16,6 +17,7 @@ import os
 from ..cli import UsageError, require_dataset, require_path
 
 DEFAULT_MODEL = os.path.join("collm-quickstart", "model")  # = collm_hf.apps.search.DEFAULT_MODEL (not imported: heavy)
+INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq", "hnsw")  # = collm_hf.apps.search.INDEX_KINDS
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-reference", action="store_true",
                         help="leave out gallery images identical to the reference image (as CIRR does)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--kind", choices=("auto", "exact", *INDEX_KINDS[1:]), default="auto",
+                        help="search with: the approximate index saved in --index (auto, the default; exact when "
+                             "there is none), exact search, or an approximate kind (built in memory if not saved)")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="re-embed an --index folder made by another model, from the gallery it names")
 
 
 def add_index_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +52,13 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--dataset", required=True, help="gallery dataset (`image_id`, `image`): folder, Parquet or hub id")
     parser.add_argument("--output-dir", required=True, help="index folder to write")
+    parser.add_argument("--kind", choices=INDEX_KINDS, default="flat",
+                        help="flat: exact search over the stored embeddings (default); ivf-flat, ivf-pq, hnsw: also "
+                             "train and save that FAISS index, which `collm-hf search` then uses")
+    parser.add_argument("--append", action="store_true",
+                        help="add the images of --dataset that the index in --output-dir lacks, as a new shard")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="replace an index in --output-dir made by another model or from another gallery")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -63,14 +77,17 @@ def run(args: argparse.Namespace) -> int:
         require_path(args.image, "--image", "file")
         image = read_query_image(args.image)
     require_dataset(args.index, "--index")
+    approximate = {"auto": "auto", "exact": None}.get(args.kind, args.kind)
     searcher = GallerySearcher.from_pretrained(args.model, args.index, device=args.device, batch_size=args.batch_size,
-                                               show_progress=not args.json, config=args.config, split=args.split)
+                                               show_progress=not args.json, rebuild=args.rebuild_index,
+                                               approximate=approximate, config=args.config, split=args.split)
     hits = searcher.search(image=image, text=text, k=args.k, exclude_ids=args.exclude,
                            exclude_reference=args.exclude_reference)
     if args.json:
         print(json.dumps({
             "query": {"image": args.image, "text": text, "mode": mode},
             "model": args.model, "index": args.index, "gallery_size": searcher.size,
+            "search": searcher.approximate or "exact",
             "results": [{"rank": h.rank, "image_id": h.image_id, "score": round(h.score, 6)} for h in hits],
         }, indent=2))
     else:
@@ -83,20 +100,23 @@ def run(args: argparse.Namespace) -> int:
 
 def run_index(args: argparse.Namespace) -> int:
     """Run `collm-hf index`: embed the gallery with the model's vision side and save the index folder."""
-    from ...evaluation.index import GalleryIndex
-    from ..search import load_gallery, load_model_and_processor, save_index
+    from ..search import build_gallery_index, load_gallery, load_model_and_processor
 
+    if args.append and args.rebuild_index:
+        raise UsageError("--append and --rebuild-index are exclusive.")
     require_dataset(args.dataset, "--dataset")
     gallery = load_gallery(args.dataset, config=args.config, split=args.split)
     model, processor = load_model_and_processor(args.model, args.device)
-    index = GalleryIndex.from_dataset(gallery, model, processor, batch_size=args.batch_size,
-                                      show_progress=not args.no_progress)
     local = os.path.exists(args.dataset)
     source = {"dataset": os.path.abspath(args.dataset) if local else args.dataset, "config": args.config,
               "split": args.split,
               "model": os.path.abspath(args.model) if os.path.exists(args.model) else args.model}
-    save_index(index, args.output_dir, source=source)
-    print(f"Indexed {len(index)} gallery images ({index.dim}-d) into {args.output_dir}")
+    index = build_gallery_index(model, processor, gallery, args.output_dir, kind=args.kind, source=source,
+                                batch_size=args.batch_size, show_progress=not args.no_progress,
+                                rebuild=args.rebuild_index, append=args.append)
+    search = ", ".join(index.saved_approximate) or "exact"
+    print(f"Indexed {len(index)} gallery images ({index.dim}-d) into {args.output_dir} ({index.num_shards} shard(s); "
+          f"search: {search})")
     return 0
 
 
