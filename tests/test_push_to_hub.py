@@ -45,20 +45,30 @@ def test_dry_run_writes_the_upload(saved, capsys):
 
 
 def test_dry_run_folder_loads_without_the_package(saved):
+    """Loaded with trust_remote_code in a Python without collm_hf, saved again: the sentence-transformers files are
+    written again, and that folder is a SentenceTransformer giving the model's gallery embeddings."""
     out = saved / "upload"
     _example().main(["--model", str(saved / "model"), "--repo-id", "me/collm-test", "--dry-run", str(out)])
     script = (
         "import sys; sys.modules['collm_hf'] = None\n"  # the package is unavailable: code comes from the folder
         "import torch\nfrom transformers import AutoModel, AutoProcessor\n"
+        "from PIL import Image\nfrom sentence_transformers import SentenceTransformer\n"
         f"m = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)\n"
         f"p = AutoProcessor.from_pretrained({str(out)!r}, trust_remote_code=True)\n"
         "q = p(text=['make it red'])\n"
         "print(type(m).__name__, tuple(m.get_query_embeds(**q).shape))\n"
+        f"m.save_pretrained({str(saved / 'again')!r}); p.save_pretrained({str(saved / 'again')!r})\n"
+        "images = [Image.new('RGB', (30, 20), (200, 40, 10)), Image.new('RGB', (20, 30), (0, 90, 250))]\n"
+        f"st = SentenceTransformer({str(saved / 'again')!r}, trust_remote_code=True)\n"
+        "got = st.encode_document(images, convert_to_tensor=True).cpu()\n"
+        "expected = m.get_image_embeds(p(images=images)['pixel_values'])\n"
+        "print('st', (got - expected).abs().max().item() <= 1e-5)\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(saved / "modules"), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-c", script], cwd=saved, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], cwd=saved, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "CoLLMModel (1, 24)" in result.stdout
+    assert "CoLLMModel (1, 24)" in result.stdout and "st True" in result.stdout
+    assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"} <= set(os.listdir(saved / "again"))
 
 
 def test_push_uses_upload_folder(saved, monkeypatch):

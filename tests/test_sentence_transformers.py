@@ -1,5 +1,6 @@
 """A saved CoLLM loads as a SentenceTransformer: encode_query = composed query, encode_document = gallery
-embedding, text-only strings = text-only queries; all equal to the transformers path."""
+embedding, text-only strings = text-only queries; all equal to the transformers path. `save_pretrained` writes
+the files (also from a model loaded with trust_remote_code in a Python without the package: test_push_to_hub.py)."""
 
 import json
 
@@ -8,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from collm_hf.utils.sentence_transformers import MODALITY_CONFIG, load_sentence_transformer, write_sentence_transformers_config
+from collm_hf.models.collm.sentence_transformers_files import (
+    FILES,
+    MODALITY_CONFIG,
+    TRANSFORMER_MODULE,
+    load_sentence_transformer,
+    write_sentence_transformers_config,
+)
 
 
 @pytest.fixture
@@ -23,12 +30,14 @@ def _images(n=3):
     return [Image.fromarray(np.random.RandomState(i).randint(0, 255, (40, 36, 3), dtype=np.uint8)) for i in range(n)]
 
 
-def test_sentence_transformer_equals_transformers_path(saved):
+def test_saved_model_is_a_sentence_transformer_equal_to_the_transformers_path(saved):
+    from sentence_transformers import SentenceTransformer
+
     folder, model, processor = saved
-    write_sentence_transformers_config(folder)
+    assert all((folder / name).is_file() for name in FILES)  # written by save_pretrained
     config = json.loads((folder / "sentence_bert_config.json").read_text())
     assert config["modality_config"] == MODALITY_CONFIG
-    st = load_sentence_transformer(folder)
+    st = SentenceTransformer(str(folder))
     images, texts = _images(), ["make it red", "add a blue square at the top", "remove the circle"]
     queries = st.encode_query([{"image": i, "text": t} for i, t in zip(images, texts)], convert_to_tensor=True)
     documents = st.encode_document(images, convert_to_tensor=True)
@@ -55,9 +64,22 @@ def test_writing_the_config_leaves_the_model_files_alone(saved):
 
 def test_load_adds_the_config_when_missing(saved):
     folder, _, _ = saved
+    for name in FILES:  # a folder saved before save_pretrained wrote them
+        (folder / name).unlink()
     st = load_sentence_transformer(folder)
     assert (folder / "modules.json").is_file()
     assert st.encode_document(_images(1)).shape[-1] == 24
+
+
+def test_the_module_paths_exist_in_the_pinned_sentence_transformers():
+    import importlib
+    import re
+    from pathlib import Path
+
+    module, _, name = TRANSFORMER_MODULE.rpartition(".")
+    assert hasattr(importlib.import_module(module), name)
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'"sentence-transformers>=([6-9]|\d\d)', pyproject), "the files use sentence-transformers 6 paths"
 
 
 def test_not_a_model_folder(tmp_path):

@@ -38,7 +38,6 @@ def prepare_upload(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     from transformers import AutoModel, AutoProcessor
 
     from .model_card import render_model_card
-    from .sentence_transformers import write_sentence_transformers_config
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():
@@ -52,9 +51,8 @@ def prepare_upload(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     model.__class__.register_for_auto_class("AutoModel")
     processor.__class__.register_for_auto_class("AutoProcessor")
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir, safe_serialization=True)
+    model.save_pretrained(output_dir)  # safetensors, and the sentence-transformers files
     processor.save_pretrained(output_dir)
-    write_sentence_transformers_config(output_dir)
     name = (repo_id or model_dir.resolve().name).split("/")[-1]
     if metrics is not None or not (model_dir / "README.md").is_file():
         card = render_model_card(model.config, metrics or {}, model_name=name, repo_id=repo_id or name,

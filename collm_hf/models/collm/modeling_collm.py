@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_collm import CoLLMConfig
+from .image_adapter import CoLLMImageAdapter
 from .input_checks import check_embeds, check_pixel_values, check_query_tokens
 from .losses import contrastive_loss, distinct_rows
 from .synthesis import concat_padded_queries, synthesize_composed_queries
@@ -61,24 +62,6 @@ class CoLLMContrastiveInputs:
     target_image_ids: torch.Tensor | None
     query_keys: torch.Tensor | None = None
     target_query_keys: torch.Tensor | None = None
-
-
-class CoLLMImageAdapter(nn.Module):
-    """The adapter `g`: one image embedding -> `num_visual_tokens` LLM input embeddings."""
-
-    def __init__(self, config: CoLLMConfig):
-        super().__init__()
-        in_dim, hidden = config.image_embedding_size, config.text_config.hidden_size
-        self.num_visual_tokens = config.num_visual_tokens
-        out_dim = hidden * config.num_visual_tokens
-        if config.adapter_type == "linear":
-            self.layers = nn.Sequential(nn.Linear(in_dim, out_dim))
-        else:  # 2-layer MLP with GELU, as LLaVA-1.5's projector
-            self.layers = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
-
-    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        out = self.layers(image_embeds)  # (batch, tokens * hidden)
-        return out.view(image_embeds.shape[0], self.num_visual_tokens, -1)  # (batch, tokens, hidden)
 
 
 class CoLLMPreTrainedModel(PreTrainedModel):
@@ -161,6 +144,15 @@ class CoLLMModel(CoLLMPreTrainedModel):
         # Loading re-creates parameters (requires_grad=True); re-apply the config's freezing afterwards.
         model.apply_vision_freezing()
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the files that make the folder a SentenceTransformer
+        (`sentence_transformers_files.py`; with the processor saved beside it, `SentenceTransformer(folder)` works)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if args[0] if args else kwargs.get("is_main_process", True):
+            from .sentence_transformers_files import write_sentence_transformers_config
+
+            write_sentence_transformers_config(save_directory)
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
