@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 
 from ...models.collm.image_io import open_image, to_rgb_image
 from .._tables import column_names
-from .gallery import GalleryIndex, check_finite, check_unique_ids, new_manifest, shard_entry, write_shard
+from .gallery import GalleryIndex, check_finite, check_unique_ids
 from .identity import GalleryIdentity, gallery_identity, ids_digest
-from .storage import (IndexFolderError, ShardWriter, folder_lock, read_header, read_ids, remove_unlisted, shard_files,
-                      shard_key, write_ids, write_manifest)
+from .storage import (IndexFolderError, ShardWriter, folder_lock, new_manifest, read_header, read_ids, remove_unlisted,
+                      shard_entry, shard_files, shard_key, write_ids, write_manifest, write_shard)
 
 
 def shard_range(n: int, num_shards: int, index: int) -> tuple[int, int]:

@@ -17,12 +17,12 @@ import torch
 from . import approximate as approx
 from .exact import faiss_available, search_faiss, search_torch
 from .identity import GalleryIdentity, IndexMismatchError, check_identity, check_ids, ids_digest
-from .storage import (IndexFolderError, ShardWriter, file_sha256, folder_lock, open_shard, read_ids, read_manifest,
-                      remove_unlisted, shard_files, shard_key, write_ids, write_manifest)
+from .storage import (IndexFolderError, file_sha256, folder_lock, new_manifest, open_shard, read_ids, read_manifest,
+                      remove_unlisted, write_manifest, write_shard)
 
 BACKENDS = ("auto", "torch", "faiss")
 LEGACY_FILES = ("gallery_embeddings.safetensors", "gallery_ids.json")  # collm-hf 0.2: no record of the model
-_WRITE_ROWS = 65536  # rows copied per block when a shard is written or added to FAISS
+_WRITE_ROWS = 65536  # rows per block added to FAISS
 
 
 @dataclass
@@ -57,33 +57,6 @@ def check_unique_ids(ids) -> list[str]:
             raise ValueError(f"Gallery id {image_id!r} appears more than once; gallery ids must be unique.")
         seen.add(image_id)
     return ids
-
-
-def _identity_dict(identity: GalleryIdentity | None) -> dict | None:
-    return None if identity is None else identity.to_dict()
-
-
-def write_shard(folder: Path, position: int, embeddings: torch.Tensor, ids: list[str],
-                identity: GalleryIdentity | None) -> dict:
-    """Write one shard (embeddings + ids) into `folder`; return its manifest entry."""
-    digest = ids_digest(ids)
-    embeddings_name, ids_name = shard_files(position, shard_key(_identity_dict(identity), digest))
-    metadata = {"format": "collm-gallery-index-shard", "num_images": len(ids), "ids_sha256": digest}
-    with ShardWriter(folder / embeddings_name, len(ids), embeddings.shape[1], metadata) as writer:
-        for start in range(0, len(ids), _WRITE_ROWS):
-            writer.write(start, embeddings[start:start + _WRITE_ROWS])
-    write_ids(folder / ids_name, ids)
-    return shard_entry(folder, embeddings_name, ids_name, ids, digest)
-
-
-def shard_entry(folder: Path, embeddings_name: str, ids_name: str, ids: list[str], digest: str) -> dict:
-    return {"embeddings": embeddings_name, "ids": ids_name, "num_images": len(ids), "ids_sha256": digest,
-            "sha256": file_sha256(folder / embeddings_name)}
-
-
-def new_manifest(identity, ids, dim, shards, approximate_entries=None) -> dict:
-    return {"identity": _identity_dict(identity), "num_images": len(ids), "dim": dim, "ids_sha256": ids_digest(ids),
-            "shards": shards, "approximate": approximate_entries or {}}
 
 
 class GalleryIndex:
@@ -505,5 +478,4 @@ class GalleryIndex:
         return append_dataset(self, dataset, model=model, processor=processor, embed_fn=embed_fn, **options)
 
 
-__all__ = ["BACKENDS", "GalleryIndex", "SearchResult", "check_finite", "check_unique_ids", "new_manifest",
-           "shard_entry", "write_shard"]
+__all__ = ["BACKENDS", "GalleryIndex", "SearchResult", "check_finite", "check_unique_ids"]

@@ -101,18 +101,19 @@ def _gallery_weights(model) -> dict[str, torch.Tensor]:
     return weights
 
 
-def weights_digest(model) -> str:
+def weights_digest(model, refresh: bool = False) -> str:
     """sha256 of the weights that make gallery embeddings (vision tower and its projection).
 
     Computed once per model object and cached on it; recomputed only after the weights changed (a tensor's
-    storage or version counter differs: an optimizer step, `load_state_dict`, `.to()`).
+    storage or version counter differs: an optimizer step, `load_state_dict`, in-place ops under `no_grad`,
+    `.to()`). Edits through `tensor.data` bypass version counters: pass `refresh=True` after those.
     """
     model = _unwrap(model)
     weights = _gallery_weights(model)
     key = tuple((name, t.data_ptr(), t._version, str(t.dtype), tuple(t.shape), str(t.device))
                 for name, t in sorted(weights.items()))
     cached = model.__dict__.get(_CACHE_ATTRIBUTE)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == key and not refresh:
         return cached[1]
     digest = hashlib.sha256()
     with torch.no_grad():

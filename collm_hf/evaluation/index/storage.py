@@ -29,10 +29,12 @@ import numpy as np
 import torch
 
 from ...utils.atomic import atomic_write, atomic_write_json
+from .identity import GalleryIdentity, ids_digest
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "collm-gallery-index"
 VERSION = 2
+_WRITE_ROWS = 65536  # rows copied per block when a shard is written
 _OWN_FILES = re.compile(r"^(embeddings-\d{5}-[0-9a-f]+\.safetensors|ids-\d{5}-[0-9a-f]+\.json|faiss-[a-z-]+\.index)$")
 _TEMPORARY = re.compile(r"^\.(embeddings-|ids-|faiss-|manifest\.json|gallery_source\.json).*\.tmp$")
 
@@ -208,6 +210,33 @@ def remove_unlisted(folder: str | os.PathLike, manifest: dict) -> None:
                 os.remove(entry.path)
 
 
+def _identity_dict(identity: GalleryIdentity | None) -> dict | None:
+    return None if identity is None else identity.to_dict()
+
+
+def write_shard(folder: Path, position: int, embeddings: torch.Tensor, ids: list[str],
+                identity: GalleryIdentity | None) -> dict:
+    """Write one shard (embeddings + ids) into `folder`; return its manifest entry."""
+    digest = ids_digest(ids)
+    embeddings_name, ids_name = shard_files(position, shard_key(_identity_dict(identity), digest))
+    metadata = {"format": "collm-gallery-index-shard", "num_images": len(ids), "ids_sha256": digest}
+    with ShardWriter(folder / embeddings_name, len(ids), embeddings.shape[1], metadata) as writer:
+        for start in range(0, len(ids), _WRITE_ROWS):
+            writer.write(start, embeddings[start:start + _WRITE_ROWS])
+    write_ids(folder / ids_name, ids)
+    return shard_entry(folder, embeddings_name, ids_name, ids, digest)
+
+
+def shard_entry(folder: Path, embeddings_name: str, ids_name: str, ids: list[str], digest: str) -> dict:
+    return {"embeddings": embeddings_name, "ids": ids_name, "num_images": len(ids), "ids_sha256": digest,
+            "sha256": file_sha256(folder / embeddings_name)}
+
+
+def new_manifest(identity, ids, dim, shards, approximate_entries=None) -> dict:
+    return {"identity": _identity_dict(identity), "num_images": len(ids), "dim": dim, "ids_sha256": ids_digest(ids),
+            "shards": shards, "approximate": approximate_entries or {}}
+
+
 def folder_lock(folder: str | os.PathLike, timeout: float = -1):
     """An exclusive lock for writing `folder` (a hidden `.<name>.lock` beside it; released if its holder dies)."""
     from filelock import FileLock
@@ -218,5 +247,5 @@ def folder_lock(folder: str | os.PathLike, timeout: float = -1):
 
 
 __all__ = ["FORMAT", "IndexFolderError", "MANIFEST_FILE", "ShardWriter", "VERSION", "file_sha256", "folder_lock",
-           "listed_files", "open_shard", "read_header", "read_ids", "read_manifest", "remove_unlisted", "shard_files",
-           "shard_key", "write_ids", "write_manifest"]
+           "listed_files", "new_manifest", "open_shard", "read_header", "read_ids", "read_manifest", "remove_unlisted",
+           "shard_entry", "shard_files", "shard_key", "write_ids", "write_manifest", "write_shard"]
