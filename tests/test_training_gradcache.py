@@ -3,12 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from _tiny_training import trainer_from_options, write_workspace
 from PIL import Image
 
 from collm_hf.models.collm.losses import ContrastiveLossConfig
 from collm_hf.testing_utils import tiny_model_and_processor
 from collm_hf.training.collators import CoLLMPairCollator, CoLLMTripletCollator
-from collm_hf.training.gradient_cache import RandomState, grad_cache_step
+from collm_hf.training.gradient_cache import (
+    GradCacheTrainer,
+    RandomState,
+    grad_cache_step,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +110,19 @@ def test_random_state_replay():
         again = torch.rand(3)
     assert torch.equal(first, again)
     assert not torch.equal(torch.rand(3), first)  # the outer stream moved on
+
+
+def test_grad_cache_trainer_trains_as_the_plain_trainer(tmp_path, _tiny_clip_llama):
+    """Built by the training command's options, two steps of the gradient-cache trainer (3 query rows per LLM pass)
+    leave the same weights as two steps of the plain trainer (SGD: Adam's first steps magnify float noise in gradients
+    near zero into lr-sized differences)."""
+    workspace = write_workspace(tmp_path / "workspace", *_tiny_clip_llama)
+    weights = {}
+    for chunks in ([], ["--gradient_cache_chunk_size", "3"]):
+        trainer = trainer_from_options(workspace, tmp_path / "run", "--optim", "sgd", *chunks)
+        assert isinstance(trainer, GradCacheTrainer) == bool(chunks)
+        trainer.train()
+        weights[bool(chunks)] = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert weights[True].keys() == weights[False].keys()
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, atol=1e-5, rtol=1e-5, msg=name)

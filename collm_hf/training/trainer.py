@@ -75,6 +75,19 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def fp32_master_weights(model) -> None:
+    """Hold every trainable parameter, and the logit scale, in fp32 whatever dtype the model was loaded in.
+
+    `--dtype bfloat16` loads the towers in bf16 to save memory; the weights the optimizer updates (LoRA, the adapter,
+    the projection, the logit scale, and in full fine-tuning the trained towers) stay fp32 master weights, so small
+    updates are not rounded away. `--bf16 True` then runs the matrix products in bf16 under autocast. Call it after
+    `apply_lora`: peft's trained copies of the new modules (`modules_to_save`) are among the trainable parameters.
+    """
+    for name, param in model.named_parameters():
+        if param.dtype in (torch.float16, torch.bfloat16) and (param.requires_grad or name.endswith("logit_scale")):
+            param.data = param.data.float()
+
+
 def load_model_and_processor(args: ModelArguments, lora_args: LoraArguments | None = None):
     """A `CoLLMModel` and its `CoLLMProcessor`, from a saved CoLLM or composed from two backbones.
 
@@ -241,6 +254,7 @@ def build_trainer(
     set_seed(training_args.seed)  # LoRA matrices are initialised from the seed: same seed, same run
     if lora_args.use_lora:
         model = apply_lora(model, stage, lora_args, gradient_checkpointing=bool(checkpointing))
+    fp32_master_weights(model)
     rows, images = load_training_data(stage, data_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
@@ -296,6 +310,7 @@ __all__ = [
     "build_collator",
     "build_trainer",
     "configure_loss",
+    "fp32_master_weights",
     "load_model_and_processor",
     "load_rows",
     "load_training_data",

@@ -13,11 +13,13 @@ Called from `CoLLMModel.forward` when `return_loss=True`, so the stock `Trainer`
 False negatives: rows whose targets share an image id (a duplicate image in the batch) are not counted as each
 other's negatives; nor is a target that answers another row's query too, where the collator knows it (query keys:
 `false_negative_mask`). The temperature is `1 / exp(logit_scale)`: learnable or fixed as `config.learnable_logit_scale`
-says, or fixed by `ContrastiveLossConfig.temperature`.
+says, or fixed by `ContrastiveLossConfig.temperature`. The loss arithmetic (similarities, log-sum-exp) runs in fp32
+with autocast off, whatever precision the embeddings come in (`full_precision`).
 
 This module imports only torch and the standard library (it travels with checkpoints for trust_remote_code).
 """
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -201,12 +203,35 @@ def false_negative_mask(
     return same & ~eye
 
 
+def _at_least_fp32(tensor):
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        return tensor
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def full_precision(loss_fn):
+    """Run a loss with autocast off and its half-precision tensor arguments in fp32.
+
+    Under bf16 autocast a similarity would be a bf16 product (8 bits of mantissa: logits of ~14 carry errors of
+    ~0.06), the duplicate test of extra negatives (cosine > 1 - 1e-4) could not tell 0.996 from 1, and the log-sum-exp
+    would add them up. The embeddings themselves may come from bf16 towers; only the loss arithmetic is fp32.
+    """
+
+    @functools.wraps(loss_fn)
+    def wrapper(*args, **kwargs):
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device
+        with torch.autocast(device.type, enabled=False):
+            args = [_at_least_fp32(a) for a in args]
+            return loss_fn(*args, **{k: _at_least_fp32(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
 def _scaled_logits(query_embeds, target_embeds, logit_scale) -> torch.Tensor:
     scale = (
         logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
     )
-    dtype = torch.promote_types(query_embeds.dtype, torch.float32)  # half precision -> fp32 logits
-    return scale * query_embeds.to(dtype) @ target_embeds.to(dtype).t()  # (queries, targets)
+    return scale * query_embeds @ target_embeds.t()  # (queries, targets), fp32 (`full_precision`)
 
 
 def distinct_rows(embeds: torch.Tensor) -> torch.Tensor:
@@ -223,7 +248,7 @@ def with_extra_negatives(logits: torch.Tensor, masked: torch.Tensor, query_embed
 
     An extra negative that is the row's own target image (cosine > 1 - 1e-4: the same pixels) is masked out."""
     extra_logits = _scaled_logits(query_embeds, extra, logit_scale)  # (n, m)
-    same_image = target_embeds.to(extra.dtype) @ extra.t() > 1 - 1e-4  # (n, m)
+    same_image = target_embeds @ extra.t() > 1 - 1e-4  # (n, m)
     return torch.cat([logits, extra_logits], 1), torch.cat([masked, same_image], 1)
 
 
@@ -249,6 +274,7 @@ def _hn_nce_rows(logits: torch.Tensor, masked: torch.Tensor, alpha: float, beta:
     return (torch.logsumexp(terms, -1) - positive).mean()
 
 
+@full_precision
 def info_nce_loss(
     query_embeds: torch.Tensor,
     target_embeds: torch.Tensor,
@@ -290,6 +316,7 @@ def info_nce_loss(
     return loss
 
 
+@full_precision
 def hn_nce_loss(
     query_embeds: torch.Tensor,
     target_embeds: torch.Tensor,
@@ -388,6 +415,7 @@ __all__ = [
     "contrastive_loss",
     "distinct_rows",
     "false_negative_mask",
+    "full_precision",
     "gather_padded",
     "gather_rows",
     "hn_nce_loss",
