@@ -30,9 +30,11 @@ def command(script, args, nproc: int = 2, launcher: str = "torchrun") -> list[st
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                 script, *map(str, args)]
-    if launcher == "accelerate":  # without --multi_gpu accelerate starts one process on a CPU machine
+    if launcher == "accelerate":
+        # Without --multi_gpu accelerate starts one process on a CPU machine; --cpu cannot go with --multi_gpu: the
+        # script asks for the CPU itself (`TrainingArguments(use_cpu=True)`, `PartialState(cpu=True)`), and gets gloo.
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", "0", script, *map(str, args)]
     raise ValueError(f"unknown launcher {launcher!r}")
 

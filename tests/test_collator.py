@@ -54,6 +54,86 @@ def test_pair_collator_same_seed_same_batch(tiny_model_and_processor, images):
     assert not torch.equal(first["pixel_values"], other["pixel_values"])
 
 
+def test_a_rows_draws_do_not_depend_on_its_batch(tiny_model_and_processor, images):
+    """Per-row draws keyed by (seed, epoch, row): two half batches (two processes) draw what the whole batch draws."""
+    _, processor = tiny_model_and_processor
+    rows = pair_rows(images)
+    collator = CoLLMPairCollator(processor, modification_rate=0.5, seed=3)
+    whole = collator(rows)
+    halves = [collator(rows[:2]), collator(rows[2:])]
+    reordered = collator([rows[k] for k in (5, 0, 3)])
+    chosen = lambda batch: [tuple(t for t in r if t != PAD_SLOT) for r in batch["modification_template_ids"].tolist()]
+    assert torch.equal(torch.cat([h["pixel_values"] for h in halves]), whole["pixel_values"])
+    assert chosen(halves[0]) + chosen(halves[1]) == chosen(whole)
+    assert torch.equal(reordered["pixel_values"], whole["pixel_values"][[5, 0, 3]])
+    assert chosen(reordered) == [chosen(whole)[k] for k in (5, 0, 3)]
+    # An `id` column keys the row; without one, its content does (a row copied elsewhere draws the same).
+    with_ids = collator([dict(r, id=f"row{k}") for k, r in enumerate(rows)])
+    assert not torch.equal(with_ids["pixel_values"], whole["pixel_values"])
+
+    triplets = CoLLMTripletCollator(processor, images=images, seed=5)
+    many = [dict(r, id=f"{r['id']}-{k}") for k in range(4) for r in triplet_rows()]
+    texts = lambda batch: [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert texts(triplets(many)) == [texts(triplets([row]))[0] for row in many]
+
+
+def test_each_epoch_draws_anew_and_the_epoch_is_the_trainers(tiny_model_and_processor, images, tmp_path):
+    from transformers import Trainer, TrainerState, TrainingArguments
+
+    from collm_hf.training.collators import CollatorEpochCallback
+
+    _, processor = tiny_model_and_processor
+    collator = CoLLMPairCollator(processor, modification_rate=0.5, seed=3)
+    first = collator(pair_rows(images))
+    collator.epoch = 1
+    second = collator(pair_rows(images))
+    assert not torch.equal(first["pixel_values"], second["pixel_values"])
+    collator.epoch = 0
+    assert torch.equal(collator(pair_rows(images))["pixel_values"], first["pixel_values"])
+
+    # The callback: a resumed run starts at the whole epochs its state has done; later epochs follow.
+    callback, state = CollatorEpochCallback(collator), TrainerState(epoch=1.5)
+    callback.on_train_begin(None, state, None)
+    callback.on_epoch_begin(None, state, None)
+    assert collator.epoch == 1
+    callback.on_epoch_begin(None, state, None)
+    assert collator.epoch == 2
+
+    # Under the Trainer: 6 rows, batches of 3, 3 epochs; the model records the collator's epoch at each step.
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, **batch):
+            seen.append(collator.epoch)
+            return {"loss": (self.weight * batch["pixel_values"].mean()).sum()}
+
+    args = TrainingArguments(tmp_path, use_cpu=True, per_device_train_batch_size=3, num_train_epochs=3,
+                             remove_unused_columns=False, report_to="none", save_strategy="no")
+    Trainer(model=Probe(), args=args, train_dataset=pair_rows(images), data_collator=collator,
+            callbacks=[CollatorEpochCallback(collator)]).train()
+    assert seen == [0, 0, 1, 1, 2, 2]
+
+
+def test_persistent_dataloader_workers_see_the_epoch(tiny_model_and_processor, images):
+    from torch.utils.data import DataLoader
+
+    _, processor = tiny_model_and_processor
+    collator = CoLLMPairCollator(processor, seed=3, check_tokenization=False)
+    loader = DataLoader(pair_rows(images), batch_size=3, collate_fn=collator, num_workers=1, persistent_workers=True)
+    epochs = []
+    for epoch in (0, 1):
+        collator.epoch = epoch
+        epochs.append(torch.cat([batch["pixel_values"] for batch in loader]))
+    for epoch, got in enumerate(epochs):
+        collator.epoch = epoch
+        assert torch.equal(got, collator(pair_rows(images))["pixel_values"])
+    assert not torch.equal(epochs[0], epochs[1])
+
+
 def test_pair_forward_assembles_the_processor_ids(tiny_model_and_processor, images):
     """The composed query the model builds inside the step is what the processor gives for the same string."""
     model, processor = tiny_model_and_processor

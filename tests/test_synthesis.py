@@ -148,6 +148,18 @@ def test_modification_rate_within_binomial_bound_and_uniform_templates():
         sample_template_choices(3, 1.5)
 
 
+def test_row_generators_make_each_rows_choice_its_own():
+    """With one generator per row, a row's template choice is what its generator draws alone, whatever the batch."""
+    seeds = [3, 1, 4, 1, 5, 9]
+    rows = lambda: [torch.Generator().manual_seed(s) for s in seeds]
+    batch = sample_template_choices(len(seeds), 0.5, rows())
+    alone = [int(sample_template_choices(1, 0.5, [torch.Generator().manual_seed(s)])) for s in seeds]
+    assert batch.tolist() == alone
+    assert batch[1] == batch[3]  # same seed, same choice
+    with pytest.raises(ValueError, match="2 row generators for 3 rows"):
+        sample_template_choices(3, 0.5, rows()[:2])
+
+
 def test_same_seed_same_texts():
     neighbors = CAPTIONS[1:] + CAPTIONS[:1]
     first = synthesize_modification_texts(CAPTIONS * 10, neighbors * 10, generator=torch.Generator().manual_seed(7))
@@ -227,6 +239,18 @@ def test_augmentation_is_seeded_and_identity_when_disabled():
     torch.testing.assert_close(identity(images, torch.Generator().manual_seed(0)), images, atol=1e-5, rtol=0)
     flip = ImageAugmentation(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_probability=1.0)
     torch.testing.assert_close(flip(images), images.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_augmentation_with_row_generators_does_not_depend_on_the_batch():
+    images = torch.randn(5, 3, 16, 16)
+    augment = ImageAugmentation(contrast=0.2)
+    rows = lambda: [torch.Generator().manual_seed(s) for s in range(5)]
+    batch = augment(images, rows())
+    for i, generator in enumerate(rows()):
+        torch.testing.assert_close(batch[i : i + 1], augment(images[i : i + 1], [generator]), atol=1e-6, rtol=0)
+    shuffled = augment(images[[4, 0, 2]], [rows()[k] for k in (4, 0, 2)])
+    torch.testing.assert_close(shuffled, batch[[4, 0, 2]], atol=1e-6, rtol=0)
+    assert not torch.allclose(batch[0], batch[1])
 
 
 def test_slerp_properties_hold_for_arbitrary_vectors():

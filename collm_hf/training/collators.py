@@ -11,18 +11,25 @@
 Both are dataclasses with named column fields (never a column order). Use them with
 `TrainingArguments(remove_unused_columns=False)`.
 
-Randomness: each batch gets its own `torch.Generator`, seeded from `seed` and the ids of the batch's rows.
-So a run is reproducible, the choices do not depend on the number of dataloader workers or processes, and a
-run resumed from a checkpoint draws what the uninterrupted run drew for the same batch.
+Randomness: every random choice is drawn per row, from a `torch.Generator` seeded by (`seed`, `epoch`, the row's
+key) (`row_generators`). The key is the row's `id` column when it has one, else its content (pairs: image id and
+caption; triplets: reference id, target id and texts). So a row's synthesis does not depend on which batch or
+which process it lands in: N processes with per-device batch b draw exactly what one process with batch N x b
+draws, a run is reproducible, the choices do not depend on the number of dataloader workers, a resumed run draws
+what the uninterrupted run drew, and each epoch draws anew. The epoch is the Trainer's: `CollatorEpochCallback`
+sets `collator.epoch` at the start of each epoch (`CoLLMTrainer` adds it; with the stock `Trainer`, pass
+`callbacks=[CollatorEpochCallback(collator)]`). Two rows with the same key draw the same choices.
 """
 
 import hashlib
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from ..models.collm.image_io import to_rgb_image
 from ..models.collm.losses import PAD_QUERY_KEY
@@ -41,10 +48,64 @@ from ..models.collm.synthesis import (
 )
 
 
-def batch_generator(seed: int, keys: list) -> torch.Generator:
-    """A `torch.Generator` seeded from `seed` and the batch's row keys (stable across processes and runs)."""
-    digest = hashlib.blake2b(f"{seed}|{'|'.join(map(str, keys))}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+def row_generators(seed: int, epoch: int, keys: list, stream: str) -> list[torch.Generator]:
+    """One `torch.Generator` per row, seeded from (seed, epoch, stream, row key): stable across batches, processes,
+    dataloader workers and runs.
+
+    Args:
+        seed: base seed (the training seed).
+        epoch: the training epoch (each epoch draws anew).
+        keys: one key per row (strings or anything with a stable `str`).
+        stream: what the draws are for ("augmentation", "template", "text"), so that adding a draw to one kind
+            of choice leaves the others unchanged.
+
+    Example:
+        >>> [int(torch.randint(10, (1,), generator=g)) for g in row_generators(0, 0, ["a", "b"], "text")]  # doctest: +SKIP
+    """
+    generators = []
+    for key in keys:
+        digest = hashlib.blake2b(f"{seed}\x1f{epoch}\x1f{stream}\x1f{key}".encode(), digest_size=8).digest()
+        generators.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1)))
+    return generators
+
+
+class _EpochKeyed:
+    """The `epoch` of a collator, kept in shared memory so that dataloader workers, persistent ones included, see
+    the value the main process sets."""
+
+    def __post_init__(self):
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The training epoch that keys the random draws (set by `CollatorEpochCallback`)."""
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int):
+        self._epoch.fill_(int(value))
+
+
+class CollatorEpochCallback(TrainerCallback):
+    """Sets `collator.epoch` to the Trainer's epoch at the start of each epoch (the collators' random draws are
+    keyed by it).
+
+    Example:
+        >>> Trainer(model, args, data_collator=collator, callbacks=[CollatorEpochCallback(collator)])  # doctest: +SKIP
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+        self._epoch = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._epoch = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # The first epoch of a run is the number of whole epochs its state has done (a resumed run's state.epoch is
+        # e.g. 1.5 in the middle of the second epoch); every later epoch follows the one before.
+        self._epoch = math.floor(state.epoch or 0.0) if self._epoch is None else self._epoch + 1
+        self.collator.epoch = self._epoch
 
 
 class ImageTable:
@@ -111,8 +172,15 @@ def _image(row: dict, image_column: str, id_column: str | None, table: ImageTabl
     return to_rgb_image(value, f"row {index} {image_column}")
 
 
+def _row_key(row: dict, *content) -> str:
+    """A row's key for its random draws: its `id` column, else the given content columns."""
+    if row.get("id") is not None:
+        return f"id\x1f{row['id']}"
+    return "\x1f".join(["content", *map(str, content)])
+
+
 @dataclass
-class CoLLMPairCollator:
+class CoLLMPairCollator(_EpochKeyed):
     """Image-caption pairs -> pair pre-training inputs with on-the-fly triplet synthesis (CoLLM §3.2).
 
     Per row i the batch holds the clean target image (`target_pixel_values`, gives z), its augmentation t(v_i)
@@ -127,7 +195,8 @@ class CoLLMPairCollator:
         images: optional images table (dict or `datasets.Dataset` with image_id, image) for rows without images.
         modification_rate: share of samples whose text is a template over (target, neighbour) captions.
         augmentation: the family t (`synthesis.ImageAugmentation`); None = no augmentation.
-        seed: base seed of every random choice.
+        seed: base seed of every random choice. Each row draws from its own generator, seeded by (seed, epoch, the
+            row's key: its `id` column, else its image id and caption); see the module docstring.
         check_tokenization: on the first batch, compare the piecewise token assembly with the processor on the
             whole string and warn if they differ.
 
@@ -148,6 +217,7 @@ class CoLLMPairCollator:
     _templates: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 <= self.modification_rate <= 1.0:
             raise ValueError(f"modification_rate must be in [0, 1], got {self.modification_rate}")
         self.images = _as_table(self.images)
@@ -174,13 +244,15 @@ class CoLLMPairCollator:
                     f"Row {missing[0]} has no column {self.image_id_column!r} (set image_id_column=None to skip)."
                 )
             ids = [str(row[self.image_id_column]) for row in features]
-        generator = batch_generator(self.seed, ids if ids is not None else captions)
+        keys = [_row_key(row, *([ids[i]] if ids is not None else []), captions[i]) for i, row in enumerate(features)]
         images = [
             _image(row, self.image_column, self.image_id_column, self.images, i) for i, row in enumerate(features)
         ]
         target_pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]  # (batch, 3, H, W)
         if self.augmentation is not None:
-            augmented = self.augmentation(target_pixel_values, generator)  # (batch, 3, H, W)
+            augmented = self.augmentation(  # (batch, 3, H, W)
+                target_pixel_values, row_generators(self.seed, self.epoch, keys, "augmentation")
+            )
         else:
             augmented = target_pixel_values.clone()
 
@@ -193,7 +265,10 @@ class CoLLMPairCollator:
         image_only = pieces["prefix"] + pieces["image"] + pieces["end"]
         text_only = [pieces["prefix"] + pieces["text"] + c + pieces["end"] for c in caption_ids]
         frame = pieces["prefix"] + pieces["image"] + pieces["text"] + [TEXT_SLOT] * capacity + pieces["end"]
-        choices = sample_template_choices(len(features), self.modification_rate, generator, len(MODIFICATION_TEMPLATES))
+        choices = sample_template_choices(
+            len(features), self.modification_rate, row_generators(self.seed, self.epoch, keys, "template"),
+            len(MODIFICATION_TEMPLATES),
+        )
         templates = [self.template_ids(int(c)) for c in choices.tolist()]
         if self.check_tokenization:
             self._check_tokenization(captions, caption_ids, choices)
@@ -239,7 +314,7 @@ class CoLLMPairCollator:
 
 
 @dataclass
-class CoLLMTripletCollator:
+class CoLLMTripletCollator(_EpochKeyed):
     """Triplets -> composed queries and targets (fine-tuning, CoLLM §3.3).
 
     Each row has a reference and a target, as PIL images (`reference_image`, `target_image`) or as ids
@@ -252,7 +327,8 @@ class CoLLMTripletCollator:
         reference_id_column / target_id_column: id columns (triplets schema: reference_id, target_id).
         reference_image_column / target_image_column: image columns used when present in a row.
         modifications_column: a list of strings (one is sampled) or a string.
-        seed: base seed of the text sampling.
+        seed: base seed of the text sampling. Each row draws from its own generator, seeded by (seed, epoch, the
+            row's key: its `id` column, else its reference id, target id and texts); see the module docstring.
         cache_pixels: keep each image id's processed pixels after its first batch (images given by id only), so
             an image read again skips decoding and the image processor. For small images read many times (the
             quickstart: 48 px, ~25 KB each); the cache grows with the distinct images seen.
@@ -280,6 +356,7 @@ class CoLLMTripletCollator:
     mask_shared_texts: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         self.images = _as_table(self.images)
         self._pixels: dict = {}  # ("id", image_id) -> (3, H, W) processed pixels, when cache_pixels
 
@@ -307,12 +384,13 @@ class CoLLMTripletCollator:
     def __call__(self, features: list[dict]) -> dict:
         if not features:
             raise ValueError("CoLLMTripletCollator got an empty batch.")
-        keys = [
-            row.get("id", f"{row.get(self.reference_id_column)}>{row.get(self.target_id_column)}") for row in features
-        ]
-        generator = batch_generator(self.seed, keys)
         row_texts = [self._modifications(row, i) for i, row in enumerate(features)]
-        texts = [own[int(torch.randint(len(own), (1,), generator=generator))] for own in row_texts]
+        keys = [
+            _row_key(row, row.get(self.reference_id_column), row.get(self.target_id_column), *own)
+            for row, own in zip(features, row_texts)
+        ]
+        generators = row_generators(self.seed, self.epoch, keys, "text")
+        texts = [own[int(torch.randint(len(own), (1,), generator=g))] for own, g in zip(row_texts, generators)]
         # Each distinct image is read and processed once: a reference serves all its edits (MTCIR groups).
         slots, distinct, index, to_read = {}, [], [], {}
         for image_column, id_column in ((self.reference_image_column, self.reference_id_column),
@@ -348,4 +426,4 @@ class CoLLMTripletCollator:
         return batch
 
 
-__all__ = ["CoLLMPairCollator", "CoLLMTripletCollator", "ImageTable", "batch_generator"]
+__all__ = ["CoLLMPairCollator", "CoLLMTripletCollator", "CollatorEpochCallback", "ImageTable", "row_generators"]

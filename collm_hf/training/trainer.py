@@ -28,8 +28,9 @@ from .arguments import (
     ModelArguments,
     SynthesisArguments,
 )
-from .collators import CoLLMPairCollator, CoLLMTripletCollator, ImageTable
+from .collators import CoLLMPairCollator, CoLLMTripletCollator, CollatorEpochCallback, ImageTable
 from .lora import LoraArguments, apply_lora, merge_lora, quantization_config
+from .sharding import materialize, parameters_sharded, vectorize_scalar_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ ADAPTER_DIR = "lora_adapter"
 
 
 class CoLLMTrainer(Trainer):
-    """The stock `Trainer`, plus the optional modification writer of pair pre-training.
+    """The stock `Trainer`, plus the optional modification writer of pair pre-training (and, with a CoLLM
+    collator, `CollatorEpochCallback`, which keys the collator's random draws by the epoch).
 
     The writer replaces the template texts w* of the synthesised composed queries (e.g. an LLM writes them:
     `llm_synthesis.ComposedQueryWriter`); each step passes it to the model as `forward(..., modification_writer=)`.
@@ -59,6 +61,10 @@ class CoLLMTrainer(Trainer):
     def __init__(self, *args, modification_writer=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.modification_writer = modification_writer
+        if isinstance(self.data_collator, (CoLLMPairCollator, CoLLMTripletCollator)):
+            self.add_callback(CollatorEpochCallback(self.data_collator))  # the collators' draws follow the epoch
+        if self.is_fsdp_enabled:  # fully_shard (FSDP2) refuses 0-dim parameters such as the logit scale
+            vectorize_scalar_parameters(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.modification_writer is not None:
@@ -274,13 +280,28 @@ def build_trainer(
 
 def save_trained(trainer, output_dir: str, merge: bool = True):
     """Save the final model: the LoRA adapter in `<output_dir>/lora_adapter`, and the whole (merged) model and the
-    processor at `<output_dir>`, loadable with `AutoModel.from_pretrained(output_dir)`."""
+    processor at `<output_dir>`, loadable with `AutoModel.from_pretrained(output_dir)`.
+
+    Every process must call it. Parameters sharded across processes (FSDP, DeepSpeed ZeRO-3) are first gathered
+    through accelerate (`Accelerator.get_state_dict`, a collective) into a CPU copy of the model on the main process
+    (`sharding.materialize`), which is merged and saved; otherwise the main process saves the model it holds.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if parameters_sharded(trainer):
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # full weights on the main process
+        if trainer.is_world_process_zero():
+            write_trained(materialize(model, state_dict), output_dir, trainer.processing_class, merge)
+    elif trainer.is_world_process_zero():
+        write_trained(model, output_dir, trainer.processing_class, merge)
+    trainer.accelerator.wait_for_everyone()
+
+
+def write_trained(model, output_dir: str, processor=None, merge: bool = True):
+    """Write a trained model whose weights this process holds: a `PeftModel`'s adapter in
+    `<output_dir>/lora_adapter` and (with `merge`) the merged model at `<output_dir>`; a plain model at `<output_dir>`;
+    the processor beside the model."""
     from peft import PeftModel
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if not trainer.is_world_process_zero():
-        return
-    processor = trainer.processing_class
     if isinstance(model, PeftModel):
         model.save_pretrained(os.path.join(output_dir, ADAPTER_DIR))
         if not merge:
@@ -316,4 +337,5 @@ __all__ = [
     "load_training_data",
     "run_training",
     "save_trained",
+    "write_trained",
 ]

@@ -9,7 +9,8 @@ synthesised inside the (global) batch:
     w*_i = template(w_i, w_j) for 75 %, w_i for the rest    synthesize_modification_texts / token assembly
 
 Where the randomness lives: every random choice (the augmentation, whether a sample gets a template and
-which one) is drawn by the *collator* from a `torch.Generator`; the model's step is deterministic given the
+which one) is drawn by the *collator*, from one `torch.Generator` per row (`ImageAugmentation` and
+`sample_template_choices` accept a list of generators, one per row); the model's step is deterministic given the
 batch. So a run reproduces from its seed, gradient caching needs no random-state replay for synthesis, and
 running on N processes is the same as one process on the concatenated batch.
 
@@ -30,6 +31,7 @@ for trust_remote_code).
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -177,21 +179,40 @@ def hash_ids(ids) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # Modification texts
 # ----------------------------------------------------------------------------------------------------------
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _uniform(num_samples: int, generator: Generators) -> torch.Tensor:
+    """(num_samples,) uniform [0, 1) draws: from one generator, or one draw from each row's own generator."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(num_samples, generator=generator)
+    if len(generator) != num_samples:
+        raise ValueError(f"{len(generator)} row generators for {num_samples} rows")
+    return torch.cat([torch.rand(1, generator=g) for g in generator])
+
+
 def sample_template_choices(
     num_samples: int,
     rate: float = DEFAULT_MODIFICATION_RATE,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     num_templates: int = len(MODIFICATION_TEMPLATES),
 ) -> torch.Tensor:
     """Per sample: a template index drawn uniformly (with probability `rate`), else `KEEP_CAPTION` (-1).
+
+    Args:
+        num_samples: rows of the batch.
+        rate: share of samples that get a template.
+        generator: one seeded `torch.Generator` for the batch, or a list of one per row (a row's choice then
+            depends on its own generator only, not on the other rows of its batch).
+        num_templates: templates to choose from.
 
     Returns:
         (num_samples,) long tensor with values in [-1, num_templates).
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"modification rate must be in [0, 1], got {rate}")
-    applied = torch.rand(num_samples, generator=generator) < rate
-    template = torch.randint(num_templates, (num_samples,), generator=generator)
+    applied = _uniform(num_samples, generator) < rate
+    template = (_uniform(num_samples, generator) * num_templates).long().clamp_max(num_templates - 1)
     return torch.where(applied, template, torch.full_like(template, KEEP_CAPTION))
 
 
@@ -416,28 +437,29 @@ class ImageAugmentation:
     # Max relative contrast change (0 = off): each image is scaled around its own mean by 1 +/- contrast.
     contrast: float = 0.0
 
-    def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, pixel_values: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Augment a batch of processed images.
 
         Args:
             pixel_values: (batch, channels, height, width).
-            generator: seeded `torch.Generator`.
+            generator: one seeded `torch.Generator` for the batch, or a list of one per row (a row's
+                augmentation then depends on its own generator only, not on the other rows of its batch).
 
         Returns:
             (batch, channels, height, width) augmented images.
         """
         batch = pixel_values.shape[0]
         low, high = self.crop_scale
-        area = low + (high - low) * torch.rand(batch, generator=generator)
+        area = low + (high - low) * _uniform(batch, generator)
         log_ratio = math.log(self.crop_ratio[0]) + (
             math.log(self.crop_ratio[1]) - math.log(self.crop_ratio[0])
-        ) * torch.rand(batch, generator=generator)
+        ) * _uniform(batch, generator)
         ratio = log_ratio.exp()
         scale_x = (area * ratio).sqrt().clamp(max=1.0)  # crop width / image width
         scale_y = (area / ratio).sqrt().clamp(max=1.0)
-        shift_x = (1 - scale_x) * (2 * torch.rand(batch, generator=generator) - 1)  # crop centre, in [-1, 1] units
-        shift_y = (1 - scale_y) * (2 * torch.rand(batch, generator=generator) - 1)
-        flip = torch.where(torch.rand(batch, generator=generator) < self.flip_probability, -1.0, 1.0)
+        shift_x = (1 - scale_x) * (2 * _uniform(batch, generator) - 1)  # crop centre, in [-1, 1] units
+        shift_y = (1 - scale_y) * (2 * _uniform(batch, generator) - 1)
+        flip = torch.where(_uniform(batch, generator) < self.flip_probability, -1.0, 1.0)
         theta = torch.zeros(batch, 2, 3)
         theta[:, 0, 0], theta[:, 0, 2] = scale_x * flip, shift_x
         theta[:, 1, 1], theta[:, 1, 2] = scale_y, shift_y
@@ -445,7 +467,7 @@ class ImageAugmentation:
         grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False)  # (batch, H, W, 2)
         out = F.grid_sample(pixel_values, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if self.contrast > 0:
-            factor = 1 + self.contrast * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
+            factor = 1 + self.contrast * (2 * _uniform(batch, generator).view(batch, 1, 1, 1) - 1)
             mean = out.mean(dim=(1, 2, 3), keepdim=True)
             out = mean + (out - mean) * factor.to(out.device, out.dtype)
         return out
