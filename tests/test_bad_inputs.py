@@ -774,6 +774,83 @@ def test_builders_survive_every_annotation_mutation(tmp_path, name):
     assert refused > 10
 
 
+def _archive_of(folder: Path, path: Path, prefix: str = "") -> Path:
+    """Pack every file under `folder` into a zip or tar archive at `path`, under `prefix`."""
+    import tarfile
+    import zipfile
+
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            for file in files:
+                archive.write(file, prefix + file.relative_to(folder).as_posix())
+    else:
+        with tarfile.open(path, "w:gz") as archive:
+            for file in files:
+                archive.add(file, prefix + file.relative_to(folder).as_posix())
+    return path
+
+
+@pytest.mark.parametrize("name,suffix,prefix", [("cirr", ".zip", ""), ("fashioniq", ".tar.gz", ""),
+                                                ("circo", ".zip", "unlabeled2017/"), ("mtcir", ".zip", "images/"),
+                                                ("pairs", ".tar.gz", "")])
+def test_builders_read_the_images_from_an_archive_in_place(tmp_path, name, suffix, prefix):
+    """`--images-dir` naming a zip or tar (as the sources ship them) builds what the extracted folder builds."""
+    from datasets import load_dataset
+
+    from collm_hf.data._build import BuildOptions
+
+    build, images, _ = BUILDERS[name](tmp_path)
+    archive = _archive_of(images, images.parent / f"{images.name}{suffix}", prefix)  # e.g. coco/unlabeled2017.zip
+    build(BuildOptions(output_dir=tmp_path / "from_folder", images_dir=images))
+    shutil.rmtree(images)  # nothing is extracted: the archive alone serves the build
+    build(BuildOptions(output_dir=tmp_path / "from_archive", images_dir=archive))
+    configs = [p.name for p in (tmp_path / "from_folder").iterdir() if p.is_dir()]
+    for config in configs:
+        for split in {f.name.split("-")[0] for f in (tmp_path / "from_folder" / config).glob("*.parquet")}:
+            folder_rows = load_dataset(str(tmp_path / "from_folder"), config, split=split).to_list()
+            archive_rows = load_dataset(str(tmp_path / "from_archive"), config, split=split).to_list()
+            assert archive_rows == folder_rows, (config, split)
+
+
+def test_missing_image_in_an_archive_is_named(tmp_path):
+    from collm_hf.data._build import BuildOptions, MissingImagesError
+
+    build, images, _ = make_pairs(tmp_path)
+    (images / "1.png").unlink()
+    (images / "2.png").write_bytes(b"not a png")
+    archive = _archive_of(images, tmp_path / "images.zip")
+    with pytest.raises(MissingImagesError, match=r"images\.zip::1\.png") as error:
+        build(BuildOptions(output_dir=tmp_path / "out", images_dir=archive))
+    assert set(error.value.problems) == {"1.png", "2.png"} and not (tmp_path / "out").exists()
+
+
+def test_cli_images_dir_takes_an_archive(tmp_path, capsys):
+    from collm_hf.apps.cli import main as collm_hf_main
+
+    _, images, _ = make_pairs(tmp_path)
+    archive = _archive_of(images, tmp_path / "images.tar.gz")
+    command = ["build-dataset", "pairs", "--source-dir", str(tmp_path / "pairs" / "captions.json"), "--output-dir"]
+    assert collm_hf_main(command + [str(tmp_path / "out"), "--images-dir", str(archive)]) == 0
+    (tmp_path / "notes.txt").write_text("not an archive")
+    assert collm_hf_main(command + [str(tmp_path / "out2"), "--images-dir", str(tmp_path / "notes.txt")]) == 2
+    assert capsys.readouterr().err.strip().endswith("notes.txt is neither a folder nor a zip or tar archive")
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_dataset_cards_name_their_license(tmp_path, name):
+    import yaml
+
+    from collm_hf.data._build import BuildOptions
+
+    build, images, _ = BUILDERS[name](tmp_path)
+    build(BuildOptions(output_dir=tmp_path / "out", images_dir=images, no_images=True))
+    metadata = yaml.safe_load((tmp_path / "out" / "README.md").read_text().split("---")[1])
+    assert metadata["license"]
+    if metadata["license"] == "other":  # the hub asks for both, and shows them as the license
+        assert metadata["license_name"] and metadata["license_link"].startswith("https://")
+
+
 def test_builder_refuses_image_paths_leaving_the_images_folder(tmp_path):
     from collm_hf.data._build import BuildOptions, DatasetBuildError
 

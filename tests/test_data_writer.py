@@ -139,6 +139,27 @@ def test_push_folder_to_hub_uses_the_client_it_is_given(tmp_path):
     assert [call[0] for call in api.calls] == ["create_repo", "upload_folder"] and api.calls[0][2]["private"] is True
 
 
+def test_large_folders_are_pushed_with_upload_large_folder(tmp_path):
+    class LargeFolderApi(FakeHfApi):
+        def upload_large_folder(self, **kwargs):
+            self.calls.append(("upload_large_folder", kwargs))
+
+    (tmp_path / "ds" / "pairs").mkdir(parents=True)
+    (tmp_path / "ds" / "pairs" / "train-00000-of-00001.parquet").write_bytes(b"x" * 3000)
+    (tmp_path / "ds" / "README.md").write_text("card")
+    api = LargeFolderApi()
+    push_folder_to_hub(tmp_path / "ds", "org/big", private=False, api=api, large_folder_bytes=2048)
+    assert api.calls == [("upload_large_folder", {"repo_id": "org/big", "folder_path": str(tmp_path / "ds"),
+                                                  "repo_type": "dataset", "private": False})]
+    api = LargeFolderApi()
+    push_folder_to_hub(tmp_path / "ds", "org/small", api=api)  # 3 KB: far below the default threshold
+    assert [call[0] for call in api.calls] == ["create_repo", "upload_folder"]
+    assert writer.folder_bytes(tmp_path / "ds") == 3004 and writer.LARGE_FOLDER_BYTES >= 2**30
+    api = FakeHfApi()  # a client without upload_large_folder: upload_folder batches and resumes by itself
+    push_folder_to_hub(tmp_path / "ds", "org/big", api=api, large_folder_bytes=2048)
+    assert [call[0] for call in api.calls] == ["create_repo", "upload_folder"]
+
+
 def test_build_script_push_to_hub_flag(tmp_path, png, hub):
     import importlib.util
     import json

@@ -3,11 +3,15 @@
 A build is: read the official annotation files -> check them (ids unique, targets in the gallery, every
 referenced image present and decodable) -> with `allow_missing`, drop the rows whose images are bad and
 record them -> stream rows through `write_dataset`. Nothing is written before the checks pass.
+
+The images come from a folder or, read in place, from one zip or tar archive (`utils.archives.ImageArchive`):
+e.g. LLaVA-Pretrain's `images.zip` or COCO's `unlabeled2017.zip`, as downloaded.
 """
 
 import dataclasses
 import json
 import os
+import posixpath
 from contextlib import contextmanager
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models.collm.image_io import ImageReadError, open_image
+from ..utils.archives import ArchiveMember, ImageArchive, UnsafeArchiveError
 
 # Image checks run in threads: PIL releases the GIL while decoding.
 DEFAULT_CHECK_WORKERS = min(8, os.cpu_count() or 1)
@@ -43,8 +48,9 @@ class BuildOptions:
 
     Args:
         output_dir: the finished dataset folder (written atomically).
-        images_dir: the image files, laid out as the annotations reference them. Required unless
-            `no_images`; with `no_images` it is optional and, if given, still used to check the images.
+        images_dir: the image files, laid out as the annotations reference them: a folder, or a zip / tar
+            archive read in place (nothing is extracted). Required unless `no_images`; with `no_images` it is
+            optional and, if given, still used to check the images.
         push_to_hub: a dataset repo id to upload the finished folder to.
         no_images: publish annotations only: image columns keep the relative path, no bytes
             (`local_images.attach_images` resolves them against a local folder at load time).
@@ -52,6 +58,8 @@ class BuildOptions:
         rows_per_shard: rows per Parquet file.
         check_workers: threads decoding images during validation.
         decode_check: fully decode every image during validation (not only check it exists).
+        archive_root: inside an archive `images_dir`, the folder the annotations' paths start from
+            (`choose_image_root` and the builders set it, e.g. "unlabeled2017").
     """
 
     output_dir: str | os.PathLike
@@ -64,18 +72,52 @@ class BuildOptions:
     decode_check: bool = True
     splits: list[str] | None = None  # build only these splits (default: every split found)
     extra_card: dict = field(default_factory=dict)
+    archive_root: str = ""
+    archive: ImageArchive | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.images_dir is None and not self.no_images:
             raise DatasetBuildError("an images folder is required (--images-dir), unless --no-images")
         if self.images_dir is not None:
             self.images_dir = Path(self.images_dir)
-            if not self.images_dir.is_dir():
+            if self.images_dir.is_file():
+                try:
+                    self.archive = ImageArchive(self.images_dir)
+                except UnsafeArchiveError as error:
+                    raise DatasetBuildError(f"images: {self.images_dir} is neither a folder nor a zip or tar "
+                                            "archive") from error
+            elif not self.images_dir.is_dir():
                 raise DatasetBuildError(f"images folder not found: {self.images_dir}")
 
     @property
     def check_images(self) -> bool:
         return self.images_dir is not None
+
+    def _member(self, relative: str) -> str:
+        return posixpath.join(self.archive_root, normalise_relative(relative)) if self.archive_root else str(relative)
+
+    def has_image(self, relative: str) -> bool:
+        """Whether the images folder (or archive) holds a file at `relative`."""
+        if self.archive is not None:
+            return self._member(relative) in self.archive
+        return is_file(Path(self.images_dir) / relative)
+
+    def open_image(self, relative: str):
+        """Decode the image at `relative` (`ImageReadError` naming it if it cannot be)."""
+        if self.archive is not None:
+            return self.archive.open_image(self._member(relative))
+        return open_image(Path(self.images_dir) / relative)
+
+    def within(self, folder: str) -> "BuildOptions":
+        """These options with the images' root moved down into `folder`, if the folder (archive) holds it."""
+        if self.archive is not None:
+            prefix = posixpath.join(self.archive_root, folder) + "/"
+            if any(name.startswith(prefix) for name in self.archive.names()):
+                return dataclasses.replace(self, archive_root=prefix.rstrip("/"))
+            return self
+        if self.images_dir is not None and (Path(self.images_dir) / folder).is_dir():
+            return dataclasses.replace(self, images_dir=Path(self.images_dir) / folder)
+        return self
 
     def image_value(self, relative: str):
         """The value of an image column for a file referenced as `relative` (posix, under `images_dir`)."""
@@ -83,6 +125,8 @@ class BuildOptions:
             raise DatasetBuildError(f"image path {relative!r} contains '..' and would leave the images folder")
         if self.no_images:
             return {"bytes": None, "path": relative}
+        if self.archive is not None:
+            return ArchiveMember(self.archive, self._member(relative))  # read when the writer embeds it
         return str(Path(self.images_dir) / relative)
 
 
@@ -179,19 +223,19 @@ def check_image_files(relative_paths: Iterable[str], options: BuildOptions) -> d
     paths = list(dict.fromkeys(relative_paths))
 
     def check(relative: str) -> str | None:
-        path = root / relative
+        path = f"{root}::{options._member(relative)}" if options.archive is not None else root / relative
         try:
             if ".." in str(relative).replace("\\", "/").split("/"):  # symlinks inside the folder are fine
                 return f"outside the images folder: '..' in {relative!r}"
-            if not path.is_file():
+            if not options.has_image(relative):
                 return f"missing ({path})"
         except (OSError, ValueError) as error:  # e.g. a name too long for the file system, a NUL byte
             return f"unusable path ({type(error).__name__}: {error})"
         if not options.decode_check:
             return None
         try:
-            open_image(path).close()
-        except ImageReadError as error:
+            options.open_image(relative).close()
+        except (ImageReadError, KeyError) as error:
             return f"cannot decode ({path}: {str(error).split(': ', 1)[-1]})"
         return None
 
@@ -223,8 +267,14 @@ def is_file(path) -> bool:
 def choose_image_root(options: BuildOptions, relative_paths: list[str], sample: int = 20) -> BuildOptions:
     """Return `options` with `images_dir` moved to whichever of `images_dir`, `images_dir/images`,
     `images_dir/..` holds the most of the first `sample` referenced files (LLaVA-Pretrain image paths are
-    written both with and without the leading `images/`)."""
+    written both with and without the leading `images/`); inside an archive, its root or its `images/` folder."""
     if options.images_dir is None or not relative_paths:
+        return options
+    if options.archive is not None:
+        probe = relative_paths[:sample]
+        inside = options.within("images")
+        if inside is not options and sum(map(inside.has_image, probe)) > sum(map(options.has_image, probe)):
+            return inside
         return options
     root = Path(options.images_dir)
     probe = relative_paths[:sample]

@@ -21,13 +21,21 @@ def render_card(features: dict[str, Features], split_files: dict[str, dict[str, 
         features: {config: Features}.
         split_files: {config: {split: [relative parquet paths]}}.
         split_counts: {config: {split: number of rows}}.
-        card: free fields (`pretty_name`, `license`, `citation`, `description`, `homepage`, `source`,
-            `extra`, `dropped`, `tags`, `task_categories`).
+        card: free fields (`pretty_name`, `license`, `license_name`, `license_link`, `citation`, `description`,
+            `homepage`, `source`, `extra`, `dropped`, `tags`, `task_categories`). `license: other` needs
+            `license_name` (a short lowercase id) and `license_link` (where the terms are), as the hub asks.
         marker: a YAML line that marks the folder as written by this package (so a rebuild may replace it).
     """
+    if card.get("license") == "other":
+        missing = [field for field in ("license_name", "license_link") if not card.get(field)]
+        if missing:
+            raise ValueError(f"a dataset card with license 'other' needs {' and '.join(missing)} "
+                             "(the hub shows them as the license)")
     data = DatasetCardData(
         pretty_name=card.get("pretty_name"),
         license=card.get("license"),
+        license_name=card.get("license_name"),
+        license_link=card.get("license_link"),
         tags=card.get("tags"),
         task_categories=card.get("task_categories", ["image-to-image", "text-to-image"]),
     )
@@ -77,7 +85,10 @@ def _markdown(split_counts: dict[str, dict[str, int]], card: dict) -> str:
             if len(items) > MAX_LISTED:
                 lines.append(f"  - ... and {len(items) - MAX_LISTED} more")
         lines.append("")
-    lines += ["## License", "", str(card.get("license") or "See the source's terms."), ""]
+    license_line = str(card.get("license") or "See the source's terms.")
+    if card.get("license_name"):
+        license_line = f"{card['license_name']}: {card.get('license_link', '')}".strip(": ")
+    lines += ["## License", "", license_line, ""]
     if card.get("citation"):
         lines += ["## Citation", "", "```bibtex", card["citation"].strip(), "```", ""]
     return "\n".join(lines)

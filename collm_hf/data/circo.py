@@ -16,7 +16,6 @@ relative_caption (the shared concept is its own column: whether to prepend it is
 split, `unlabeled2017`, shared by the val and test queries: every image of the image info file.
 """
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -111,8 +110,7 @@ def build_circo(source_dir: str | os.PathLike, options: BuildOptions,
     root = Path(source_dir)
     if not (root / "annotations").is_dir() and (root / "CIRCO" / "annotations").is_dir():
         root = root / "CIRCO"
-    if options.images_dir is not None and (Path(options.images_dir) / GALLERY_SPLIT).is_dir():
-        options = dataclasses.replace(options, images_dir=Path(options.images_dir) / GALLERY_SPLIT)
+    options = options.within(GALLERY_SPLIT)  # the COCO folder (or unlabeled2017.zip) holding unlabeled2017/
     gallery = read_image_info(image_info or default_image_info(options.images_dir, root))
     splits = options.splits or [split for split in SPLITS if (root / "annotations" / f"{split}.json").is_file()]
     if not splits:
@@ -148,7 +146,8 @@ def build_circo(source_dir: str | os.PathLike, options: BuildOptions,
     gallery_rows = ({"image_id": image_id, "image": options.image_value(file_name)}
                     for image_id, file_name in gallery.items() if image_id not in bad_ids)
     card = base_card(
-        options, pretty_name="CIRCO", license="other", citation=CITATION, source="https://github.com/miccunifi/CIRCO",
+        options, pretty_name="CIRCO", license="other", license_name="circo", citation=CITATION,
+        license_link="https://github.com/miccunifi/CIRCO", source="https://github.com/miccunifi/CIRCO",
         description=("Composed Image Retrieval on COmmon Objects in context: several ground truths per query. "
                      "`gallery` is one split, `unlabeled2017` (all of COCO 2017 unlabeled), shared by the val and "
                      "test queries. `target_ids` = gt_img_ids (target_img_id first; empty for test). "

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from ._build import (BuildOptions, DatasetBuildError, base_card, check_image_files, duplicates,
-                     expect_list_of_dicts, is_file, raise_problems, read_json, settle_missing)
+                     expect_list_of_dicts, raise_problems, read_json, settle_missing)
 from .refined import refined_rows
 from .schema import GALLERY_CONFIG, QUERIES_CONFIG, QUERIES_REFINED_CONFIG, benchmark_features
 from .text import join_fashioniq_captions
@@ -147,7 +147,8 @@ def build_fashioniq(source_dir: str | os.PathLike, options: BuildOptions,
         configs[QUERIES_REFINED_CONFIG] = {REFINED_SPLIT: kept}
         extra += [f"`queries_refined` (Refined-FashionIQ, CoLLM §4.2): {summary}", REFINED_NOTE]
     card = base_card(
-        options, pretty_name="Fashion-IQ", license="other", citation=CITATION,
+        options, pretty_name="Fashion-IQ", license="other", license_name="fashion-iq", citation=CITATION,
+        license_link="https://github.com/XiaoxiaoGuo/fashion-iq",
         source="https://github.com/XiaoxiaoGuo/fashion-iq",
         description=("Fashion-IQ (dress, shirt, toptee). One query per triplet; `modification_text` joins the two "
                      "captions the de-facto way (`f\"{c0.strip('.?, ').capitalize()} and {c1.strip('.?, ')}\"`), "
@@ -178,6 +179,6 @@ def _image_file(asin: str, options: BuildOptions) -> str:
     """`<asin>.png`, or the first of `.jpg` / `.jpeg` that exists; `<asin>.png` if none does (reported missing)."""
     if options.images_dir is not None:
         for extension in IMAGE_EXTENSIONS:
-            if is_file(Path(options.images_dir) / f"{asin}{extension}"):
+            if options.has_image(f"{asin}{extension}"):
                 return f"{asin}{extension}"
     return f"{asin}{IMAGE_EXTENSIONS[0]}"

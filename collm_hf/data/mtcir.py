@@ -136,7 +136,8 @@ def build_mtcir(source: str | os.PathLike, options: BuildOptions) -> Path:
     image_rows = ({"image_id": image_id, "image": options.image_value(image_id)}
                   for image_id in image_ids if image_id not in bad)
     card = base_card(
-        options, pretty_name="MTCIR", license="other", citation=CITATION,
+        options, pretty_name="MTCIR", license="other", license_name="mtcir", citation=CITATION,
+        license_link="https://huggingface.co/datasets/chuonghm/MT-CIR",
         source="https://huggingface.co/datasets/chuonghm/MT-CIR",
         description=("Multi-Text CIR (CoLLM §4.1): image pairs over LLaVA-558k images, several modification texts "
                      "per pair. `triplets` holds the pairs (`reference_id`, `target_id` = image ids, `modifications`); "

@@ -160,7 +160,7 @@ def build_pairs(captions: str | os.PathLike, options: BuildOptions) -> Path:
             yield {**pair, "image": options.image_value(pair["image"])}
 
     card = base_card(
-        options, pretty_name=f"Image-caption pairs ({path.name})", license="other",
+        options, pretty_name=f"Image-caption pairs ({path.name})", license="unknown",  # the sources' terms vary
         description=("Image-caption pairs for CoLLM pre-training with on-the-fly triplet synthesis (CoLLM §3.2). "
                      f"Built from `{path.name}`."),
         extra="Check the image sources' terms before re-hosting.", dropped={"pairs": lost} if bad else None,

@@ -38,6 +38,9 @@ from .schema import image_columns
 ROW_GROUP_ROWS = 100
 ROW_GROUP_BYTES = 64 * 1024 * 1024
 BUILD_MARKER = "collm_hf_dataset: true"
+# Datasets larger than this are pushed with `HfApi.upload_large_folder`: one commit of many GB is slow to retry
+# from scratch and can exceed the hub's limits on a single commit.
+LARGE_FOLDER_BYTES = 5 * 2**30
 
 
 class DatasetWriteError(ValueError):
@@ -65,15 +68,16 @@ def write_dataset(
             into place when complete. An existing folder is replaced only if it is empty or a previous
             build of this writer (and `overwrite`), never an unrelated folder.
         configs: {config_name: {split_name: rows}}; rows is any iterable of dicts (a generator is
-            streamed, never materialised). Image columns take a PIL image, raw encoded bytes, a file path
-            (its bytes are embedded), a `{"bytes", "path"}` dict, or None. A dict with `bytes=None`
+            streamed, never materialised). Image columns take a PIL image, raw encoded bytes, a file path or an
+            archive member (`utils.archives.ArchiveMember`; its bytes are embedded), a `{"bytes", "path"}` dict,
+            or None. A dict with `bytes=None`
             keeps only the path (annotation-only builds, see `local_images.attach_images`).
             Columns missing from a row are written as null; unknown columns are an error.
         features: {config_name: datasets.Features} for every config in `configs`.
         card: optional card fields: `pretty_name`, `license`, `citation`, `description`, `homepage`,
             `source`, `extra` (markdown), `dropped` ({reason: [items]} or a list of items), `tags`.
         rows_per_shard: rows per Parquet file.
-        push_to_hub: a dataset repo id; the finished folder is uploaded with `HfApi.upload_folder`.
+        push_to_hub: a dataset repo id; the finished folder is uploaded (`push_folder_to_hub`).
         overwrite: replace a previous build at `output_dir`.
 
     Returns:
@@ -119,15 +123,35 @@ def write_dataset(
     return output_dir
 
 
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Total size of the files under `folder`."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
 def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, token=None,
-                       api: HfApi | None = None) -> str:
+                       api: HfApi | None = None, large_folder_bytes: int = LARGE_FOLDER_BYTES) -> str:
     """Upload a finished dataset folder to the hub as a dataset repo (created if needed); return its URL.
 
-    `api` is the `HfApi` client to use (default: a new one with `token`)."""
+    A folder over `large_folder_bytes` goes through `HfApi.upload_large_folder` (many small resumable commits,
+    several workers; rerunning after an interruption skips what was uploaded; its progress is kept in
+    `<folder>/.cache/huggingface/`). huggingface_hub releases that no longer have it make `upload_folder` do the
+    same (with `hf_xet`, the default: batched commits, resumed by rerunning), so it is used there.
+
+    Args:
+        folder: the dataset folder (as `write_dataset` leaves it).
+        repo_id: the dataset repo.
+        private: the visibility of a repo created here (None: the account's default).
+        token: for the `HfApi` made here.
+        api: the `HfApi` client to use (default: a new one with `token`).
+        large_folder_bytes: the size above which the large-folder upload is used.
+    """
     api = api or HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
-                      commit_message="Upload dataset built with collm_hf.data")
+    if folder_bytes(folder) > large_folder_bytes and hasattr(api, "upload_large_folder"):
+        api.upload_large_folder(repo_id=repo_id, folder_path=str(folder), repo_type="dataset", private=private)
+    else:
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
+                          commit_message="Upload dataset built with collm_hf.data")
     return f"https://huggingface.co/datasets/{repo_id}"
 
 
@@ -204,11 +228,11 @@ def _encode_image(value, where: str) -> dict | None:
     """PIL image / bytes / file path / {"bytes", "path"} dict -> the Image storage struct with bytes embedded."""
     if value is None:
         return None
-    if isinstance(value, (str, os.PathLike)):
-        path = Path(value)
+    if isinstance(value, (str, os.PathLike)) or hasattr(value, "read_bytes"):  # a file, or an archive member
+        path = Path(value) if isinstance(value, (str, os.PathLike)) else value
         try:
             return {"bytes": path.read_bytes(), "path": path.name}
-        except OSError as error:
+        except (OSError, KeyError, ValueError) as error:
             raise DatasetWriteError(f"{where}: cannot read image file {path} ({error})") from error
     if isinstance(value, (bytes, bytearray)):
         return {"bytes": bytes(value), "path": None}

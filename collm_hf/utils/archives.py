@@ -329,4 +329,23 @@ class ImageArchive:
         self._handle, self._members, self._lock = None, None, threading.Lock()
 
 
-__all__ = ["ImageArchive", "UnsafeArchiveError", "check_member_name", "safe_extract", "MAX_MEMBER_BYTES"]
+class ArchiveMember:
+    """One file of an `ImageArchive`, read when needed: `read_bytes()` and `name` as a `pathlib.Path` offers them,
+    so that a dataset writer embeds it like an image file on disk without holding the bytes before then."""
+
+    def __init__(self, archive: ImageArchive, member: str):
+        self.archive, self.member = archive, member
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(_key(self.member))
+
+    def read_bytes(self) -> bytes:
+        return self.archive.read_bytes(self.member)
+
+    def __repr__(self) -> str:
+        return f"{self.archive.path}::{self.member}"
+
+
+__all__ = ["ArchiveMember", "ImageArchive", "UnsafeArchiveError", "check_member_name", "safe_extract",
+           "MAX_MEMBER_BYTES"]

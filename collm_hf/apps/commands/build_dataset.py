@@ -30,8 +30,9 @@ def add_build_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "pairs": "the captions file (.json LLaVA-558k shape, .jsonl, .csv, .tsv) or the folder holding it",
     }.get(name, "the folder with the official annotation files, in the official layout")
     parser.add_argument("--source-dir", "--captions", dest="source_dir", required=True, help=source_help)
-    parser.add_argument("--images-dir", help="the images, laid out as the annotations reference them "
-                        "(optional with --no-images: if given, images are still checked)")
+    parser.add_argument("--images-dir", help="the images, laid out as the annotations reference them: a folder, or "
+                        "a zip / tar archive read in place (optional with --no-images: if given, images are still "
+                        "checked)")
     parser.add_argument("--output-dir", required=True, help="the dataset folder to create (written atomically)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the finished folder as this dataset repo")
     parser.add_argument("--no-images", action="store_true",
@@ -88,7 +89,7 @@ def build_main(name: str, argv=None) -> int:
 
 def _run(name: str, args: argparse.Namespace) -> int:
     require_path(args.source_dir, "--source-dir")
-    for option, value, kind in (("--images-dir", args.images_dir, "folder"),
+    for option, value, kind in (("--images-dir", args.images_dir, None),  # a folder or an archive
                                 ("--refined", getattr(args, "refined", None), "file"),
                                 ("--image-info", getattr(args, "image_info", None), "file")):
         if value is not None:
