@@ -82,6 +82,17 @@ def test_the_module_paths_exist_in_the_pinned_sentence_transformers():
     assert re.search(r'"sentence-transformers>=([6-9]|\d\d)', pyproject), "the files use sentence-transformers 6 paths"
 
 
+def test_the_training_and_quickstart_writers_save_sentence_transformer_folders(tmp_path, tiny_model_and_processor):
+    from collm_hf.apps.quickstart.run import _save_atomically
+    from collm_hf.training.trainer import write_trained
+
+    model, processor = tiny_model_and_processor
+    write_trained(model, str(tmp_path / "trained"), processor)
+    _save_atomically(model, processor, tmp_path / "quickstart")
+    for folder in (tmp_path / "trained", tmp_path / "quickstart"):
+        assert all((folder / name).is_file() for name in FILES), folder
+
+
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         write_sentence_transformers_config(tmp_path)
