@@ -15,9 +15,12 @@ Examples:
 
 Every `TrainingArguments` option is accepted (`train_collm.py pairs --help` lists them all), or one JSON file
 with all options (`train_collm.py pairs options.json`); `--model` / `--dataset` are short for
-`--model_name_or_path` / `--dataset_name_or_path`. `accelerate launch` works the same way; so does
-`collm-hf train ...` (`collm_hf.apps.commands.train`). A missing input or a bad option prints one line and exits
-with status 2; `train_collm.py --debug pairs ...` shows the traceback.
+`--model_name_or_path` / `--dataset_name_or_path`. `accelerate launch --multi_gpu --num_processes N` works the same
+way (without `--multi_gpu` it starts one process on a machine without GPUs; on CPUs add `--use_cpu True`); so does
+`collm-hf train ...` (`collm_hf.apps.commands.train`). N processes with per-device batch b train what one process
+with batch N x b trains; `--fsdp "full_shard auto_wrap"` or a ZeRO-3 `--deepspeed` config shards the parameters
+(docs/training.md). A missing input or a bad option prints one line and exits with status 2;
+`train_collm.py --debug pairs ...` shows the traceback.
 """
 
 import sys
