@@ -1,4 +1,4 @@
-"""A saved tiny CoLLM and a 4-row triplet dataset, and trainers built from training-command options."""
+"""Tiny training inputs: a saved tiny CoLLM, a 4-row triplet dataset, a triplet batch, and trainers built from options."""
 
 import datasets
 import numpy as np
@@ -29,6 +29,16 @@ def write_triplet_data(folder):
     for name, table in tables.items():
         (folder / name).mkdir(parents=True)
         table.to_parquet(folder / name / "train.parquet")
+
+
+def triplet_batch(processor):
+    """A 4-triplet batch of `CoLLMTripletCollator` over random images."""
+    from collm_hf.training.collators import CoLLMTripletCollator
+
+    rng = np.random.default_rng(0)
+    images = {str(i): Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)) for i in range(4)}
+    rows = [{"reference_id": str(i), "target_id": str((i + 1) % 4), "modifications": [f"make it red {i}"]} for i in range(4)]
+    return CoLLMTripletCollator(processor, images=images)(rows)
 
 
 def trainer_from_options(workspace, output_dir, *extra):

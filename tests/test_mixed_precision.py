@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from _tiny_training import trainer_from_options, write_workspace
+from _tiny_training import trainer_from_options, triplet_batch, write_workspace
 
 from collm_hf.models.collm.losses import ContrastiveLossConfig, contrastive_loss
 from collm_hf.training.gradient_cache import GradCacheTrainer
@@ -66,3 +66,13 @@ def test_loss_is_fp32_under_autocast():
         assert half.dtype == torch.float32
         torch.testing.assert_close(half, contrastive_loss(queries.bfloat16().float(), targets.bfloat16().float(),
                                                           scale.bfloat16().float(), config=config))
+
+
+def test_model_logits_and_loss_are_fp32_under_autocast(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**triplet_batch(processor))
+    assert out.query_embeds.dtype == torch.bfloat16  # the towers ran under autocast
+    assert out.loss.dtype == torch.float32 and out.logits_per_query.dtype == torch.float32
+    expected = model.logit_scale.exp() * out.query_embeds.float() @ out.target_embeds.float().t()
+    torch.testing.assert_close(out.logits_per_query, expected)

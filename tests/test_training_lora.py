@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from _tiny_training import triplet_batch
 from PIL import Image
 
-from collm_hf.training.collators import CoLLMTripletCollator
 from collm_hf.training.lora import (
     LoraArguments,
     apply_lora,
@@ -18,13 +18,6 @@ from collm_hf.training.lora import (
     merge_lora,
     quantization_config,
 )
-
-
-def triplet_batch(processor):
-    rng = np.random.default_rng(0)
-    images = {str(i): Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)) for i in range(4)}
-    rows = [{"reference_id": str(i), "target_id": str((i + 1) % 4), "modifications": [f"make it red {i}"]} for i in range(4)]
-    return CoLLMTripletCollator(processor, images=images)(rows)
 
 
 def test_targets_defaults_and_trainable_set(tiny_model_and_processor):

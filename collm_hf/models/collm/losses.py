@@ -227,6 +227,18 @@ def full_precision(loss_fn):
     return wrapper
 
 
+@full_precision
+def similarity_logits(query_embeds: torch.Tensor, target_embeds: torch.Tensor, logit_scale) -> torch.Tensor:
+    """(queries, targets) similarities scaled by `exp(logit_scale)`, in fp32 whatever the inputs' precision or autocast.
+
+    Example:
+        >>> q = F.normalize(torch.randn(2, 8), dim=-1).bfloat16()
+        >>> similarity_logits(q, q, torch.tensor(0.0)).dtype
+        torch.float32
+    """
+    return logit_scale.exp() * query_embeds @ target_embeds.t()
+
+
 def _scaled_logits(query_embeds, target_embeds, logit_scale) -> torch.Tensor:
     scale = (
         logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
@@ -420,6 +432,7 @@ __all__ = [
     "gather_rows",
     "hn_nce_loss",
     "info_nce_loss",
+    "similarity_logits",
     "with_extra_negatives",
     "world_size",
 ]

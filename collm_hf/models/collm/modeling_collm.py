@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 from .configuration_collm import CoLLMConfig
 from .image_adapter import CoLLMImageAdapter
 from .input_checks import check_embeds, check_pixel_values, check_query_tokens
-from .losses import contrastive_loss, distinct_rows
+from .losses import contrastive_loss, distinct_rows, similarity_logits
 from .synthesis import concat_padded_queries, synthesize_composed_queries
 from .vision_families import build_vision_projection, build_vision_tower, load_pretrained_vision, pool_vision_output
 
@@ -365,13 +365,13 @@ class CoLLMModel(CoLLMPreTrainedModel):
         groups = query_embeds.chunk(inputs.num_groups)  # each (batch, dim); the last is the composed query
         target_embeds, logits, loss = inputs.target_embeds, None, None
         if target_embeds is not None:
-            target_embeds = target_embeds.to(query_embeds.device, query_embeds.dtype)
-            logits = self.logit_scale.exp() * groups[-1] @ target_embeds.t()  # (batch, batch)
+            target_embeds = target_embeds.to(query_embeds.device)  # the loss and the logits run in fp32
+            logits = similarity_logits(groups[-1], target_embeds, self.logit_scale)  # (batch, batch)
             if return_loss:
                 config = self.config.contrastive_loss
                 extra = None
                 if config.reference_negatives and inputs.num_groups == 1 and inputs.image_embeds is not None:
-                    extra = distinct_rows(inputs.image_embeds).to(query_embeds.device, query_embeds.dtype)
+                    extra = distinct_rows(inputs.image_embeds).to(query_embeds.device)
                 keys = (inputs.query_keys, inputs.target_query_keys) if inputs.num_groups == 1 else (None, None)
                 losses = [contrastive_loss(q, target_embeds, self.logit_scale, inputs.target_image_ids, config, extra, *keys)
                           for q in groups]
