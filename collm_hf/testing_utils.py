@@ -29,6 +29,19 @@ VISION_CONFIGS = {
                "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
     "blip": {"model_type": "blip_vision_model", "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
              "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+    # Towers without a retrieval head (the "generic" family): transformers, CNNs, a hierarchical transformer.
+    "vit": {"model_type": "vit", "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+    "dinov2": {"model_type": "dinov2", "hidden_size": 32, "mlp_ratio": 2, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+    "convnext": {"model_type": "convnext", "hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2,
+                 "image_size": 32},
+    "resnet": {"model_type": "resnet", "embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1],
+               "layer_type": "basic"},
+    "mobilenet_v2": {"model_type": "mobilenet_v2", "depth_multiplier": 0.25, "finegrained_output": False,
+                     "image_size": 32},
+    "swin": {"model_type": "swin", "embed_dim": 16, "depths": [1, 1], "num_heads": [2, 2], "window_size": 2,
+             "image_size": 32, "patch_size": 4},
 }
 
 TEXT_CONFIGS = {

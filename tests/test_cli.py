@@ -163,6 +163,7 @@ SCRIPTS = {
     "examples/train_collm.py": ["pairs", "--model", "{missing}", "--dataset", "{tmp}", "--output_dir", "{out}"],
     "examples/push_to_hub.py": ["--model", "{missing}", "--repo-id", "me/x", "--dry-run", "{out}"],
     "examples/convert_smollm2.py": ["--gguf", "{missing}", "--output-dir", "{out}"],
+    "examples/convert_mobilenet_v2.py": ["--weights", "{missing}", "--output-dir", "{out}"],
     "examples/diagnose_quickstart.py": ["--run-dir", "{missing}"],
     **{f"dataset_scripts/build_{name}.py": ["--source-dir", "{missing}", "--output-dir", "{out}", "--no-images"]
        for name in BUILDERS},

@@ -32,8 +32,9 @@ def test_sub_configs_as_objects_and_dicts_round_trip(tmp_path):
 
 
 def test_unknown_vision_tower_is_a_clear_error():
-    with pytest.raises(ValueError, match="Unsupported vision tower model_type 'vit'"):
-        CoLLMConfig(vision_config={"model_type": "vit", "hidden_size": 32})
+    # any transformers vision model is a tower (tests/test_vision_backbones.py); a text model is not
+    with pytest.raises(ValueError, match="Unsupported vision tower model_type 'bert'"):
+        CoLLMConfig(vision_config={"model_type": "bert", "hidden_size": 32})
 
 
 def test_bad_options_rejected():

@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from collm_hf import CoLLMModel, CoLLMProcessor
+from collm_hf.models.collm.vision_families import gallery_embedding_rule
 from collm_hf.testing_utils import tiny_image_processor, tiny_tokenizer
 
 VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
@@ -43,6 +44,9 @@ def _source_image_features(source, family, pixel_values):
         return torch.nn.functional.normalize(source.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
 
 
+RULES = {"clip": "clip:pooler+projection", "siglip": "siglip:pooler", "blip": "blip:cls+projection"}
+
+
 @pytest.fixture(scope="module")
 def llm_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("llms")
@@ -59,6 +63,8 @@ def test_gallery_equals_source_image_features_and_llm_is_bit_exact(tmp_path, llm
     source.save_pretrained(tmp_path / family)
     model = CoLLMModel.from_backbones(str(tmp_path / family), str(llm_checkpoints / llm), adapter_type="linear").eval()
     assert model.config.vision_family == family and model.config.adapter_type == "linear"
+    # each family keeps its own retrieval feature (other towers: tests/test_vision_backbones.py)
+    assert gallery_embedding_rule(model.config) == RULES[family]
     pixel_values = torch.randn(3, 3, 32, 32)
     expected = _source_image_features(source, family, pixel_values)
     with torch.no_grad():
@@ -93,7 +99,7 @@ def test_processor_from_backbones(tmp_path, llm_checkpoints):
 
 
 def test_unsupported_vision_checkpoint_is_clear(tmp_path, llm_checkpoints):
-    with pytest.raises(ValueError, match="supported vision checkpoints"):
+    with pytest.raises(ValueError, match="'llama', which is not a vision model; supported vision checkpoints"):
         CoLLMModel.from_backbones(str(llm_checkpoints / "llama"), str(llm_checkpoints / "llama"))
 
 

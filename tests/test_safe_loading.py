@@ -331,8 +331,8 @@ def test_vision_backbone_pickle_only_is_refused_unless_opted_in(tmp_path):
     torch.save(state, tmp_path / "clip" / "pytorch_model.bin")
     with pytest.raises(OSError, match="safetensors"):
         load_pretrained_vision(str(tmp_path / "clip"))
-    tower, projection, family, dim = load_pretrained_vision(str(tmp_path / "clip"), use_safetensors=None)
-    assert family == "clip" and dim == 24
+    vision = load_pretrained_vision(str(tmp_path / "clip"), use_safetensors=None)
+    assert vision.family == "clip" and vision.projection_dim == 24
 
 
 @pytest.mark.parametrize("name", ["tokenizer.json", "processor_config.json", "tokenizer_config.json"])

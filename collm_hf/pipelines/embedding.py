@@ -1,9 +1,9 @@
 """Image embeddings for the data pipelines, from any vision tower the package knows.
 
 `ImageEmbedder.from_pretrained(path)` accepts either a CoLLM folder (its gallery embedding
-`CoLLMModel.get_image_embeds` is used) or a vision checkpoint (CLIP, SigLIP, BLIP; full or vision-only,
-through `vision_families.load_pretrained_vision`). Both give the L2-normalised embedding the family defines
-for retrieval (`collm_hf.models.collm.vision_families`), so similarity windows mean the same as in the paper for CLIP.
+`CoLLMModel.get_image_embeds` is used) or a vision checkpoint (CLIP, SigLIP, BLIP, full or vision-only, or any other
+transformers vision model, through `vision_families.load_pretrained_vision`). Both give the L2-normalised gallery
+embedding of `collm_hf.models.collm.vision_families`, so similarity windows mean the same as in the paper for CLIP.
 """
 
 import hashlib
@@ -75,11 +75,11 @@ class ImageEmbedder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, batch_size: int = 32, device: str | None = None) -> "ImageEmbedder":
-        """Load a CoLLM folder or a CLIP / SigLIP / BLIP checkpoint (model id or local path)."""
+        """Load a CoLLM folder or a vision checkpoint (model id or local path) with its image processor."""
         from transformers import AutoConfig, AutoImageProcessor
 
         from .. import CoLLMModel, CoLLMProcessor
-        from ..models.collm.vision_families import load_pretrained_vision, pool_vision_output
+        from ..models.collm.vision_families import load_pretrained_vision, pool_vision_output, vision_tower_outputs
 
         name_or_path = str(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path)
@@ -89,22 +89,20 @@ class ImageEmbedder:
                 model.to(device)
             processor = CoLLMProcessor.from_pretrained(name_or_path)
             return cls.from_model(model, processor, batch_size, name_or_path)
-        tower, projection, family, _ = load_pretrained_vision(name_or_path)
-        tower.eval()
+        vision = load_pretrained_vision(name_or_path)
+        tower, projection = vision.tower.eval(), vision.projection
         if device:
             tower.to(device)
             projection = projection.to(device) if projection is not None else None
 
         def embed_pixels(pixel_values: torch.Tensor) -> torch.Tensor:
-            parameter = next(tower.parameters())
-            outputs = tower(pixel_values=pixel_values.to(parameter.device, parameter.dtype))
-            pooled = pool_vision_output(family, outputs)  # (batch, hidden)
+            pooled = pool_vision_output(vision.pooling, vision_tower_outputs(tower, pixel_values))  # (batch, hidden)
             if projection is not None:
                 pooled = projection(pooled)  # (batch, dim)
             return F.normalize(pooled, dim=-1)
 
         return cls(embed_pixels, AutoImageProcessor.from_pretrained(name_or_path), batch_size, name_or_path,
-                   modules=(tower, projection), rule=type(tower).__name__)
+                   modules=(tower, projection), rule=vision.rule)
 
     @torch.inference_mode()
     def embed(self, images: Iterable, total: int | None = None, progress: bool = False) -> torch.Tensor:

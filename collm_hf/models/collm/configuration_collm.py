@@ -3,8 +3,9 @@
 Like `LlavaConfig`, a `CoLLMConfig` holds two sub-configs, each given as a dict (with `model_type`) or a
 config object:
 
-- `vision_config`: any vision tower that yields an image embedding (CLIP, SigLIP, BLIP vision towers);
-  its *family* (see `vision_families.py`) decides which embedding is the gallery embedding.
+- `vision_config`: any vision tower of transformers: CLIP, SigLIP and BLIP towers give their own retrieval
+  feature as the gallery embedding; any other (DINOv2, ViT, ConvNeXt, ResNet, Swin, ...) a pooled feature, by the
+  one rule of `vision_families.py` (`vision_pooling`).
 - `text_config`: any decoder LLM (Llama, Qwen2, Mistral, ...) or a text encoder (BERT).
 
 The defaults of both sub-configs are deliberately tiny (a 2-layer CLIP vision tower and a 2-layer Llama):
@@ -20,7 +21,7 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
 from .losses import ContrastiveLossConfig
-from .vision_families import resolve_vision_family, vision_embedding_size
+from .vision_families import resolve_gallery_pooling, resolve_vision_family, vision_embedding_size
 
 # The paper's prompt (CoLLM §7.2). `{image}` and `{text}` mark where the two query parts go; a missing
 # modality's part is dropped (text-only and image-only queries).
@@ -37,9 +38,15 @@ class CoLLMConfig(PreTrainedConfig):
     Args:
         vision_config (`dict` or `PreTrainedConfig`): the vision tower `f`.
         text_config (`dict` or `PreTrainedConfig`): the language model `Φ`.
-        vision_family (`str`, *optional*): "clip", "siglip" or "blip"; inferred from `vision_config`.
+        vision_family (`str`, *optional*): "clip", "siglip", "blip", or "generic" for any other vision tower;
+            inferred from `vision_config`.
         vision_projection_dim (`int`, *optional*): size of the tower's own projection (CLIP `projection_dim`,
-            BLIP `image_text_hidden_size`); inferred from the family. SigLIP has none.
+            BLIP `image_text_hidden_size`); inferred from the family. SigLIP and generic towers have none.
+        vision_pooling (`str`, *optional*): how a generic tower's output becomes the gallery embedding: "pooler",
+            "cls", "mean", or "auto" (None): pooler output, else class token, else mean of the last hidden state
+            (`vision_families.resolve_gallery_pooling`). Replaced by the effective choice; CLIP, SigLIP and BLIP
+            record their own.
+        vision_feature_dim (`int`, *optional*): size of the pooled feature before any projection; inferred.
         num_visual_tokens (`int`, defaults to 1): tokens the image occupies in the LLM input.
         adapter_type (`str`, defaults to "mlp"): the image adapter `g`.
         pooling (`str`, defaults to "last"): how the LLM's hidden states become one vector.
@@ -95,6 +102,11 @@ class CoLLMConfig(PreTrainedConfig):
     vision_family: str | None = None
     # Output size of the tower's own projection layer (CLIP projection_dim, BLIP image_text_hidden_size).
     vision_projection_dim: int | None = None
+    # Towers without a retrieval head: which output is pooled into the gallery embedding ("auto" = pooler output,
+    # else class token, else mean); recorded as the effective choice, so a saved model reloads with the same rule.
+    vision_pooling: Literal["auto", "pooler", "cls", "mean"] | None = None
+    # Size of that pooled feature (the gallery embedding where the tower has no projection); inferred from the tower.
+    vision_feature_dim: int | None = None
     # The paper feeds a single visual token (§3.1); >1 maps the image embedding to several tokens (an extension).
     num_visual_tokens: int = 1
     # The paper does not give the adapter; a 2-layer MLP (as LLaVA-1.5) is the default, "linear" the cheap one.
@@ -128,6 +140,9 @@ class CoLLMConfig(PreTrainedConfig):
             self.vision_family = resolve_vision_family(self.vision_config)
         if self.vision_projection_dim is None:
             self.vision_projection_dim = vision_embedding_size(self.vision_family, self.vision_config, projected=True)
+        if self.vision_pooling in (None, "auto") or self.vision_feature_dim is None:
+            self.vision_pooling, self.vision_feature_dim = resolve_gallery_pooling(
+                self.vision_config, self.vision_family, self.vision_pooling)
         if self.projection_dim is None:
             self.projection_dim = self.image_embedding_size
         if self.num_visual_tokens < 1:
@@ -157,8 +172,8 @@ class CoLLMConfig(PreTrainedConfig):
 
     @property
     def image_embedding_size(self) -> int:
-        """Size of the gallery embedding `f(v)` (the tower's projection, or its hidden size)."""
-        return self.vision_projection_dim or self.vision_config.hidden_size
+        """Size of the gallery embedding `f(v)` (the tower's projection, or its pooled feature)."""
+        return self.vision_projection_dim or self.vision_feature_dim
 
 
 def _with_loss_section(config_dict: dict) -> dict:

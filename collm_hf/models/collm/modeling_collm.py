@@ -4,7 +4,7 @@
     target z = f(v_target)                                          (get_image_embeds)
 
 Both are L2-normalised; retrieval ranks the gallery by cosine similarity. The towers are built from the
-sub-configs (`AutoModel.from_config`), never copied, so any CLIP/SigLIP/BLIP tower and any decoder LLM plug in.
+sub-configs (`AutoModel.from_config`), never copied, so any transformers vision tower and any decoder LLM plug in.
 """
 
 from dataclasses import dataclass
@@ -21,7 +21,8 @@ from .image_adapter import CoLLMImageAdapter
 from .input_checks import check_embeds, check_pixel_values, check_query_tokens
 from .losses import contrastive_loss, distinct_rows, similarity_logits
 from .synthesis import concat_padded_queries, synthesize_composed_queries
-from .vision_families import build_vision_projection, build_vision_tower, load_pretrained_vision, pool_vision_output
+from .vision_families import build_vision_projection, build_vision_tower, load_pretrained_vision
+from .vision_families import pool_vision_output, vision_tower_outputs
 
 
 @dataclass
@@ -104,7 +105,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
         super().__init__(config)
         self.vision_tower = build_vision_tower(config.vision_config)
         self.vision_projection = build_vision_projection(
-            config.vision_family, config.vision_config.hidden_size, config.vision_projection_dim
+            config.vision_family, config.vision_feature_dim, config.vision_projection_dim
         )
         self.language_model = AutoModel.from_config(config.text_config)
         self._build_new_modules()
@@ -127,6 +128,13 @@ class CoLLMModel(CoLLMPreTrainedModel):
             if module is not None:
                 module.requires_grad_(trainable)
         self.logit_scale.requires_grad_(self.config.learnable_logit_scale)
+
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, but a frozen vision tower stays in eval mode (batch-norm statistics, dropout), so
+        training leaves its gallery embeddings unchanged."""
+        super().train(mode)
+        self.vision_tower.train(mode and not self.config.freeze_vision_tower)
+        return self
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_pickle: bool = False, **kwargs):
@@ -163,8 +171,13 @@ class CoLLMModel(CoLLMPreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------
     # Gallery side: f(v)
     # ----------------------------------------------------------------------------------------------------------
+    def get_vision_outputs(self, pixel_values: torch.Tensor):
+        """The tower's raw outputs: patch / grid features `last_hidden_state` (`vision_families.vision_tower_outputs`)."""
+        check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", 3))
+        return vision_tower_outputs(self.vision_tower, pixel_values)
+
     def get_image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Gallery / target embeddings `f(v)`, as the vision family defines them (`vision_families.py`).
+        """Gallery / target embeddings `f(v)`, by the rule of `vision_families.py` (`config.vision_pooling`).
 
         Args:
             pixel_values: (batch, channels, height, width) from the processor.
@@ -172,15 +185,9 @@ class CoLLMModel(CoLLMPreTrainedModel):
         Returns:
             (batch, dim) L2-normalised image embeddings.
         """
-        check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", 3))
-        tower_params = list(self.vision_tower.parameters())
-        track_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tower_params)
-        with torch.set_grad_enabled(track_grad):
-            pixel_values = pixel_values.to(device=tower_params[0].device, dtype=tower_params[0].dtype)
-            outputs = self.vision_tower(pixel_values=pixel_values)
-            pooled = pool_vision_output(self.config.vision_family, outputs)  # (batch, hidden)
-            if self.vision_projection is not None:
-                pooled = self.vision_projection(pooled)  # (batch, dim)
+        pooled = pool_vision_output(self.config.vision_pooling, self.get_vision_outputs(pixel_values))  # (batch, hidden)
+        if self.vision_projection is not None:
+            pooled = self.vision_projection(pooled)  # (batch, dim)
         return F.normalize(pooled, dim=-1)
 
     def embed_distinct_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -446,38 +453,39 @@ class CoLLMModel(CoLLMPreTrainedModel):
     ) -> "CoLLMModel":
         """Compose a CoLLM from a pretrained vision checkpoint and a pretrained LLM checkpoint.
 
-        The tower keeps its own projection, so gallery embeddings equal the source model's image features
-        (e.g. `CLIPModel.get_image_features`). A `*ForCausalLM` checkpoint loads into the base LLM (its LM
-        head is dropped). Only the adapter, the projection and the logit scale are newly initialised.
+        CLIP / SigLIP / BLIP keep their projection (gallery = e.g. `CLIPModel.get_image_features`); other towers give
+        a pooled feature (`vision_pooling`, `vision_families.py`). A `*ForCausalLM` / `*ForImageClassification`
+        checkpoint loads into its base model. Only the adapter, projection and logit scale are new.
 
         Args:
-            vision_name_or_path: a full CLIP/SigLIP/BLIP checkpoint (or a vision-only one with projection).
+            vision_name_or_path: a CLIP/SigLIP/BLIP checkpoint, or any transformers vision checkpoint (DINOv2, ViT, ...).
             llm_name_or_path: a decoder LLM (or text encoder) checkpoint.
             dtype: dtype for both towers and the new modules.
             vision_kwargs / llm_kwargs: extra `from_pretrained` keyword arguments per tower. Both towers are read
                 from safetensors only; pass `{"use_safetensors": None}` to allow pickle checkpoints you trust.
-            **options: `CoLLMConfig` options (adapter_type, pooling, num_visual_tokens, ...).
+            **options: `CoLLMConfig` options (adapter_type, pooling, num_visual_tokens, vision_pooling, ...).
 
         Example:
             `CoLLMModel.from_backbones("openai/clip-vit-large-patch14", "Salesforce/SFR-Embedding-2_R")`
         """
         dtype_kwargs = {"dtype": dtype} if dtype is not None else {"dtype": torch.float32}
-        tower, vision_projection, family, projection_dim = load_pretrained_vision(
-            vision_name_or_path, **dtype_kwargs, **(vision_kwargs or {})
-        )
+        vision = load_pretrained_vision(vision_name_or_path, pooling=options.pop("vision_pooling", None),
+                                        **dtype_kwargs, **(vision_kwargs or {}))
         llm_kwargs = {"use_safetensors": True, **(llm_kwargs or {})}  # pickle checkpoints can run code when loaded
         language_model = AutoModel.from_pretrained(llm_name_or_path, **dtype_kwargs, **llm_kwargs)
         config = CoLLMConfig(
-            vision_config=tower.config,
+            vision_config=vision.tower.config,
             text_config=language_model.config,
-            vision_family=family,
-            vision_projection_dim=projection_dim,
+            vision_family=vision.family,
+            vision_projection_dim=vision.projection_dim,
+            vision_pooling=vision.pooling,
+            vision_feature_dim=vision.feature_dim,
             **options,
         )
         with torch.device("meta"):  # no wasted random init of the two towers
             model = cls(config)
-        model.vision_tower, model.vision_projection, model.language_model = tower, vision_projection, language_model
-        tower.config, language_model.config = config.vision_config, config.text_config
+        model.vision_tower, model.vision_projection, model.language_model = vision.tower, vision.projection, language_model
+        vision.tower.config, language_model.config = config.vision_config, config.text_config
         model._build_new_modules()
         for module in (model.adapter, model.projection):
             module.apply(model._init_weights)
