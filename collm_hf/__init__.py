@@ -45,6 +45,7 @@ _LAZY = {
     "CoLLMPairCollator": "training.collators",
     "CoLLMTripletCollator": "training.collators",
     "ImageTable": "training.collators",
+    "ParquetImageTable": "training.collators",
     "CoLLMTrainer": "training.trainer",
     "GradCacheTrainer": "training.gradient_cache",
     "LLMModificationWriter": "training.llm_synthesis",

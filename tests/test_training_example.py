@@ -59,6 +59,8 @@ def test_pairs_then_triplets_save_reload_resume(workspace):
     assert (pairs_dir / "checkpoint-2").is_dir() and (pairs_dir / "lora_adapter" / "adapter_config.json").exists()
     state = json.loads((pairs_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and all(np.isfinite(log["loss"]) for log in state["log_history"] if "loss" in log)
+    # Each training log carries the logit scale and the in-batch top-1 accuracy of the composed queries.
+    assert all(0 <= log["in_batch_top1"] <= 1 and log["logit_scale"] > 1 for log in state["log_history"] if "loss" in log)
 
     # The merged result reloads with AutoModel and differs from the starting model (it trained).
     trained = AutoModel.from_pretrained(pairs_dir).eval()

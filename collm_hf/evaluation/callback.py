@@ -1,5 +1,13 @@
 """Benchmark retrieval metrics inside `Trainer.evaluate`, so that checkpoints are selected on real retrieval
-(`metric_for_best_model="cirr_score"`) rather than in-batch accuracy."""
+(`metric_for_best_model="cirr_score"`) rather than in-batch accuracy.
+
+`collm-hf train ... --eval_dataset_name_or_path <benchmark>` wires both pieces (`training.trainer.build_trainer`):
+the benchmark's queries are the Trainer's `eval_dataset`, batched by `BenchmarkLossCollator` into triplets for
+`eval_loss`, and `RetrievalEvalCallback` adds the retrieval metrics of the same queries over the whole gallery.
+"""
+
+from dataclasses import dataclass
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -60,4 +68,41 @@ def add_retrieval_evaluation(trainer, queries, gallery, processor=None, protocol
     return callback
 
 
-__all__ = ["RetrievalEvalCallback", "add_retrieval_evaluation"]
+@dataclass
+class BenchmarkLossCollator:
+    """Benchmark queries -> triplet batches for the contrastive loss on the benchmark (`eval_loss` of
+    `Trainer.evaluate`): reference image + modification text against the query's first target, read from the
+    gallery by id, with the other queries' targets in the batch as negatives (`CoLLMTripletCollator`).
+
+    Args:
+        processor: the `CoLLMProcessor`.
+        gallery: the benchmark split's gallery (`image_id`, `image`): a `datasets.Dataset` or a dict {id: image}.
+        seed: base seed of the collator's random draws.
+
+    Example:
+        >>> bench = load_benchmark("data/cirr", "val")  # doctest: +SKIP
+        >>> Trainer(..., eval_dataset=bench.queries)  # with eval batches from BenchmarkLossCollator(processor, bench.gallery)  # doctest: +SKIP
+    """
+
+    processor: Any
+    gallery: Any
+    seed: int = 0
+
+    def __post_init__(self):
+        from ..training.collators import CoLLMTripletCollator
+
+        self._triplets = CoLLMTripletCollator(self.processor, images=self.gallery,
+                                              modifications_column="modification_text", seed=self.seed)
+
+    def __call__(self, queries: list[dict]) -> dict:
+        rows = []
+        for i, query in enumerate(queries):
+            if not query.get("target_ids"):
+                raise ValueError(f"Query {query.get('query_id', i)} has no target_ids: the loss needs labelled queries.")
+            rows.append({"id": str(query.get("query_id", i)), "reference_id": str(query["reference_id"]),
+                         "reference_image": query.get("reference_image"), "target_id": str(query["target_ids"][0]),
+                         "modification_text": query["modification_text"]})
+        return self._triplets(rows)
+
+
+__all__ = ["BenchmarkLossCollator", "RetrievalEvalCallback", "add_retrieval_evaluation"]

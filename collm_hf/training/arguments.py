@@ -52,6 +52,18 @@ class DataArguments:
     image_column: str = "image"
     image_id_column: str = "image_id"
     modifications_column: str = "modifications"
+    # Read the rows as a stream (`datasets` streaming): nothing is prepared or cached up front, each process reads
+    # its own Parquet shards; triplets read their images by id from the images config's files. Needs --max_steps.
+    streaming: bool = False
+    # Streaming: rows shuffled through a buffer of this many (and the shard order shuffled); 0 keeps file order.
+    shuffle_buffer_size: int = 1000
+    # Benchmark folder or hub id (configs queries + gallery) to evaluate retrieval on at each --eval_strategy step:
+    # eval_recall@K, eval_cirr_score, eval_map@K, ... (usable as --metric_for_best_model) and eval_loss.
+    eval_dataset_name_or_path: str | None = None
+    # Its split (default: the benchmark's split rule: val, validation, test, train).
+    eval_split: str | None = None
+    # Evaluate on the first N queries only (faster; the gallery stays whole).
+    eval_max_queries: int | None = None
 
 
 @dataclass

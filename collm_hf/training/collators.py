@@ -140,6 +140,118 @@ class ImageTable:
         return self.images[[self.index[k] for k in keys]][self.image_column]
 
 
+class ParquetImageTable(ImageTable):
+    """Images by id, read on demand from Parquet files: the images table of streamed training data, which is
+    neither loaded nor cached as a whole.
+
+    Up front only the id column of every file is read (no image bytes), sorted, and kept as one Arrow string array
+    beside each id's row number: the id's length plus 12 bytes per image (about 4 MB for 200,000 ids of 9
+    characters), found by binary search. An image is read with its Parquet row group the first time it is asked
+    for; the last `cache_row_groups` groups read stay in memory as encoded bytes, so rows that share images (an
+    MTCIR reference and its edits) read them once. The package's dataset writer stores 100 images per row group.
+    Files are local paths or fsspec URLs (`hf://datasets/<repo>/...`, as `datasets` resolves a hub dataset's files).
+
+    Args:
+        files: the Parquet files of the images config (`collm_hf.training.trainer.parquet_files`).
+        id_column / image_column: column names (images schema: image_id, image).
+        cache_row_groups: row groups kept in memory.
+
+    Example:
+        >>> table = ParquetImageTable(parquet_files("data/mtcir", "images"))  # doctest: +SKIP
+        >>> table.get(["000000123"])[0]  # doctest: +SKIP
+        {'bytes': b'\\xff\\xd8...', 'path': '00000/000000123.jpg'}
+    """
+
+    MAX_OPEN_FILES = 16
+
+    def __init__(self, files, id_column: str = "image_id", image_column: str = "image", cache_row_groups: int = 8):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.files, self.id_column, self.image_column = [str(f) for f in files], id_column, image_column
+        if not self.files:
+            raise ValueError("The images table has no Parquet files.")
+        if cache_row_groups < 1:
+            raise ValueError(f"cache_row_groups must be >= 1, got {cache_row_groups}")
+        self.cache_row_groups = cache_row_groups
+        self._handles, self._groups = {}, {}
+        chunks, group_rows, self._group_location = [], [], []
+        for number, path in enumerate(self.files):
+            parquet = self._file(number)
+            names = parquet.schema_arrow.names
+            missing = [c for c in (id_column, image_column) if c not in names]
+            if missing:
+                raise ValueError(f"{path}: the images table lacks column(s) {missing}; it has {names}.")
+            chunks += pc.cast(parquet.read(columns=[id_column]).column(0), pa.string()).chunks
+            for group in range(parquet.num_row_groups):
+                group_rows.append(parquet.metadata.row_group(group).num_rows)
+                self._group_location.append((number, group))
+        ids = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
+        order = pc.sort_indices(ids)
+        self._sorted_ids = ids.take(order)  # (images,) ids in byte order (= str order for UTF-8)
+        self._rows = order.to_numpy()  # (images,) global row of each sorted id
+        self._group_starts = np.cumsum([0] + group_rows[:-1])  # (row groups,) global row of each group's first row
+
+    def __getstate__(self):  # dataloader workers reopen the files
+        return {**self.__dict__, "_handles": {}, "_groups": {}}
+
+    def _file(self, number: int):
+        import pyarrow.parquet as pq
+
+        if number not in self._handles:
+            if len(self._handles) >= self.MAX_OPEN_FILES:
+                self._handles.pop(next(iter(self._handles))).close()
+            path = self.files[number]
+            if "://" in path:
+                import fsspec
+
+                source = fsspec.open(path, "rb").open()
+            else:
+                source = path
+            self._handles[number] = pq.ParquetFile(source)
+        return self._handles[number]
+
+    def _row(self, image_id: str) -> int | None:
+        """The global row of `image_id` (binary search over the sorted ids), or None."""
+        ids, low, high = self._sorted_ids, 0, len(self._sorted_ids)
+        while low < high:
+            middle = (low + high) // 2
+            if ids[middle].as_py() < image_id:
+                low = middle + 1
+            else:
+                high = middle
+        return int(self._rows[low]) if low < len(ids) and ids[low].as_py() == image_id else None
+
+    def _read(self, row: int):
+        import numpy as np
+
+        group = int(np.searchsorted(self._group_starts, row, side="right")) - 1
+        column = self._groups.pop(group, None)
+        if column is None:
+            number, index = self._group_location[group]
+            column = self._file(number).read_row_group(index, columns=[self.image_column]).column(0)
+            if len(self._groups) >= self.cache_row_groups:
+                self._groups.pop(next(iter(self._groups)))  # the least recently used
+        self._groups[group] = column  # (re)inserted last: most recently used
+        return column[row - int(self._group_starts[group])].as_py()
+
+    def __contains__(self, image_id) -> bool:
+        return self._row(str(image_id)) is not None
+
+    def get(self, image_ids: list) -> list:
+        """The images of `image_ids`, in order, as stored (`{"bytes", "path"}` dicts); KeyError naming the first
+        unknown id."""
+        keys = [str(i) for i in image_ids]
+        rows = [self._row(k) for k in keys]
+        unknown = [k for k, row in zip(keys, rows) if row is None]
+        if unknown:
+            raise KeyError(
+                f"Image id {unknown[0]!r} is not in the images table ({len(unknown)} unknown in this batch)."
+            )
+        return [self._read(row) for row in rows]
+
+
 def _as_table(images) -> ImageTable | None:
     if images is None or isinstance(images, ImageTable):
         return images
@@ -426,4 +538,5 @@ class CoLLMTripletCollator(_EpochKeyed):
         return batch
 
 
-__all__ = ["CoLLMPairCollator", "CoLLMTripletCollator", "CollatorEpochCallback", "ImageTable", "row_generators"]
+__all__ = ["CoLLMPairCollator", "CoLLMTripletCollator", "CollatorEpochCallback", "ImageTable", "ParquetImageTable",
+           "row_generators"]

@@ -4,7 +4,8 @@
     triplets - fine-tuning on triplets such as MTCIR (CoLLM §3.3)
 
 `CoLLMTrainer` is the stock `Trainer` with one optional training component, the modification writer of pair
-pre-training. `build_trainer` assembles model, processor, LoRA, loss options, data and collator into one (or into
+pre-training. `build_trainer` assembles model, processor, LoRA, loss options, data (prepared, or streamed with
+`--streaming True`), collator and, with `--eval_dataset_name_or_path`, evaluation on a benchmark into one (or into
 the `GradCacheTrainer` when a gradient-cache chunk size is set); `run_training` trains, resumes from checkpoints
 and saves a folder that `AutoModel.from_pretrained` loads. Everything runs unchanged under `torchrun` or
 `accelerate launch`: the model's loss gathers negatives (and, for pairs, synthesis neighbours) from every
@@ -28,7 +29,7 @@ from .arguments import (
     ModelArguments,
     SynthesisArguments,
 )
-from .collators import CoLLMPairCollator, CoLLMTripletCollator, CollatorEpochCallback, ImageTable
+from .collators import CoLLMPairCollator, CoLLMTripletCollator, CollatorEpochCallback, ImageTable, ParquetImageTable
 from .lora import LoraArguments, apply_lora, merge_lora, quantization_config
 from .sharding import materialize, parameters_sharded, vectorize_scalar_parameters
 
@@ -48,8 +49,12 @@ class CoLLMTrainer(Trainer):
     neighbour, which the model picks inside the step from the image embeddings of the whole (gathered) batch; and
     rather than the model because it is a training tool (often a second LLM) that no checkpoint should carry.
 
+    Training logs also carry `logit_scale` and `in_batch_top1` (see `log`).
+
     Args:
         modification_writer: a callable as `CoLLMModel.forward` describes, or None (the paper's templates).
+        eval_data_collator: batches the `eval_dataset` when its rows differ from the training rows (e.g.
+            `collm_hf.evaluation.callback.BenchmarkLossCollator` for benchmark queries); None: `data_collator`.
         *args, **kwargs: as `Trainer`.
 
     Example:
@@ -58,9 +63,11 @@ class CoLLMTrainer(Trainer):
         ...              modification_writer=writer).train()  # doctest: +SKIP
     """
 
-    def __init__(self, *args, modification_writer=None, **kwargs):
+    def __init__(self, *args, modification_writer=None, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.modification_writer = modification_writer
+        self.eval_data_collator = eval_data_collator
+        self._in_batch_hits = None  # (2,) top-1 hits and rows of the training batches since the last log
         if isinstance(self.data_collator, (CoLLMPairCollator, CoLLMTripletCollator)):
             self.add_callback(CollatorEpochCallback(self.data_collator))  # the collators' draws follow the epoch
         if self.is_fsdp_enabled:  # fully_shard (FSDP2) refuses 0-dim parameters such as the logit scale
@@ -69,7 +76,54 @@ class CoLLMTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.modification_writer is not None:
             inputs = {**inputs, "modification_writer": self.modification_writer}
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if model.training:
+            self._count_in_batch_hits(outputs, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _count_in_batch_hits(self, outputs, inputs) -> None:
+        logits = getattr(outputs, "logits_per_query", None)  # (batch, batch) query-target similarities
+        if logits is None:
+            return
+        with torch.no_grad():
+            best = logits.argmax(-1)  # (batch,)
+            ids = inputs.get("target_image_ids")  # a copy of the row's own target image counts as found
+            hits = ids[best] == ids if ids is not None else best == torch.arange(len(best), device=best.device)
+            counts = torch.stack([hits.sum(), torch.tensor(len(hits), device=hits.device)]).float()
+            self._in_batch_hits = counts if self._in_batch_hits is None else self._in_batch_hits + counts
+
+    def log(self, logs: dict, start_time=None) -> None:
+        """`Trainer.log`; training logs also carry `logit_scale` (the factor on cosine similarities, 1 / temperature)
+        and `in_batch_top1` (the share of the training queries since the last log, over all processes, whose most
+        similar target in their batch is their own)."""
+        if "loss" in logs:  # a training log: every process logs at the same steps
+            logs = {**logs, **self._training_statistics()}
+        super().log(logs, start_time)
+
+    def _training_statistics(self) -> dict:
+        statistics = {}
+        model = self.accelerator.unwrap_model(self.model)
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        scale = getattr(model, "logit_scale", None)
+        if isinstance(scale, torch.Tensor):
+            scale = scale.full_tensor() if hasattr(scale, "full_tensor") else scale  # a sharded parameter
+            statistics["logit_scale"] = round(float(scale.detach().float().exp()), 4)
+        if self._in_batch_hits is not None:
+            hits, rows = self.accelerator.reduce(self._in_batch_hits, "sum").tolist()
+            statistics["in_batch_top1"] = round(hits / max(rows, 1.0), 4)
+            self._in_batch_hits = None
+        return statistics
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """`Trainer.get_eval_dataloader`, batched by `eval_data_collator` when one is given (evaluation rows, e.g.
+        benchmark queries, need not look like the training rows)."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        training_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = training_collator
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,37 +193,121 @@ def load_model_and_processor(args: ModelArguments, lora_args: LoraArguments | No
     return model, processor
 
 
-def load_rows(path: str, config: str, split: str = "train"):
+def _local_parquet_files(local: Path, config: str, split: str, streaming: bool = False) -> str | list[str] | None:
+    """Where `load_rows` finds the files of a local folder's config, when it need not ask the folder's card:
+
+    - a folder without a card: `<folder>/<config>/*.parquet`, else `<folder>/*.parquet` (a list);
+    - streaming a folder that `collm_hf.data.write_dataset` wrote (its card carries the writer's marker): the split's
+      files, `<folder>/<config>/<split>-*.parquet` (one pattern). The card lists every file, and `datasets` resolves
+      such a list file by file (about 1-2 ms each: seconds for the thousands of files of a full MTCIR build) before
+      the first row; a pattern is one listing of the folder;
+    - else None: the card's `configs` say where the files are.
+    """
+    from ..data.writer import BUILD_MARKER
+
+    card = local / "README.md"
+    if card.exists():
+        pattern = local / config / f"{split}-*.parquet"
+        if streaming and BUILD_MARKER in card.read_text(encoding="utf-8", errors="replace") \
+                and any(pattern.parent.glob(pattern.name)):
+            return str(pattern)
+        return None
+    for folder in (local / config, local):
+        files = sorted(str(p) for p in folder.glob("*.parquet"))
+        if files:
+            return files
+    raise FileNotFoundError(f"No Parquet files in {local / config} or {local}, and no README.md with configs.")
+
+
+def load_rows(path: str, config: str, split: str = "train", streaming: bool = False):
     """Rows of one config: a dataset folder or hub id with `configs` in its card, or a folder of Parquet files.
 
     Accepted local layouts: `<path>/README.md` naming configs (what `collm_hf.data.write_dataset` writes),
     `<path>/<config>/*.parquet`, or `<path>/*.parquet` (the rows themselves).
+
+    Args:
+        streaming: return a `datasets.IterableDataset` read from the files as it is iterated (nothing is
+            prepared or cached up front) instead of a `datasets.Dataset` (prepared once into the Arrow cache).
     """
     from datasets import load_dataset
 
     local = Path(path)
-    if local.is_dir() and not (local / "README.md").exists():
-        for folder in (local / config, local):
-            files = sorted(str(p) for p in folder.glob("*.parquet"))
-            if files:
-                return load_dataset("parquet", data_files={split: files}, split=split)
-        raise FileNotFoundError(f"No Parquet files in {local / config} or {local}, and no README.md with configs.")
-    return load_dataset(path, config, split=split)
+    files = _local_parquet_files(local, config, split, streaming) if local.is_dir() else None
+    if files is not None:
+        return load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
+    return load_dataset(path, config, split=split, streaming=streaming)
 
 
-def load_training_data(stage: str, args: DataArguments):
-    """(rows, images table or None) of a stage."""
+def parquet_files(path: str, config: str, split: str = "train") -> list[str]:
+    """The Parquet files of one config and split (local paths, or `hf://` URLs for a hub dataset), as streaming
+    `load_rows` reads them; nothing is downloaded."""
+    from datasets import load_dataset_builder
+
+    from ..evaluation.benchmarks import DatasetLayoutError
+
+    local = Path(path)
+    files = _local_parquet_files(local, config, split, streaming=True) if local.is_dir() else None
+    if isinstance(files, str):
+        files = sorted(str(p) for p in Path(files).parent.glob(Path(files).name))
+    if files is None:
+        data_files = load_dataset_builder(path, config).config.data_files or {}
+        files = [str(f) for f in data_files.get(split, [])]
+        if not files:
+            raise DatasetLayoutError(f"{path}: config {config!r} has no data files for split {split!r} "
+                                     f"(splits: {list(data_files)}).")
+    others = [f for f in files if not f.endswith(".parquet")]
+    if others:
+        raise DatasetLayoutError(f"{path}: config {config!r} must be Parquet files to be read by id while streaming; "
+                                 f"{others[0]} is not.")
+    return files
+
+
+def load_training_data(stage: str, args: DataArguments, seed: int = 0):
+    """(rows, images table or None) of a stage.
+
+    Without `args.streaming`: a `datasets.Dataset` and, for triplets without images in the rows, an `ImageTable`
+    over the `images` config. With it: a `datasets.IterableDataset` (its first `max_train_samples` rows, shuffled
+    through a buffer of `shuffle_buffer_size` with `seed`) and a `ParquetImageTable` that reads images by id
+    from the `images` config's files. A stream has no length: nothing here counts its rows.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if not args.dataset_name_or_path:
         raise ValueError("Give --dataset_name_or_path (a hub dataset id or a local folder).")
-    rows = load_rows(args.dataset_name_or_path, args.dataset_config or stage, args.split)
-    if args.max_train_samples is not None:
+    config = args.dataset_config or stage
+    rows = load_rows(args.dataset_name_or_path, config, args.split, streaming=args.streaming)
+    if args.streaming:
+        if args.max_train_samples is not None:
+            rows = rows.take(args.max_train_samples)
+        if args.shuffle_buffer_size:
+            rows = rows.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size)
+    elif args.max_train_samples is not None:
         rows = rows.select(range(min(args.max_train_samples, len(rows))))
     images = None
-    if stage == "triplets" and "reference_image" not in rows.column_names:
-        images = ImageTable(load_rows(args.dataset_name_or_path, args.images_config, args.split))
+    if stage == "triplets" and "reference_image" not in (rows.column_names or []):
+        if args.streaming:
+            images = ParquetImageTable(parquet_files(args.dataset_name_or_path, args.images_config, args.split))
+        else:
+            images = ImageTable(load_rows(args.dataset_name_or_path, args.images_config, args.split))
     return rows, images
+
+
+def load_eval_benchmark(args: DataArguments):
+    """The benchmark split that evaluation during training ranks (`args.eval_dataset_name_or_path`, its
+    `eval_split`, its first `eval_max_queries` queries), read by `collm_hf.evaluation.load_benchmark`.
+
+    Returns:
+        a `BenchmarkSplit`; `DatasetLayoutError` for a split whose queries lack targets (closed labels).
+    """
+    from ..evaluation._tables import column
+    from ..evaluation.benchmarks import DatasetLayoutError, load_benchmark
+
+    benchmark = load_benchmark(args.eval_dataset_name_or_path, args.eval_split).head(args.eval_max_queries)
+    if not all(column(benchmark.queries, "target_ids", [[]])):
+        raise DatasetLayoutError(f"{args.eval_dataset_name_or_path} split {benchmark.split!r} has queries without "
+                                 "target_ids (closed labels): evaluation during training needs a labelled split "
+                                 "(--eval_split).")
+    return benchmark
 
 
 def build_collator(
@@ -232,19 +370,26 @@ def build_trainer(
     Args:
         stage: "pairs" or "triplets".
         model_args, data_args, synthesis_args, loss_args, lora_args: the option dataclasses.
-        training_args: `transformers.TrainingArguments` (`remove_unused_columns` is forced to False).
+        training_args: `transformers.TrainingArguments` (`remove_unused_columns` is forced to False; streaming sets
+            `accelerator_config.dispatch_batches` and `split_batches` to False: each process reads its own shards).
         model, processor: an already loaded model and processor (skips `load_model_and_processor`).
         modification_writer: pairs: writes the composed queries' texts instead of the templates (`CoLLMTrainer`).
 
     Returns:
-        `CoLLMTrainer` (`GradCacheTrainer` with `loss_args.gradient_cache_chunk_size`).
+        `CoLLMTrainer` (`GradCacheTrainer` with `loss_args.gradient_cache_chunk_size`); with
+        `data_args.eval_dataset_name_or_path`, its `eval_dataset` is the benchmark's queries (`eval_loss`) and a
+        `RetrievalEvalCallback` adds the retrieval metrics (`eval_cirr_score`, ...) to each evaluation.
     """
     from transformers import set_seed
+    from transformers.trainer_utils import has_length
 
     from .gradient_cache import GradCacheTrainer
 
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("Streaming needs --max_steps: a stream has no length to count epochs by.")
+    benchmark = load_eval_benchmark(data_args) if data_args.eval_dataset_name_or_path else None  # checked first
     training_args.remove_unused_columns = False
     checkpointing = training_args.activation_checkpointing or training_args.gradient_checkpointing
     if (
@@ -261,21 +406,37 @@ def build_trainer(
     if lora_args.use_lora:
         model = apply_lora(model, stage, lora_args, gradient_checkpointing=bool(checkpointing))
     fp32_master_weights(model)
-    rows, images = load_training_data(stage, data_args)
+    rows, images = load_training_data(stage, data_args, seed=training_args.seed)
+    if data_args.streaming:
+        # Each process reads its own shards of the stream (accelerate shards a `datasets.IterableDataset` by its
+        # files, as `datasets.distributed.split_dataset_by_node` does), rather than rank 0 reading every batch and
+        # sending each process its part.
+        training_args.accelerator_config.dispatch_batches = False
+        training_args.accelerator_config.split_batches = False
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
-        "stage %s: %d rows, %d trainable parameters, loss %s",
+        "stage %s: %s rows, %d trainable parameters, loss %s",
         stage,
-        len(rows),
+        len(rows) if has_length(rows) else "streamed",
         trainable,
         model.config.contrastive_loss,
     )
     collator = build_collator(stage, processor, data_args, synthesis_args, images, seed=training_args.seed)
     kwargs = dict(model=model, args=training_args, train_dataset=rows, data_collator=collator,
                   processing_class=processor, modification_writer=modification_writer)
+    if benchmark is not None:  # eval_loss over the benchmark's queries, and its retrieval metrics (the callback)
+        from ..evaluation.callback import BenchmarkLossCollator, add_retrieval_evaluation
+
+        kwargs.update(eval_dataset=benchmark.queries,
+                      eval_data_collator=BenchmarkLossCollator(processor, benchmark.gallery, seed=training_args.seed))
     if loss_args.gradient_cache_chunk_size:
-        return GradCacheTrainer(chunk_size=loss_args.gradient_cache_chunk_size, **kwargs)
-    return CoLLMTrainer(**kwargs)
+        trainer = GradCacheTrainer(chunk_size=loss_args.gradient_cache_chunk_size, **kwargs)
+    else:
+        trainer = CoLLMTrainer(**kwargs)
+    if benchmark is not None:
+        add_retrieval_evaluation(trainer, benchmark.queries, benchmark.gallery, processor, benchmark.protocol,
+                                 batch_size=training_args.per_device_eval_batch_size)
+    return trainer
 
 
 def save_trained(trainer, output_dir: str, merge: bool = True):
@@ -332,9 +493,11 @@ __all__ = [
     "build_trainer",
     "configure_loss",
     "fp32_master_weights",
+    "load_eval_benchmark",
     "load_model_and_processor",
     "load_rows",
     "load_training_data",
+    "parquet_files",
     "run_training",
     "save_trained",
     "write_trained",

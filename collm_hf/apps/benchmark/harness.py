@@ -39,6 +39,7 @@ class BenchmarkSizes:
     builder_images: tuple = (2000, 8000)
     matmul_size: int = 2048
     quickstart_groups: int = 24  # stage-2 batch of the quickstart figure (its recipe's size); stage 1 gets 64 // 24 x
+    streaming_rows: tuple = (20_000, 200_000)  # MTCIR-shaped rows of the two streamed training runs
     repeats: int = 3
 
     @classmethod
@@ -54,7 +55,7 @@ class BenchmarkSizes:
     def smoke(cls) -> "BenchmarkSizes":
         return cls(llm_layers=2, tiny_models=True, num_queries=24, batch_size=8, gallery_size=2000, search_queries=16,
                    embed_dim=32, synthesis_batch=4, synthesis_steps=1, pipeline_images=4, builder_images=(10, 40),
-                   matmul_size=128, quickstart_groups=3, repeats=1)
+                   matmul_size=128, quickstart_groups=3, streaming_rows=(200, 2000), repeats=1)
 
 
 def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict:

@@ -80,6 +80,14 @@ def check_inputs(stage: str, model_args, data_args, training_args) -> None:
     if not data_args.dataset_name_or_path:
         raise UsageError("give --dataset (a dataset folder or hub id)")
     require_dataset(data_args.dataset_name_or_path, "--dataset", (data_args.dataset_config or stage,))
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise UsageError("--streaming True needs --max_steps (a stream has no length to count epochs by)")
+    if data_args.eval_dataset_name_or_path:
+        require_dataset(data_args.eval_dataset_name_or_path, "--eval_dataset_name_or_path", ("queries", "gallery"))
+    elif training_args.eval_strategy != "no":
+        strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+        raise UsageError(f"--eval_strategy {strategy} needs --eval_dataset_name_or_path (a "
+                         "benchmark folder or hub id to evaluate on)")
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() not in ("true", "latest"):
         require_path(resume, "--resume_from_checkpoint", "folder")
