@@ -70,3 +70,32 @@ def test_unknown_figure_is_rejected():
 
     with pytest.raises(ValueError, match="Unknown figure"):
         run_benchmarks(BenchmarkSizes.smoke(), ["speed"])
+
+
+def test_index_figures_on_smoke_sizes(tmp_path):
+    out = tmp_path / "bench.json"
+    _load_example().main(["--smoke", "--only", "index", "--json", str(out)])
+    written = json.loads(out.read_text())
+    details = written["details"]
+    assert details["index_gallery_size"] == 3000 and details["exact_search_same_as_indexflatip"] == 1.0
+    kinds = details["index_kinds"]
+    assert set(kinds) == {"flat", "ivf-flat", "ivf-pq", "hnsw"}
+    assert all(kinds[kind]["reopen_same_results"] for kind in ("ivf-flat", "ivf-pq", "hnsw"))
+    assert 0 < written["ivfpq_recall_at_10"] <= 1 and 0 < written["index_reopen_vs_build"] < 1
+    assert set(kinds["ivf-pq"]["refine"]) == {"4", "8", "16", "32"}
+
+
+def test_index_memory_probe_sees_heap_and_mapped_file(tmp_path):
+    import numpy as np
+
+    from collm_hf.apps.benchmark.index import PeakMemory
+
+    with PeakMemory() as memory:
+        heap = torch.ones(16_000_000)  # 64 MB of anonymous memory
+        del heap
+    assert memory.added("RssAnon") >= 60_000_000
+    (tmp_path / "data").write_bytes(b"\1" * 32_000_000)
+    mapped = np.memmap(tmp_path / "data", dtype=np.uint8, mode="r")
+    with PeakMemory() as memory:
+        assert int(mapped[::4096].sum()) == len(mapped[::4096])  # every page read once
+    assert memory.added("RssFile") >= 30_000_000 and memory.added("RssAnon") < 10_000_000

@@ -1,8 +1,9 @@
 """Evaluation: a benchmark split -> query and gallery embeddings -> rankings -> the benchmark's metrics.
 
     benchmarks.py     the one loader of benchmark folders, the split rule and the protocol rule
-    embedding.py      query embeddings; the gallery's index, embedded or loaded from a cache folder
-    index.py          `GalleryIndex`: save / load, exact and approximate top-k search
+    embedding.py      query embeddings; the gallery's index, embedded or loaded from an index folder made by the
+                      same model from the same gallery
+    index/            `GalleryIndex`: what made it (identity), memory-mapped shards, exact and FAISS search
     scoring.py        each query ranked over its benchmark's gallery; `evaluate_benchmark` runs it all
     cir_metric.py     the metrics (a self-contained `evaluate` module)
     submission.py     CIRR / CIRCO test-server files

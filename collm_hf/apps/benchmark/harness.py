@@ -30,6 +30,7 @@ class BenchmarkSizes:
     num_queries: int = 1024
     batch_size: int = 64
     gallery_size: int = 200_000
+    index_images: int = 1_000_000  # gallery rows of the index figures (saved to disk, memory-mapped)
     search_queries: int = 1000
     embed_dim: int = 512
     top_k: int = 10
@@ -48,14 +49,14 @@ class BenchmarkSizes:
 
     @classmethod
     def quick(cls) -> "BenchmarkSizes":
-        return cls(llm_layers=4, num_queries=384, gallery_size=100_000, synthesis_batch=8, synthesis_steps=3,
-                   pipeline_images=32, builder_images=(500, 2000), repeats=3)
+        return cls(llm_layers=4, num_queries=384, gallery_size=100_000, index_images=100_000, synthesis_batch=8,
+                   synthesis_steps=3, pipeline_images=32, builder_images=(500, 2000), repeats=3)
 
     @classmethod
     def smoke(cls) -> "BenchmarkSizes":
-        return cls(llm_layers=2, tiny_models=True, num_queries=24, batch_size=8, gallery_size=2000, search_queries=16,
-                   embed_dim=32, synthesis_batch=4, synthesis_steps=1, pipeline_images=4, builder_images=(10, 40),
-                   matmul_size=128, quickstart_groups=3, streaming_rows=(200, 2000), repeats=1)
+        return cls(llm_layers=2, tiny_models=True, num_queries=24, batch_size=8, gallery_size=2000, index_images=3000,
+                   search_queries=16, embed_dim=32, synthesis_batch=4, synthesis_steps=1, pipeline_images=4,
+                   builder_images=(10, 40), matmul_size=128, quickstart_groups=3, streaming_rows=(200, 2000), repeats=1)
 
 
 def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict:

@@ -7,18 +7,20 @@ import torch
 
 from .data import builder_memory_benchmark, gallery_pipeline_benchmark
 from .harness import BenchmarkSizes
+from .index import index_benchmark
 from .query import build_benchmark_model, modification_texts, query_benchmark
 from .search import search_benchmark
 from .streaming import streaming_benchmark
 from .training import quickstart_attention_benchmark, synthesis_benchmark
 
 
-FIGURES = ("query", "search", "synthesis", "pipeline", "builder", "quickstart", "streaming")
+FIGURES = ("query", "search", "synthesis", "pipeline", "builder", "quickstart", "streaming", "index")
 TARGETS = {"query_speedup_vs_naive": (">=", 2.0), "query_matmul_utilization": (">=", 0.5),
            "search_time_vs_faiss": ("<=", 1.25), "synthesis_overhead": ("<=", 0.03),
            "gallery_pipeline_efficiency": None, "builder_memory_growth": ("<=", 1.2),
            "quickstart_eager_speedup": None, "streaming_startup_growth": ("<=", 1.2),
-           "streaming_memory_growth": ("<=", 1.2)}
+           "streaming_memory_growth": ("<=", 1.2), "exact_search_memory_ratio": ("<=", 0.25),
+           "ivfpq_recall_at_10": (">=", 0.9), "ivfpq_speedup_vs_exact": (">=", 10.0), "index_reopen_vs_build": None}
 
 
 def run_benchmarks(sizes: BenchmarkSizes, figures=FIGURES, log=print) -> dict:
@@ -56,6 +58,10 @@ def run_benchmarks(sizes: BenchmarkSizes, figures=FIGURES, log=print) -> dict:
         details.update(streaming_benchmark(*sizes.streaming_rows, repeats=sizes.repeats,
                                            steps=1 if sizes.tiny_models else 3, in_process=sizes.tiny_models))
         log(f"streaming done ({time.perf_counter() - started:.0f}s)")
+    if "index" in figures:
+        details.update(index_benchmark(sizes.index_images, sizes.search_queries, sizes.embed_dim, sizes.top_k,
+                                       sizes.repeats, log=log))
+        log(f"index done ({time.perf_counter() - started:.0f}s)")
     result = {key: details.pop(key, None) for key in TARGETS}
     result["details"] = details
     result["sizes"] = sizes_used

@@ -18,9 +18,9 @@ from .building import append_dataset, build_index, embed_dataset, image_embedder
 from .exact import faiss_available
 from .gallery import BACKENDS, GalleryIndex, SearchResult, check_finite
 from .identity import GalleryIdentity, IndexMismatchError, gallery_identity, ids_digest, weights_digest
-from .storage import MANIFEST_FILE, IndexFolderError
+from .storage import MANIFEST_FILE, IndexFolderError, write_index
 
 __all__ = ["APPROXIMATE_KINDS", "BACKENDS", "GalleryIdentity", "GalleryIndex", "IndexFolderError",
            "IndexMismatchError", "MANIFEST_FILE", "SearchResult", "append_dataset", "build_index", "check_finite",
            "embed_dataset", "faiss_available", "gallery_identity", "ids_digest", "image_embedder", "shard_plan",
-           "shard_range", "weights_digest"]
+           "shard_range", "weights_digest", "write_index"]

@@ -62,6 +62,7 @@ def search_torch(blocks, queries: torch.Tensor, k: int, excluded: list[list[int]
                 if bool(in_chunk.any()):
                     scores[block_rows[in_chunk], block_cols[in_chunk] - start] = float("-inf")
                 top_scores, top_idx = scores.topk(min(k, scores.shape[1]), dim=1)  # (b, <=k)
+                del scores  # freed before the next block is made: one score block at a time
                 best_scores, best_indices = merge_topk(best_scores, best_indices, top_scores, top_idx + start, k)
         all_scores.append(best_scores.cpu())
         all_indices.append(best_indices.cpu())

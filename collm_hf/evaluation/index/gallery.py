@@ -147,13 +147,15 @@ class GalleryIndex:
             offset += shard.shape[0]
         return out
 
-    def vectors(self, positions) -> torch.Tensor:
-        """The embeddings of gallery rows `positions` (any order), reading only those rows. Returns (n, D)."""
+    def vectors(self, positions, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The embeddings of gallery rows `positions` (any order), reading only those rows. Returns (n, D), written
+        into `out` when given (a buffer reused across calls saves faulting in fresh memory each time)."""
         positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
         device = self._shards[0].device
+        if out is None:
+            out = torch.empty(len(positions), self.dim, device=device)
         if len(self._shards) == 1:
-            return self._shards[0].index_select(0, positions.to(device))
-        out = torch.empty(len(positions), self.dim, device=device)
+            return torch.index_select(self._shards[0], 0, positions.to(device), out=out)
         for offset, shard in self.blocks():
             inside = (positions >= offset) & (positions < offset + shard.shape[0])
             if bool(inside.any()):
@@ -237,7 +239,8 @@ class GalleryIndex:
                 raise IndexFolderError(f"{embeddings_path} does not match its sha256 in the manifest: it is damaged.")
             shards.append(tensor)
             all_ids += shard_ids
-        if ids_digest(all_ids) != manifest["ids_sha256"] or not shards:
+        whole = manifest["shards"][0]["ids_sha256"] if len(shards) == 1 else ids_digest(all_ids) if shards else None
+        if whole != manifest["ids_sha256"]:
             raise IndexFolderError(f"The shards of {folder} do not add up to its manifest's gallery (ids checksum differs).")
         check_unique_ids(all_ids)
         index = cls._from_parts(shards, all_ids, recorded, folder, manifest)
@@ -382,7 +385,7 @@ class GalleryIndex:
             chunk_size: torch backend: gallery rows per block (default: from max_block_bytes).
             nprobe / ef_search: IVF lists probed / HNSW search depth.
             refine: approximate search: re-score refine x k candidates exactly against the stored embeddings
-                (default: 10 for "ivf-pq", whose own scores are approximate; none for the others).
+                (default: 16 for "ivf-pq", whose own scores are approximate; none for the others).
 
         Returns:
             `SearchResult` with (Q, k) scores and indices and the ranked ids per query.
@@ -436,10 +439,13 @@ class GalleryIndex:
         scores, indices = approx.search(faiss_index, kind, queries.cpu().numpy(), fetch, nprobe, ef_search)
         scores, indices = torch.from_numpy(scores), torch.from_numpy(indices).long()  # (Q, fetch)
         if refine > 1:  # exact scores of the candidates, from the stored embeddings, a few queries at a time
-            for q0 in range(0, len(queries), 256):
-                candidates = indices[q0:q0 + 256]
-                rows = self.vectors(candidates.clamp(min=0)).cpu().view(*candidates.shape, self.dim)  # (b, fetch, D)
-                scores[q0:q0 + 256] = torch.einsum("bd,bfd->bf", queries[q0:q0 + 256].cpu(), rows)
+            block = max(1, (32 * 2**20) // (4 * fetch * self.dim))  # queries whose candidates fit 32 MB
+            buffer = torch.empty(min(block, len(queries)) * fetch, self.dim, device=self._shards[0].device)
+            for q0 in range(0, len(queries), block):
+                candidates = indices[q0:q0 + block]  # (b, fetch)
+                rows = self.vectors(candidates.clamp(min=0), out=buffer[:candidates.numel()])
+                rows = rows.cpu().view(*candidates.shape, self.dim)  # (b, fetch, D)
+                scores[q0:q0 + block] = torch.bmm(rows, queries[q0:q0 + block].cpu().unsqueeze(2)).squeeze(2)
         scores[indices < 0] = float("-inf")
         for row, banned in enumerate(excluded):
             if banned:

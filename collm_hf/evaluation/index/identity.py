@@ -73,16 +73,13 @@ class GalleryIdentity:
 
 
 def ids_digest(ids) -> str:
-    """sha256 of gallery ids in order (each as a JSON string on its own line): what an index holds.
+    """sha256 of gallery ids in order (as strings, in a JSON list): what an index holds.
 
     Example:
         >>> ids_digest(["a", "b"]) == ids_digest(["a"] + ["b"]) != ids_digest(["b", "a"])
         True
     """
-    digest = hashlib.sha256()
-    for image_id in ids:
-        digest.update(json.dumps(str(image_id)).encode("utf-8") + b"\n")
-    return digest.hexdigest()
+    return hashlib.sha256(json.dumps([str(i) for i in ids]).encode("utf-8")).hexdigest()
 
 
 def _unwrap(model):

@@ -237,6 +237,30 @@ def new_manifest(identity, ids, dim, shards, approximate_entries=None) -> dict:
             "shards": shards, "approximate": approximate_entries or {}}
 
 
+def write_index(folder: str | os.PathLike, blocks, ids: list[str], dim: int,
+                identity: GalleryIdentity | None = None) -> dict:
+    """Write an index folder from embeddings computed elsewhere, one (n_i, D) block at a time (a single shard,
+    never whole in memory), under the folder's lock; returns the manifest. `GalleryIndex.load` opens it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = ids_digest(ids)
+    embeddings_name, ids_name = shard_files(0, shard_key(_identity_dict(identity), digest))
+    metadata = {"format": "collm-gallery-index-shard", "num_images": len(ids), "ids_sha256": digest}
+    with folder_lock(folder):
+        with ShardWriter(folder / embeddings_name, len(ids), dim, metadata) as writer:
+            start = 0
+            for block in blocks:
+                writer.write(start, torch.as_tensor(block))
+                start += len(block)
+            if start != len(ids):
+                raise ValueError(f"The blocks hold {start} rows for {len(ids)} ids.")
+        write_ids(folder / ids_name, ids)
+        manifest = new_manifest(identity, ids, dim, [shard_entry(folder, embeddings_name, ids_name, ids, digest)])
+        write_manifest(folder, manifest)
+        remove_unlisted(folder, manifest)
+    return manifest
+
+
 def folder_lock(folder: str | os.PathLike, timeout: float = -1):
     """An exclusive lock for writing `folder` (a hidden `.<name>.lock` beside it; released if its holder dies)."""
     from filelock import FileLock
@@ -248,4 +272,4 @@ def folder_lock(folder: str | os.PathLike, timeout: float = -1):
 
 __all__ = ["FORMAT", "IndexFolderError", "MANIFEST_FILE", "ShardWriter", "VERSION", "file_sha256", "folder_lock",
            "listed_files", "new_manifest", "open_shard", "read_header", "read_ids", "read_manifest", "remove_unlisted",
-           "shard_entry", "shard_files", "shard_key", "write_ids", "write_manifest", "write_shard"]
+           "shard_entry", "shard_files", "shard_key", "write_ids", "write_index", "write_manifest", "write_shard"]
