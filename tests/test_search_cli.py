@@ -183,3 +183,31 @@ def test_exclude_reference_leaves_out_the_reference_itself(index_dir, assets, tm
     assert "img-5" in [r["image_id"] for r in _search_json(capsys, *argv)["results"]]
     kept = [r["image_id"] for r in _search_json(capsys, *argv, "--exclude-reference")["results"]]
     assert len(kept) == 11 and "img-5" not in kept
+
+
+def test_index_append_kind_and_refusal_of_another_gallery(assets, tmp_path, capsys):
+    """`--kind hnsw` saves a FAISS index that search then uses; another gallery is refused without --append or
+    --rebuild-index; --append embeds only the new images, as a second shard, leaving the first untouched."""
+    import datasets
+
+    from collm_hf.evaluation.index import GalleryIndex
+
+    datasets.Dataset.from_parquet(assets["gallery"]).select(range(8)).to_parquet(str(tmp_path / "first8.parquet"))
+    out = tmp_path / "index"
+    base = ["index", "--model", assets["model"], "--output-dir", str(out), "--device", "cpu", "--no-progress"]
+    assert cli_main([*base, "--dataset", str(tmp_path / "first8.parquet"), "--kind", "hnsw"]) == 0
+    first = next(out.glob("embeddings-*")).read_bytes()
+    capsys.readouterr()
+    assert cli_main([*base, "--dataset", assets["gallery"]]) == 2
+    assert "built from another gallery: 8 images" in capsys.readouterr().err
+    assert cli_main([*base, "--dataset", assets["gallery"], "--append"]) == 0
+    assert "Indexed 12 gallery images (24-d)" in capsys.readouterr().out
+    shards = sorted(out.glob("embeddings-*"))
+    assert len(shards) == 2 and shards[0].read_bytes() == first
+    index = GalleryIndex.load(out)
+    assert len(index) == 12 and index.saved_approximate == ("hnsw",)
+    found = _search_json(capsys, "--model", assets["model"], "--index", str(out), "--text", "x", "-k", "12")
+    exact = _search_json(capsys, "--model", assets["model"], "--index", str(out), "--text", "x", "-k", "12",
+                         "--kind", "exact")
+    assert found["search"] == "hnsw" and exact["search"] == "exact"
+    assert [r["image_id"] for r in found["results"]] == [r["image_id"] for r in exact["results"]]
