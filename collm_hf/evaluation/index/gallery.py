@@ -40,13 +40,19 @@ class SearchResult:
     ids: list[list[str]]
 
 
-def check_finite(embeddings: torch.Tensor, what: str, ids=None):
-    """Raise a ValueError naming the first row holding NaN or inf."""
-    bad = ~torch.isfinite(embeddings).all(dim=-1)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0])
-        name = f"id {ids[row]!r}" if ids is not None else f"row {row}"
-        raise ValueError(f"{what} has NaN or infinite values ({int(bad.sum())} rows, first: {name}).")
+def check_finite(embeddings: torch.Tensor, what: str, ids=None, block_bytes: int = 16 * 2**20):
+    """Raise a ValueError naming the first row holding NaN or inf (checked `block_bytes` of rows at a time, so the
+    check's temporaries stay small whatever the number of rows)."""
+    block_rows = max(1, block_bytes // max(1, 4 * embeddings.shape[-1]))
+    first, count = None, 0
+    for start in range(0, embeddings.shape[0], block_rows):
+        bad = ~torch.isfinite(embeddings[start:start + block_rows]).all(dim=-1)
+        if bool(bad.any()):
+            first = start + int(bad.nonzero()[0]) if first is None else first
+            count += int(bad.sum())
+    if first is not None:
+        name = f"id {ids[first]!r}" if ids is not None else f"row {first}"
+        raise ValueError(f"{what} has NaN or infinite values ({count} rows, first: {name}).")
 
 
 def check_unique_ids(ids) -> list[str]:
