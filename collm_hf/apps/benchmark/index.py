@@ -55,9 +55,13 @@ class Mixture:
 
 
 def _status_kib() -> dict:
-    with open("/proc/self/status") as handle:
-        text = handle.read()
-    return {field: int(re.search(rf"{field}:\s+(\d+)", text).group(1)) for field in ("RssAnon", "RssFile")}
+    """RssAnon and RssFile of this process in KiB (zeros where /proc/self/status does not say: not Linux)."""
+    try:
+        with open("/proc/self/status") as handle:
+            text = handle.read()
+        return {field: int(re.search(rf"{field}:\s+(\d+)", text).group(1)) for field in ("RssAnon", "RssFile")}
+    except (OSError, AttributeError):
+        return {"RssAnon": 0, "RssFile": 0}
 
 
 class PeakMemory:
@@ -107,6 +111,8 @@ def measure(function) -> tuple[float, int, int, object]:
 
 def evict(folder) -> None:
     """Drop the folder's files from the page cache (written back first), so the next read starts cold."""
+    if not hasattr(os, "posix_fadvise"):  # not Linux: the first search may then start warm
+        return
     for path in Path(folder).iterdir():
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
