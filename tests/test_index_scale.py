@@ -305,6 +305,9 @@ def test_saved_faiss_index_reopens_with_the_same_results_and_no_training(tmp_pat
     assert again.ids == built.ids and torch.allclose(again.scores, built.scores, atol=1e-5)
     if kind in ("ivf-flat", "hnsw"):  # IVF lists, HNSW vectors: memory-mapped (FAISS reads fast-scan PQ codes in)
         assert f"faiss-{kind}.index" in Path("/proc/self/maps").read_text()
+    reopened.save(tmp_path / "copy")  # an opened index saved elsewhere takes its FAISS index along
+    copy = GalleryIndex.load(tmp_path / "copy")
+    assert copy.saved_approximate == (kind,) and copy.search(queries, k=10, approximate=kind).ids == built.ids
 
 
 # ==============================================================================================================

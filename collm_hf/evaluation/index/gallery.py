@@ -195,12 +195,18 @@ class GalleryIndex:
             shards = [write_shard(folder, position, shard, self.ids[offset:offset + shard.shape[0]], self.identity)
                       for position, (offset, shard) in enumerate(self.blocks())]
             entries = {}
-            for kind, faiss_index in sorted(self._approximate.items()):
-                entries[kind] = self._write_approximate(folder, kind, faiss_index, self._approximate_params.get(kind, {}))
+            saved = {kind: entry for kind, entry in (self._manifest or {}).get("approximate", {}).items()}
+            for kind in sorted(set(saved) | set(self._approximate)):
+                if kind in saved:  # from the folder it was opened from, read whole (a memory-mapped one cannot be copied)
+                    faiss_index = approx.read(self.folder / saved[kind]["file"], kind, mmap=False)
+                    params = saved[kind]["params"]
+                else:
+                    faiss_index, params = self._approximate[kind], self._approximate_params.get(kind, {})
+                entries[kind] = self._write_approximate(folder, kind, faiss_index, params)
             manifest = new_manifest(self.identity, self.ids, self.dim, shards, entries)
             write_manifest(folder, manifest)
             remove_unlisted(folder, manifest)
-        self.folder, self._manifest = folder, manifest
+        self.folder, self._manifest, self._approximate = folder, manifest, {}  # reopened from `folder` when used
         return folder
 
     @classmethod
