@@ -31,6 +31,7 @@ def test_pre_move_checkpoint_loads_through_the_package():
     model = AutoModel.from_pretrained(FIXTURE).eval()
     processor = AutoProcessor.from_pretrained(FIXTURE)
     assert type(model) is collm_hf.CoLLMModel and type(processor) is collm_hf.CoLLMProcessor
+    assert model.config.reference_tokens == "pooled"  # saved before the option existed: the paper's pooled token
     images, texts = _query_images()
     inputs = processor(images=images, text=texts)
     assert torch.equal(inputs["pixel_values"], expected["query_pixel_values"])

@@ -31,19 +31,21 @@ LR = 0.5  # one plain SGD step after the sharded backward: every trained weight 
 
 
 def build(stage: str):
-    """The tiny model and the global batch (8 rows, with one duplicate image id) of a stage."""
+    """The tiny model and the global batch (8 rows, with one duplicate image id) of a stage ("triplets", "pairs",
+    or "pairs_patches": pairs with the reference fed as patch tokens, so the neighbours' patch features cross ranks)."""
     from PIL import Image
 
     from collm_hf.testing_utils import tiny_model_and_processor
     from collm_hf.training.collators import CoLLMPairCollator, CoLLMTripletCollator
 
-    model, processor = tiny_model_and_processor(seed=0, freeze_vision_tower=False)
+    patches = {"reference_tokens": "patches", "num_visual_tokens": 4} if stage == "pairs_patches" else {}
+    model, processor = tiny_model_and_processor(seed=0, freeze_vision_tower=False, **patches)
     model.config.contrastive_loss = LOSS
     rng = np.random.default_rng(0)
     images = {str(i): Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)) for i in range(8)}
     words = ["red circle", "blue square", "dog on a bench", "yellow stars", "purple cross", "cyan ring", "green star", "two cats"]
     ids = ["0", "1", "2", "3", "4", "5", "6", "2"]  # rows 2 and 7 share an image
-    if stage == "pairs":
+    if stage.startswith("pairs"):
         rows = [{"image_id": i, "image": images[i], "caption": f"a {w}"} for i, w in zip(ids, words)]
         batch = CoLLMPairCollator(processor, seed=11)(rows)
     else:
@@ -133,7 +135,7 @@ def worker(out_dir: str):
     rank = dist.get_rank()
     start = sum(SPLIT[:rank])
     results = {}
-    for stage in ("triplets", "pairs"):
+    for stage in ("triplets", "pairs", "pairs_patches"):
         model, batch = build(stage)
         ddp = DistributedDataParallel(model)
         out = ddp(**rows(batch, start, start + SPLIT[rank]))
@@ -163,8 +165,8 @@ def launched(tmp_path_factory):
 
 def test_two_processes_equal_one_process_on_the_concatenated_batch(launched):
     per_rank = [torch.load(launched / f"rank{r}.pt") for r in range(2)]
-    for stage in ("triplets", "pairs", "pairs_gradcache"):
-        model, batch = build(stage.split("_")[0])
+    for stage in ("triplets", "pairs", "pairs_patches", "pairs_gradcache"):
+        model, batch = build("pairs" if stage == "pairs_gradcache" else stage)
         loss, grads = loss_and_grads(model, batch)
         if stage == "triplets":  # the shared text is masked: the loss differs from one without the query keys
             without = {k: v for k, v in batch.items() if k not in ("query_keys", "target_query_keys")}

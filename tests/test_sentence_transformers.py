@@ -18,9 +18,14 @@ from collm_hf.models.collm.sentence_transformers_files import (
 )
 
 
-@pytest.fixture
-def saved(tmp_path, tiny_model_and_processor):
+@pytest.fixture(params=["pooled", "patches"])
+def saved(request, tmp_path, tiny_model_and_processor):
+    """A saved model; "patches" feeds the reference to the LLM as patch tokens (the sentence-transformers path too)."""
     model, processor = tiny_model_and_processor
+    if request.param == "patches":
+        from collm_hf.testing_utils import tiny_model_and_processor as make
+
+        model, processor = make(reference_tokens="patches", num_visual_tokens=4)
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
     return tmp_path / "model", model, processor

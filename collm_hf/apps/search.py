@@ -359,9 +359,12 @@ class GallerySearcher:
         text = text.strip() if isinstance(text, str) else text
         image = read_query_image(image)
         mode = query_mode(image is not None, bool(text))
-        image_embeds = self.embed_images([image]) if image is not None else None  # (1, D)
-        query = self.encoder.encode(texts=[text if mode != "image" else None],
-                                    image_embeds=None if image_embeds is None else image_embeds.to(self.encoder.device))
+        image_embeds = reference = None
+        if image is not None:  # one tower pass: the gallery embedding, and the patch features if the LLM takes them
+            pixels = self.processor(images=[image])["pixel_values"].to(self.encoder.device)
+            encoded = self.model.encode_images(pixels, with_patches=self.model.config.reference_tokens == "patches")
+            image_embeds, reference = encoded[0].float().cpu(), encoded[-1]  # (1, D); what the adapter takes
+        query = self.encoder.encode(texts=[text if mode != "image" else None], image_embeds=reference)
         return (query, image_embeds) if return_image_embeds else query  # (1, D)
 
     def search(self, image=None, text: str | None = None, k: int = 10, exclude_ids=None,

@@ -109,7 +109,9 @@ def embed_queries(model, processor, queries, batch_size: int = 32, text_template
         batch_size: queries per forward pass.
         text_template: how a query's text is built from its columns (see `SHARED_CONCEPT_TEMPLATE`).
         index: when given, a reference image that is in the gallery reuses its gallery embedding `f(v)`
-            (the same vector the model would compute) instead of decoding and encoding the image again.
+            (the same vector the model would compute) instead of decoding and encoding the image again. A model
+            that feeds the reference as patch tokens (`reference_tokens="patches"`) needs more than f(v): its
+            references are always decoded and encoded again (one tower pass per query image, cheap next to the LLM).
         query_encoder: optional fast encoder with `.encode(texts, image_embeds=...)` (e.g.
             `collm_hf.CoLLMQueryEncoder`); used for batches whose reference embeddings are known.
         show_progress: tqdm bar.
@@ -121,11 +123,12 @@ def embed_queries(model, processor, queries, batch_size: int = 32, text_template
     reference_ids = [str(r) for r in column(queries, "reference_id")]
     names = column_names(queries)
     device = next(model.parameters()).device
+    reuse_gallery = index is not None and model.config.reference_tokens == "pooled"
     out = []
     for b0 in tqdm(range(0, len(texts), batch_size), desc="Embedding queries", disable=not show_progress):
         b1 = min(len(texts), b0 + batch_size)
         refs = reference_ids[b0:b1]
-        if index is not None and all(r in index.position for r in refs):
+        if reuse_gallery and all(r in index.position for r in refs):
             image_embeds = index.vectors([index.position[r] for r in refs]).to(device)  # (batch, D_image)
             if query_encoder is not None:
                 embeds = query_encoder.encode(texts[b0:b1], image_embeds=image_embeds)

@@ -105,10 +105,10 @@ def grad_cache_step(
         raise ValueError("Gradient caching needs targets (target_pixel_values or target_image_embeds).")
     # Leaves cut the image side's graph: the loss and the chunks backpropagate into them, and the graph itself is
     # backpropagated once at the end (the reference embeddings reach the loss too, as reference negatives).
-    images = prepared.image_embeds
-    image_leaf = None if images is None else _at_least_fp32(images.detach()).requires_grad_(images.requires_grad)
-    targets = prepared.target_embeds
-    target_leaf = _at_least_fp32(targets.detach()).requires_grad_(targets.requires_grad)
+    images, targets, negatives = prepared.image_embeds, prepared.target_embeds, prepared.negative_embeds
+    image_leaf, target_leaf, negative_leaf = (
+        None if root is None else _at_least_fp32(root.detach()).requires_grad_(root.requires_grad)
+        for root in (images, targets, negatives))
     image_rows = _image_rows(prepared.input_ids, model.config.image_token_id)
     device = prepared.input_ids.device
     chunks = [slice(start, start + chunk_size) for start in range(0, prepared.input_ids.shape[0], chunk_size)]
@@ -128,7 +128,7 @@ def grad_cache_step(
             states.append(RandomState(device))
             cached.append(embed(chunk))
     query_leaf = _at_least_fp32(torch.cat(cached)).requires_grad_(True)  # (rows, dim)
-    leaves = replace(prepared, image_embeds=image_leaf, target_embeds=target_leaf)
+    leaves = replace(prepared, image_embeds=image_leaf, target_embeds=target_leaf, negative_embeds=negative_leaf)
     with autocast():
         loss = model.contrastive_output(query_leaf, leaves, return_loss=True).loss
     backward(loss * loss_scale)  # grads of the embeddings (and of the logit scale)
@@ -137,7 +137,7 @@ def grad_cache_step(
             embeds = embed(chunk)
         backward(_dot([embeds], [query_leaf.grad[chunk]]))
     roots, grads = [], []
-    for root, leaf in ((images, image_leaf), (targets, target_leaf)):
+    for root, leaf in ((images, image_leaf), (targets, target_leaf), (negatives, negative_leaf)):
         if leaf is not None and leaf.grad is not None:
             roots.append(root), grads.append(leaf.grad)
     if roots:  # image side: the vision tower (when trained) and synthesis

@@ -13,6 +13,7 @@ a default full-size LLM config would silently allocate billions of parameters. R
 `CoLLMModel.from_backbones(...)` or from explicit sub-configs.
 """
 
+import math
 from dataclasses import field
 from typing import Literal
 
@@ -47,6 +48,10 @@ class CoLLMConfig(PreTrainedConfig):
             (`vision_families.resolve_gallery_pooling`). Replaced by the effective choice; CLIP, SigLIP and BLIP
             record their own.
         vision_feature_dim (`int`, *optional*): size of the pooled feature before any projection; inferred.
+        reference_tokens (`str`, defaults to "pooled"): what the reference becomes in the LLM: "pooled" (its gallery
+            embedding, the paper's single visual token) or "patches" (the tower's patch features).
+        patch_reduction (`str`, defaults to "grid"): with "patches", "grid" (adaptive pooling to k x k) or
+            "resampler" (learned queries).
         num_visual_tokens (`int`, defaults to 1): tokens the image occupies in the LLM input.
         adapter_type (`str`, defaults to "mlp"): the image adapter `g`.
         pooling (`str`, defaults to "last"): how the LLM's hidden states become one vector.
@@ -107,7 +112,15 @@ class CoLLMConfig(PreTrainedConfig):
     vision_pooling: Literal["auto", "pooler", "cls", "mean"] | None = None
     # Size of that pooled feature (the gallery embedding where the tower has no projection); inferred from the tower.
     vision_feature_dim: int | None = None
+    # What the reference image becomes in the LLM: "pooled" = its gallery embedding f(v) through the adapter (the
+    # paper, §3.1); "patches" = the tower's patch / grid features, reduced to `num_visual_tokens` tokens with their
+    # positions, so attributes stay bound to places (the paper's single token is a limitation it names, §6).
+    reference_tokens: Literal["pooled", "patches"] = "pooled"
+    # "patches": how the patch grid becomes `num_visual_tokens` tokens: "grid" = adaptive average pooling to a k x k
+    # grid (k^2 tokens, no parameters); "resampler" = that many learned queries attending over every patch.
+    patch_reduction: Literal["grid", "resampler"] = "grid"
     # The paper feeds a single visual token (§3.1); >1 maps the image embedding to several tokens (an extension).
+    # With reference_tokens="patches": the number of patch tokens (a square for patch_reduction="grid").
     num_visual_tokens: int = 1
     # The paper does not give the adapter; a 2-layer MLP (as LLaVA-1.5) is the default, "linear" the cheap one.
     adapter_type: Literal["linear", "mlp"] = "mlp"
@@ -147,6 +160,11 @@ class CoLLMConfig(PreTrainedConfig):
             self.projection_dim = self.image_embedding_size
         if self.num_visual_tokens < 1:
             raise ValueError(f"num_visual_tokens must be >= 1, got {self.num_visual_tokens}")
+        if self.reference_tokens == "patches" and self.patch_reduction == "grid":
+            side = math.isqrt(self.num_visual_tokens)
+            if side * side != self.num_visual_tokens:
+                raise ValueError(f"reference_tokens='patches' with patch_reduction='grid' pools the patches to a k x k "
+                                 f"grid: num_visual_tokens must be a square, got {self.num_visual_tokens}.")
 
     def __setattr__(self, key, value):
         # The loss options are typed in memory: a dict (from config.json, or assigned) is parsed once, here,
@@ -169,6 +187,12 @@ class CoLLMConfig(PreTrainedConfig):
     @classmethod
     def from_json_file(cls, json_file):
         return cls(**_with_loss_section(cls._dict_from_json_file(json_file)))
+
+    @property
+    def reference_embedding_size(self) -> int:
+        """Size of what the adapter takes per reference token: the gallery embedding ("pooled"), or the tower's
+        patch feature ("patches")."""
+        return self.image_embedding_size if self.reference_tokens == "pooled" else self.vision_feature_dim
 
     @property
     def image_embedding_size(self) -> int:

@@ -48,6 +48,26 @@ def check_embeds(embeds, width: int, name: str, rows: int | None = None, row_nam
     """(rows, width) finite floating-point embeddings."""
     if not isinstance(embeds, torch.Tensor) or embeds.dim() != 2 or embeds.shape[-1] != width:
         raise ValueError(f"{name} must be ({row_name}, {width}); got {_describe(embeds)}.")
+    _check_values(embeds, name, rows)
+
+
+def check_reference_embeds(embeds, config, name: str = "image_embeds") -> None:
+    """What the adapter takes per reference image: (images, dim) gallery embeddings, or, for a model that feeds the
+    reference as patch tokens, (images, tokens, features) patch features (`CoLLMModel.get_reference_embeds`)."""
+    if config.reference_tokens == "pooled":
+        check_embeds(embeds, config.image_embedding_size, name, row_name="images")
+        return
+    width = config.reference_embedding_size
+    tokens = config.num_visual_tokens if config.patch_reduction == "grid" else "patches"
+    if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or embeds.shape[-1] != width or (
+            tokens != "patches" and embeds.shape[1] != tokens):
+        raise ValueError(f"This model feeds the reference as patch tokens: {name} must be (images, {tokens}, {width}) "
+                         f"patch features from model.get_reference_embeds(pixel_values), not gallery embeddings; "
+                         f"got {_describe(embeds)}.")
+    _check_values(embeds, name)
+
+
+def _check_values(embeds, name: str, rows: int | None = None) -> None:
     if not embeds.is_floating_point():
         raise ValueError(f"{name} must be floating point, got dtype {embeds.dtype}.")
     if rows is not None and embeds.shape[0] != rows:

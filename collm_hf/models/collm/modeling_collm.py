@@ -7,62 +7,19 @@ Both are L2-normalised; retrieval ranks the gallery by cosine similarity. The to
 sub-configs (`AutoModel.from_config`), never copied, so any transformers vision tower and any decoder LLM plug in.
 """
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from .configuration_collm import CoLLMConfig
-from .image_adapter import CoLLMImageAdapter
-from .input_checks import check_embeds, check_pixel_values, check_query_tokens
+from .outputs import CoLLMContrastiveInputs, CoLLMOutput
+from .image_adapter import CoLLMImageAdapter, CoLLMPatchAdapter, build_image_adapter, reference_patch_features
+from .input_checks import check_embeds, check_pixel_values, check_query_tokens, check_reference_embeds
 from .losses import contrastive_loss, distinct_rows, similarity_logits
 from .synthesis import concat_padded_queries, synthesize_composed_queries
-from .vision_families import build_vision_projection, build_vision_tower, load_pretrained_vision
-from .vision_families import pool_vision_output, vision_tower_outputs
-
-
-@dataclass
-class CoLLMOutput(ModelOutput):
-    """Output of [`CoLLMModel.forward`].
-
-    Args:
-        loss: scalar contrastive loss, when `return_loss=True`.
-        query_embeds: (batch, dim) L2-normalised query embeddings.
-        target_embeds: (batch, dim) L2-normalised target embeddings, when targets are given.
-        logits_per_query: (batch, batch) scaled query-target similarities, when targets are given.
-    """
-
-    loss: torch.FloatTensor | None = None
-    query_embeds: torch.FloatTensor | None = None
-    target_embeds: torch.FloatTensor | None = None
-    logits_per_query: torch.FloatTensor | None = None
-
-
-@dataclass
-class CoLLMContrastiveInputs:
-    """The LLM inputs of a training step and its targets ([`CoLLMModel.prepare_contrastive_inputs`]).
-
-    Args:
-        input_ids, attention_mask: (groups * batch, seq) the query groups stacked (pairs: 3 groups).
-        image_embeds: (images, dim) one row per query with an image placeholder, in order.
-        num_groups: query groups sharing the targets (1 for triplets, 3 for pairs).
-        target_embeds: (batch, dim) or None; target_image_ids: (batch,) or None.
-        query_keys, target_query_keys: (batch,) and (batch, keys) or None: which targets answer which queries
-            besides their own (`losses.false_negative_mask`).
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    image_embeds: torch.Tensor | None
-    num_groups: int
-    target_embeds: torch.Tensor | None
-    target_image_ids: torch.Tensor | None
-    query_keys: torch.Tensor | None = None
-    target_query_keys: torch.Tensor | None = None
+from .vision_families import build_vision_projection, build_vision_tower, pool_vision_output, vision_tower_outputs
 
 
 class CoLLMPreTrainedModel(PreTrainedModel):
@@ -83,6 +40,11 @@ class CoLLMPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, CoLLMModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        if isinstance(module, CoLLMPatchAdapter):
+            init.normal_(module.position_embeddings, std=self.config.text_config.initializer_range
+                         if hasattr(self.config.text_config, "initializer_range") else 0.02)
+            if module.resample:
+                init.normal_(module.queries, std=0.02)
 
 
 class CoLLMModel(CoLLMPreTrainedModel):
@@ -115,7 +77,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
     def _build_new_modules(self):
         """The modules CoLLM adds to the two pretrained towers: adapter `g`, projection `p`, logit scale."""
         config = self.config
-        self.adapter = CoLLMImageAdapter(config)
+        self.adapter = build_image_adapter(config)
         self.projection = nn.Linear(config.text_config.hidden_size, config.projection_dim)
         self.logit_scale = nn.Parameter(
             torch.tensor(config.logit_scale_init_value), requires_grad=config.learnable_logit_scale
@@ -185,28 +147,49 @@ class CoLLMModel(CoLLMPreTrainedModel):
         Returns:
             (batch, dim) L2-normalised image embeddings.
         """
-        pooled = pool_vision_output(self.config.vision_pooling, self.get_vision_outputs(pixel_values))  # (batch, hidden)
+        return self._gallery_embeds(self.get_vision_outputs(pixel_values))
+
+    def _gallery_embeds(self, vision_outputs) -> torch.Tensor:
+        pooled = pool_vision_output(self.config.vision_pooling, vision_outputs)  # (batch, hidden)
         if self.vision_projection is not None:
             pooled = self.vision_projection(pooled)  # (batch, dim)
         return F.normalize(pooled, dim=-1)
 
-    def embed_distinct_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`get_image_embeds`, running the tower once per distinct image of the batch.
+    def get_reference_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What the adapter `g` takes for each reference image: its gallery embedding f(v), (images, dim), or with
+        `reference_tokens="patches"` its patch features, (images, tokens, features) (`reference_patch_features`)."""
+        return self.encode_images(pixel_values, with_patches=self.config.reference_tokens == "patches")[-1]
+
+    def encode_images(self, pixel_values: torch.Tensor, with_patches: bool = False) -> tuple:
+        """Gallery embeddings f(v), (images, dim), and with `with_patches` the patch features the adapter takes,
+        from one tower pass per distinct image of the batch.
 
         Triplet batches repeat images: a reference serves each of its edits, a pair each of its texts (MTCIR:
-        ~5 per pair, groups of 6 images). Equal rows get the same embedding either way (the tower embeds each
+        ~5 per pair, groups of 6 images). Equal rows get the same outputs either way (the tower embeds each
         image on its own), so only the work changes; gradients reach the tower through the gather.
+
+        Returns:
+            `(embeds,)` or `(embeds, patch_features)`.
         """
+        def encode(pixels):
+            outputs = self.get_vision_outputs(pixels)
+            embeds = self._gallery_embeds(outputs)  # (images, dim)
+            return (embeds, reference_patch_features(self.config, outputs)) if with_patches else (embeds,)
+
         flat = pixel_values.reshape(len(pixel_values), -1)
         # Equal rows have equal projections, so distinct projections prove distinct rows without the row sort
         # (which costs ~1 s on a CPU for 1,024 images of 224 px): pair batches, with their augmented copies, stop here.
         fingerprint = flat @ torch.linspace(1.0, 2.0, flat.shape[1], dtype=flat.dtype, device=flat.device)
         if len(torch.unique(fingerprint)) == len(flat):
-            return self.get_image_embeds(pixel_values)
+            return encode(pixel_values)
         distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)
         if len(distinct) == len(pixel_values):
-            return self.get_image_embeds(pixel_values)
-        return self.get_image_embeds(distinct.view(-1, *pixel_values.shape[1:]))[inverse]  # (batch, dim)
+            return encode(pixel_values)
+        return tuple(out[inverse] for out in encode(distinct.view(-1, *pixel_values.shape[1:])))
+
+    def embed_distinct_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`get_image_embeds`, running the tower once per distinct image of the batch (`encode_images`)."""
+        return self.encode_images(pixel_values)[0]
 
     # ----------------------------------------------------------------------------------------------------------
     # Query side: p(Φ([g(h); w]))
@@ -215,7 +198,8 @@ class CoLLMModel(CoLLMPreTrainedModel):
         """LLM input embeddings of a query batch, with `g(h)` spliced in at the image placeholders.
 
         Rows that contain `num_visual_tokens` placeholders (`config.image_token_id`) take one row of
-        `image_embeds` each, in order; rows without placeholders are text-only queries.
+        `image_embeds` (the adapter's input, `get_reference_embeds`) each, in order; rows without placeholders are
+        text-only queries.
 
         Returns:
             (batch, seq, hidden) input embeddings.
@@ -261,16 +245,17 @@ class CoLLMModel(CoLLMPreTrainedModel):
             input_ids: (batch, seq) from the processor, image placeholders included.
             attention_mask: (batch, seq), 1 for real tokens; left or right padding give the same result.
             pixel_values: (images, 3, H, W) reference images, one per query with a placeholder; or
-            image_embeds: (images, dim) precomputed L2-normalised image embeddings instead of pixels.
+            image_embeds: precomputed `get_reference_embeds` instead of pixels: (images, dim) L2-normalised image
+                embeddings, or (images, tokens, features) patch features for `reference_tokens="patches"`.
 
         Returns:
             (batch, projection_dim) L2-normalised query embeddings.
         """
         check_query_tokens(input_ids, attention_mask)
         if image_embeds is None and pixel_values is not None:
-            image_embeds = self.get_image_embeds(pixel_values)
+            image_embeds = self.get_reference_embeds(pixel_values)
         elif image_embeds is not None:
-            check_embeds(image_embeds, self.config.image_embedding_size, "image_embeds", row_name="images")
+            check_reference_embeds(image_embeds, self.config)
         device = self.get_input_embeddings().weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         if image_embeds is not None:
@@ -310,13 +295,21 @@ class CoLLMModel(CoLLMPreTrainedModel):
         (`input_ids`), text-only from the target caption (`text_input_ids`), composed from h* and w* (CoLLM §3.2).
         `modification_writer` (see `forward`) rewrites the templated texts w* of the composed group.
         """
+        patches = self.config.reference_tokens == "patches"
+        reference_embeds = patch_features = None  # f(v) of the query images; their patch features ("patches")
         joint = (image_embeds is None and target_image_embeds is None and pixel_values is not None
                  and target_pixel_values is not None and pixel_values.shape[1:] == target_pixel_values.shape[1:])
         if joint:  # one tower pass for both sides: larger, fewer matrix products (a shared image is embedded once)
-            embeds = self.embed_distinct_images(torch.cat([pixel_values, target_pixel_values]))
-            image_embeds, target_image_embeds = embeds[: len(pixel_values)], embeds[len(pixel_values) :]
-        if image_embeds is None and pixel_values is not None:
-            image_embeds = self.embed_distinct_images(pixel_values)  # (images, dim)
+            encoded = self.encode_images(torch.cat([pixel_values, target_pixel_values]), with_patches=patches)
+            reference_embeds, target_image_embeds = encoded[0][: len(pixel_values)], encoded[0][len(pixel_values):]
+            patch_features = encoded[1][: len(pixel_values)] if patches else None
+        elif image_embeds is None and pixel_values is not None:
+            reference_embeds, *rest = self.encode_images(pixel_values, with_patches=patches)  # (images, dim)
+            patch_features = rest[0] if patches else None
+        elif image_embeds is not None:
+            check_reference_embeds(image_embeds, self.config)
+            reference_embeds, patch_features = (None, image_embeds) if patches else (image_embeds, None)
+        image_embeds = patch_features if patches else reference_embeds  # the adapter's input
         if target_image_embeds is None and target_pixel_values is not None:
             target_image_embeds = self.embed_distinct_images(target_pixel_values)  # (batch, dim)
         elif target_image_embeds is not None:
@@ -328,9 +321,12 @@ class CoLLMModel(CoLLMPreTrainedModel):
                     "Pair pre-training needs pixel_values (augmented targets) or image_embeds, text_input_ids, "
                     "caption_ids, modification_template_ids and query_frame_ids (use CoLLMPairCollator)."
                 )
+            if reference_embeds is None:
+                raise ValueError("Pair pre-training with patch tokens needs pixel_values (the neighbours are chosen by "
+                                 "the gallery embeddings).")
             synthesized = synthesize_composed_queries(
-                image_embeds, caption_ids, modification_template_ids, query_frame_ids, target_image_ids,
-                alpha=self.config.slerp_alpha,
+                reference_embeds, caption_ids, modification_template_ids, query_frame_ids, target_image_ids,
+                alpha=self.config.slerp_alpha, patch_features=patch_features,
             )
             if modification_writer is not None:
                 synthesized = modification_writer(synthesized, caption_ids, modification_template_ids, query_frame_ids)
@@ -338,10 +334,16 @@ class CoLLMModel(CoLLMPreTrainedModel):
                 [(input_ids, attention_mask), (text_input_ids, text_attention_mask),
                  (synthesized.input_ids, synthesized.attention_mask)]
             )  # (3 * batch, seq): image-only, text-only, composed
-            image_embeds = torch.cat([synthesized.reference_embeds, synthesized.reference_embeds])  # (2 * batch, dim)
+            image_embeds = torch.cat([synthesized.reference_embeds, synthesized.reference_embeds])  # (2 * batch, ...)
             num_groups = 3
+        negatives = None
+        if self.config.contrastive_loss.reference_negatives and num_groups == 1 and image_embeds is not None:
+            if reference_embeds is None:
+                raise ValueError("Reference negatives need the references' gallery embeddings: pass pixel_values, "
+                                 "not precomputed patch features.")
+            negatives = distinct_rows(reference_embeds)  # (references, dim) f(v_ref)
         return CoLLMContrastiveInputs(input_ids, attention_mask, image_embeds, num_groups, target_image_embeds,
-                                      target_image_ids, query_keys, target_query_keys)
+                                      target_image_ids, query_keys, target_query_keys, negatives)
 
     def embed_query_groups(self, inputs: CoLLMContrastiveInputs) -> torch.Tensor:
         """Query embeddings of the stacked groups of `inputs`, one LLM pass per group.
@@ -376,9 +378,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
             logits = similarity_logits(groups[-1], target_embeds, self.logit_scale)  # (batch, batch)
             if return_loss:
                 config = self.config.contrastive_loss
-                extra = None
-                if config.reference_negatives and inputs.num_groups == 1 and inputs.image_embeds is not None:
-                    extra = distinct_rows(inputs.image_embeds).to(query_embeds.device)
+                extra = None if inputs.negative_embeds is None else inputs.negative_embeds.to(query_embeds.device)
                 keys = (inputs.query_keys, inputs.target_query_keys) if inputs.num_groups == 1 else (None, None)
                 losses = [contrastive_loss(q, target_embeds, self.logit_scale, inputs.target_image_ids, config, extra, *keys)
                           for q in groups]
@@ -468,31 +468,10 @@ class CoLLMModel(CoLLMPreTrainedModel):
         Example:
             `CoLLMModel.from_backbones("openai/clip-vit-large-patch14", "Salesforce/SFR-Embedding-2_R")`
         """
-        dtype_kwargs = {"dtype": dtype} if dtype is not None else {"dtype": torch.float32}
-        vision = load_pretrained_vision(vision_name_or_path, pooling=options.pop("vision_pooling", None),
-                                        **dtype_kwargs, **(vision_kwargs or {}))
-        llm_kwargs = {"use_safetensors": True, **(llm_kwargs or {})}  # pickle checkpoints can run code when loaded
-        language_model = AutoModel.from_pretrained(llm_name_or_path, **dtype_kwargs, **llm_kwargs)
-        config = CoLLMConfig(
-            vision_config=vision.tower.config,
-            text_config=language_model.config,
-            vision_family=vision.family,
-            vision_projection_dim=vision.projection_dim,
-            vision_pooling=vision.pooling,
-            vision_feature_dim=vision.feature_dim,
-            **options,
-        )
-        with torch.device("meta"):  # no wasted random init of the two towers
-            model = cls(config)
-        model.vision_tower, model.vision_projection, model.language_model = vision.tower, vision.projection, language_model
-        vision.tower.config, language_model.config = config.vision_config, config.text_config
-        model._build_new_modules()
-        for module in (model.adapter, model.projection):
-            module.apply(model._init_weights)
-        model.to(language_model.dtype)
-        model.apply_vision_freezing()
-        model.config.dtype = language_model.dtype
-        return model
+        from .composition import compose_from_backbones
+
+        return compose_from_backbones(cls, vision_name_or_path, llm_name_or_path, dtype, vision_kwargs, llm_kwargs, options)
 
 
-__all__ = ["CoLLMModel", "CoLLMOutput", "CoLLMPreTrainedModel", "CoLLMImageAdapter", "CoLLMContrastiveInputs"]
+__all__ = ["CoLLMModel", "CoLLMOutput", "CoLLMPreTrainedModel", "CoLLMImageAdapter", "CoLLMPatchAdapter",
+           "CoLLMContrastiveInputs"]

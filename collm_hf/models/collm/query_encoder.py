@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from .input_checks import check_reference_embeds
+
 
 def bf16_supported(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 matmuls are native on `device` (CUDA with bf16, or a CPU with AVX512-BF16 / AMX)."""
@@ -99,7 +101,8 @@ class CoLLMQueryEncoder:
         Args:
             texts: list of modification texts; an entry may be None for an image-only query (with an image).
             images: list of reference images (PIL, arrays, paths as `CoLLMProcessor` accepts), one per query; or
-            image_embeds: (N, image_embedding_size) precomputed reference embeddings, one per query.
+            image_embeds: precomputed `model.get_reference_embeds`, one per query: (N, image_embedding_size) gallery
+                embeddings, or (N, tokens, features) patch features for a model fed patch tokens.
             batch_size: queries per LLM forward.
 
         Returns:
@@ -138,7 +141,8 @@ class CoLLMQueryEncoder:
         Args:
             input_ids, attention_mask: (N, seq) from `CoLLMProcessor`.
             pixel_values: (images, 3, H, W), one per row with an image placeholder; or
-            image_embeds: (images, dim) precomputed, one per row with an image placeholder, in row order.
+            image_embeds: precomputed `model.get_reference_embeds`, one per row with an image placeholder, in row
+                order: (images, dim), or (images, tokens, features) for a model fed patch tokens.
 
         Returns:
             (N, projection_dim) L2-normalised query embeddings.
@@ -147,7 +151,7 @@ class CoLLMQueryEncoder:
             raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
                              "must be the same (batch, seq) shape.")
         if image_embeds is None and pixel_values is not None:
-            image_embeds = torch.cat([self.model.get_image_embeds(pixel_values[i:i + batch_size])
+            image_embeds = torch.cat([self.model.get_reference_embeds(pixel_values[i:i + batch_size])
                                       for i in range(0, len(pixel_values), batch_size)])
         mask = attention_mask.bool().cpu()
         sequences = [row[m].tolist() for row, m in zip(input_ids.cpu(), mask)]
@@ -171,7 +175,7 @@ class CoLLMQueryEncoder:
         chunks = []
         for i in range(0, len(checked), batch_size):
             pixels = self.processor.image_processor(checked[i:i + batch_size], return_tensors="pt")["pixel_values"]
-            chunks.append(self.model.get_image_embeds(pixels))  # (batch, dim)
+            chunks.append(self.model.get_reference_embeds(pixels))  # (batch, dim) or (batch, tokens, features)
         return torch.cat(chunks)
 
     def _encode_sequences(self, sequences: list[list[int]], image_embeds: torch.Tensor | None, batch_size: int,
@@ -185,11 +189,7 @@ class CoLLMQueryEncoder:
             raise ValueError("Some queries hold an image placeholder but no images were given.")
         if image_embeds is not None:
             image_embeds = image_embeds.to(self.device)
-            if image_embeds.dim() != 2 or image_embeds.shape[-1] != self.model.config.image_embedding_size:
-                raise ValueError(f"image_embeds must be (N, {self.model.config.image_embedding_size}); "
-                                 f"got {tuple(image_embeds.shape)}.")
-            if not torch.isfinite(image_embeds).all():
-                raise ValueError("image_embeds contain NaN or infinite values.")
+            check_reference_embeds(image_embeds, self.model.config)
         out = torch.empty(len(sequences), self.model.config.projection_dim, device=self.device)
         for kind in (True, False):  # queries with an image share a longer prefix (through " Image:")
             rows = [i for i, h in enumerate(has_image) if h == kind]

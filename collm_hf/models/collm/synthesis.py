@@ -124,6 +124,23 @@ def slerp(
     return torch.where(degenerate & ~opposite, linear, spherical)
 
 
+def slerp_tokens(start: torch.Tensor, end: torch.Tensor, alpha: float = DEFAULT_SLERP_ALPHA) -> torch.Tensor:
+    """Token-wise interpolation of patch features, for references fed as patch tokens: each token's direction by
+    `slerp`, its norm linearly (patch features are not unit vectors; their norms carry information).
+
+    Args:
+        start: (..., tokens, features) the sample's own patch tokens (alpha = 0 returns them).
+        end: (..., tokens, features) the neighbour's patch tokens, same grid (alpha = 1 returns them).
+        alpha: interpolation weight towards `end`.
+
+    Returns:
+        (..., tokens, features).
+    """
+    end = end.to(start.dtype)
+    norm = (1 - alpha) * start.norm(dim=-1, keepdim=True) + alpha * end.norm(dim=-1, keepdim=True)  # (..., tokens, 1)
+    return slerp(start, end, alpha) * norm
+
+
 def nearest_neighbor_indices(embeds: torch.Tensor, image_ids: torch.Tensor | list | None = None) -> torch.Tensor:
     """Index of each row's nearest other row by cosine similarity, never itself and never a row of the same image.
 
@@ -367,7 +384,7 @@ class SynthesizedQueries:
     """What `synthesize_composed_queries` returns for this process's rows.
 
     Args:
-        reference_embeds: (batch, dim) synthesised reference embeddings h*.
+        reference_embeds: (batch, dim) synthesised reference embeddings h*, or (batch, tokens, features) patch tokens.
         input_ids: (batch, seq) composed-query ids (prompt + image placeholder + w*), right-padded.
         attention_mask: (batch, seq).
         neighbor_indices: (batch,) each row's neighbour, an index into the global (gathered) batch.
@@ -386,6 +403,7 @@ def synthesize_composed_queries(
     query_frame_ids: torch.Tensor,
     image_ids: torch.Tensor | None = None,
     alpha: float = DEFAULT_SLERP_ALPHA,
+    patch_features: torch.Tensor | None = None,
 ) -> SynthesizedQueries:
     """The in-step half of pair synthesis: global neighbours, Slerp, and composed-query token assembly.
 
@@ -400,6 +418,9 @@ def synthesize_composed_queries(
         query_frame_ids: (batch, frame_len) composed-query frames with `TEXT_SLOT`s.
         image_ids: (batch,) integer target image ids (copies of one image are never neighbours).
         alpha: Slerp weight towards the neighbour.
+        patch_features: (batch, tokens, features) the targets' patch tokens, for a model that feeds the reference as
+            patch tokens: the synthesised reference is then their token-wise interpolation with the neighbour's
+            (`slerp_tokens`); the neighbour is still chosen by the pooled embeddings h'.
 
     Returns:
         `SynthesizedQueries`.
@@ -408,7 +429,11 @@ def synthesize_composed_queries(
     all_ids = None if image_ids is None else gather_rows(image_ids.to(augmented_embeds.device), with_grad=False)[0]
     all_captions, _ = gather_padded(caption_ids, PAD_SLOT)  # (global, caption_len)
     neighbors = nearest_neighbor_indices(all_embeds, all_ids)[offset : offset + augmented_embeds.shape[0]]  # (batch,)
-    reference = slerp(augmented_embeds, all_embeds[neighbors], alpha)  # (batch, dim)
+    if patch_features is None:
+        reference = slerp(augmented_embeds, all_embeds[neighbors], alpha)  # (batch, dim)
+    else:
+        all_patches, _ = gather_rows(patch_features)  # (global, tokens, features)
+        reference = slerp_tokens(patch_features, all_patches[neighbors], alpha)  # (batch, tokens, features)
     input_ids, attention_mask = assemble_composed_queries(
         query_frame_ids, modification_template_ids, caption_ids, all_captions[neighbors.to(all_captions.device)]
     )

@@ -26,6 +26,7 @@ One rule gives the gallery embedding `f(v)` of any tower; `resolve_gallery_pooli
 A new family with its own retrieval head is one entry of `VISION_FAMILIES`, not a new model class.
 """
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -222,6 +223,24 @@ def vision_tower_outputs(tower: nn.Module, pixel_values: torch.Tensor):
     track_grad = torch.is_grad_enabled() and any(p.requires_grad for p in parameters)
     with torch.set_grad_enabled(track_grad):
         return tower(pixel_values=pixel_values.to(device=parameters[0].device, dtype=parameters[0].dtype))
+
+
+def patch_grid(outputs) -> torch.Tensor:
+    """The tower's patch / grid features as a grid, for reference images fed to the LLM as patch tokens.
+
+    CNN feature maps (batch, C, H, W) are taken as they are; token sequences (batch, tokens, hidden) lose their
+    leading class (and register / distillation) tokens: the patches are the trailing `side * side` tokens, `side`
+    the largest whole square root of the token count (towers' image processors give square images).
+
+    Returns:
+        (batch, height, width, features), from `last_hidden_state`.
+    """
+    hidden = outputs.last_hidden_state
+    if hidden.dim() == 4:
+        return hidden.permute(0, 2, 3, 1)  # (batch, H, W, C)
+    side = math.isqrt(hidden.shape[1])
+    patches = hidden[:, hidden.shape[1] - side * side:]  # (batch, side * side, hidden)
+    return patches.reshape(hidden.shape[0], side, side, hidden.shape[-1])
 
 
 def gallery_embedding_rule(config) -> str:
