@@ -59,9 +59,8 @@ def test_model_folder_reloads_and_has_a_card(quickstart_dir):
 
 
 def test_diagnosis_accounts_for_every_query(quickstart_dir, capsys):
-    from _scripts import load_script
+    from collm_hf.apps.quickstart import diagnosis as script
 
-    script = load_script("examples/diagnose_quickstart.py")
     counts = script.diagnose(quickstart_dir)
     report = json.loads((quickstart_dir / "metrics.json").read_text())
     queries = 40  # WorldConfig.tiny: num_cirr_queries
@@ -78,7 +77,9 @@ def test_diagnosis_accounts_for_every_query(quickstart_dir, capsys):
     overall = sum(row["queries"] * row["map@5"] for row in by_aspect.values()) / circo_queries
     assert overall == pytest.approx(report["benchmarks"]["synthetic-circo"]["collm"]["map@5"], abs=0.06)
     assert all(row["map@5 without the reference"] >= row["map@5"] - 1e-9 for row in by_aspect.values())
-    script.main(["--run-dir", str(quickstart_dir)])
+    from _scripts import load_script
+
+    load_script("examples/diagnose_quickstart.py").main(["--run-dir", str(quickstart_dir)])
     printed = capsys.readouterr().out
     assert all(f"{count:5d}  {kind}" in printed for kind, count in counts.items())
     assert all(f"{category} ({row['queries']} queries)" in printed for category, row in by_category.items())
@@ -205,3 +206,30 @@ def test_a_stage_past_its_deadline_stops_after_the_step_under_way(tmp_path):
     # Given seconds, a stage stops when they are used up, or at its steps if those come first.
     assert train_stage(model, groups, *args, seconds=1e-3) == 1
     assert train_stage(model, groups, *args, seconds=3600.0) == 5
+
+
+def test_paired_comparison_runs_each_seed_and_variant_once_and_resumes(quickstart_dir, tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from collm_hf.apps.quickstart import comparison
+
+    launched = []
+
+    def fake_run(command, check, stdout):  # each run's folder becomes a copy of the module's tiny run
+        launched.append(command)
+        shutil.copytree(quickstart_dir, command[command.index("--output-dir") + 1])
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    variants = {"pooled": {}, "patches": {"reference_tokens": "patches"}}
+    records = comparison.compare_recipes(variants, [3, 4], tmp_path, mode="caps", log=lambda _: None)
+    order = [(c[c.index("--seed") + 1], json.loads(c[c.index("--recipe") + 1])) for c in launched]
+    assert [seed for seed, _ in order] == ["3", "3", "4", "4"]  # interleaved: every variant of a seed, then the next
+    assert order[1][1] == {**comparison.MODES["caps"], "reference_tokens": "patches"}
+    schedule = json.loads((quickstart_dir / "metrics.json").read_text())["schedule"]
+    assert len(records) == 4 and records[0]["schedule"] == {k: schedule[k] for k in ("pair_steps", "triplet_steps")}
+    assert {"remove", "colour"} & set(records[0]["recall@1_by_category"]) and records[0]["map@5_by_aspect"]
+    assert comparison.compare_recipes(variants, [3, 4], tmp_path, mode="caps", log=lambda _: None) == records
+    assert len(launched) == 4  # resumed: nothing ran twice
+    table = comparison.results_table(records)
+    assert table.count("\n") == 5 and "| 3 | patches |" in table

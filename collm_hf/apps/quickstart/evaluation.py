@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...evaluation.embedding import embed_gallery, embed_queries
+from ...evaluation.index.building import load_images
 from ...evaluation.scoring import rank_benchmark
 
 METHODS = ("collm", "collm_pairs_only", "image_only", "text_only", "sum_fusion", "chance")
@@ -27,16 +28,24 @@ FUSION_WEIGHTS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.30 ... 
 
 
 @torch.inference_mode()
-def _text_and_image_queries(model, processor, texts: list, reference_embeds: torch.Tensor, batch_size: int = 256):
-    """(text-only query embeddings, image-only query embeddings), each (Q, D)."""
+def _text_and_image_queries(model, processor, queries, reference_embeds: torch.Tensor, batch_size: int = 256):
+    """(text-only query embeddings, image-only query embeddings), each (Q, D). The image-only queries take the
+    references' gallery embeddings, or, for a model fed patch tokens, the reference images themselves."""
+    texts, patches = list(queries["modification_text"]), model.config.reference_tokens == "patches"
+    reference_ids = [str(r) for r in queries["reference_id"]]
     text_out, image_out = [], []
     for b0 in range(0, len(texts), batch_size):
         chunk = texts[b0:b0 + batch_size]
         q = processor.queries(chunk, with_image=False)
         text_out.append(model.get_query_embeds(q["input_ids"], q["attention_mask"]).float().cpu())
         q = processor.queries([None] * len(chunk), with_image=True)
-        image_out.append(model.get_query_embeds(q["input_ids"], q["attention_mask"],
-                                                image_embeds=reference_embeds[b0:b0 + batch_size]).float().cpu())
+        if patches:
+            b1 = b0 + len(chunk)
+            images = load_images(queries[b0:b1]["reference_image"], reference_ids[b0:b1])
+            image_embeds = model.get_reference_embeds(processor(images=images)["pixel_values"])
+        else:
+            image_embeds = reference_embeds[b0:b0 + batch_size]
+        image_out.append(model.get_query_embeds(q["input_ids"], q["attention_mask"], image_embeds=image_embeds).float().cpu())
     return torch.cat(text_out), torch.cat(image_out)
 
 
@@ -45,7 +54,7 @@ def baseline_variants(model, processor, queries, index) -> dict:
     reference_ids = [str(r) for r in queries["reference_id"]]
     rows = torch.tensor([index.position[r] for r in reference_ids])
     reference = index.embeddings.index_select(0, rows).float().cpu()  # (Q, D) f(v_ref)
-    text, image_query = _text_and_image_queries(model, processor, list(queries["modification_text"]), reference)
+    text, image_query = _text_and_image_queries(model, processor, queries, reference)
     fusion = {}
     for name, image_part in (("gallery_embedding", reference), ("image_query", image_query)):
         for w in FUSION_WEIGHTS:

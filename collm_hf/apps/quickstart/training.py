@@ -67,6 +67,11 @@ class QuickstartRecipe:
     # No instruction line: an LLM trained from scratch learns nothing from tokens every query shares, and pays for them.
     instruction: str | None = None
     num_visual_tokens: int = 2  # 2 x 64 LLM dims carry the whole 128-wide image embedding (with the linear adapter)
+    # The reference as its pooled embedding ("pooled", the paper) or as patch tokens ("patches"): docs/patch_tokens.md.
+    reference_tokens: str = "pooled"
+    patch_reduction: str = "grid"  # "patches": the tower's 3 x 3 grid pooled to `patch_tokens`, or a resampler
+    patch_tokens: int = 9  # "patches": tokens per reference; 9 = the 3 x 3 grid as it is, one token per object cell
+    slerp_alpha: float = 0.5  # stage 1's Slerp weight of the neighbour (the paper's best, §7)
     pooling: str = "mean"  # learned better than the last token
     adapter_type: str = "linear"  # the MLP squeezes the image embedding through the LLM's 64-wide hidden layer
     # Seconds a cold run may take: 10 minutes less a margin (None, or `--llm`: run every step whatever the time).
@@ -132,14 +137,17 @@ def build_model_and_processor(recipe: QuickstartRecipe, llm: str | None = None, 
 
         tokenizer, text = AutoTokenizer.from_pretrained(llm), AutoConfig.from_pretrained(llm)
     torch.manual_seed(seed)
+    patches = recipe.reference_tokens == "patches"
     temperature = {} if recipe.inverse_temperature is None else {
         "logit_scale_init_value": math.log(recipe.inverse_temperature), "learnable_logit_scale": False}
     config = CoLLMConfig(vision_config=vision, text_config=text, freeze_vision_tower=False,
                          contrastive_loss=ContrastiveLossConfig(loss_type=recipe.loss_type, two_way=recipe.two_way_loss,
                                                                 reference_negatives=recipe.reference_negatives),
                          instruction=recipe.instruction,
-                         num_visual_tokens=recipe.num_visual_tokens, pooling=recipe.pooling,
-                         adapter_type=recipe.adapter_type, **temperature)
+                         num_visual_tokens=recipe.patch_tokens if patches else recipe.num_visual_tokens,
+                         reference_tokens=recipe.reference_tokens, patch_reduction=recipe.patch_reduction,
+                         slerp_alpha=recipe.slerp_alpha, pooling=recipe.pooling, adapter_type=recipe.adapter_type,
+                         **temperature)
     model = CoLLMModel(config)
     model.set_attn_implementation(recipe.attn_implementation)
     if recipe.vision_position_std is not None:

@@ -1,0 +1,99 @@
+"""Paired quickstart runs: recipe variants compared seed by seed, one run at a time, interleaved.
+
+    for seed in seeds:  for variant in variants:  collm-hf quickstart --output-dir DIR/<variant>-seed<N> --seed N
+                                                  --recipe '<the mode's overrides + the variant's>'
+
+Each run is a fresh `collm-hf quickstart` process, so one run's memory or threads never reach the next; the
+variants of a seed run back to back (A, B, A, B, ...), so a drift in the machine's speed hits every variant alike.
+Every finished run appends one line to DIR/results.jsonl: the two headline scores and error ratios, the steps and
+training seconds it ran, pairs-only scores, recall@1 per edit category and map@5 per semantic aspect
+(`diagnosis`). A rerun skips the runs already recorded, so an interrupted comparison resumes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# What each mode adds to every variant's recipe: "caps" runs a fixed number of steps whatever the time (the
+# seconds then differ), "budget" the default 10-minute budget (the steps then differ).
+MODES = {"caps": {"pair_steps": 800, "triplet_steps": 2000, "time_budget_s": None}, "budget": {}}
+HEADLINE = (("synthetic-cirr", "recall@1"), ("synthetic-circo", "map@5"))
+
+
+def run_record(run_dir: Path, seed: int, variant: str, recipe: dict) -> dict:
+    """One finished run's line of results.jsonl (reads DIR/metrics.json and diagnoses the saved model)."""
+    from .diagnosis import circo_by_aspect, recall_by_category
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    record = {"seed": seed, "variant": variant, "recipe": recipe, "run_dir": str(run_dir),
+              "schedule": {k: metrics["schedule"][k] for k in ("pair_steps", "triplet_steps")},
+              "training_s": round(metrics["timings"]["pair_training_s"] + metrics["timings"]["triplet_training_s"], 1),
+              "cold_run_s": metrics["timings"].get("cold_run_s")}
+    for benchmark, key in HEADLINE:
+        scores = metrics["benchmarks"][benchmark]
+        record[benchmark] = {"collm": scores["collm"][key], "pairs_only": scores["collm_pairs_only"][key],
+                             "best_baseline": max(scores[b][key] for b in metrics["baselines"]),
+                             "error_ratio": metrics["error_ratio_vs_best_baseline"][benchmark]}
+    record["recall@1_by_category"] = {c: round(row["recall@1"], 1) for c, row in recall_by_category(run_dir).items()}
+    record["map@5_by_aspect"] = {a: round(row["map@5"], 1) for a, row in circo_by_aspect(run_dir).items()}
+    return record
+
+
+def read_results(output_dir: str | os.PathLike) -> list[dict]:
+    path = Path(output_dir) / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def compare_recipes(variants: dict, seeds, output_dir: str | os.PathLike, mode: str = "budget",
+                    log=print) -> list[dict]:
+    """Run the paired comparison; returns every record of DIR/results.jsonl.
+
+    Args:
+        variants: {name: recipe overrides}, e.g. `{"pooled": {}, "patches": {"reference_tokens": "patches"}}`.
+        seeds: the world / training seeds, each run for every variant.
+        output_dir: DIR: the runs' folders and results.jsonl.
+        mode: "caps" (800 + 2,000 steps, no time budget) or "budget" (the default 10-minute budget).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(r["seed"], r["variant"]) for r in read_results(out)}
+    for seed in seeds:
+        for variant, overrides in variants.items():
+            if (seed, variant) in done:
+                continue
+            recipe = {**MODES[mode], **overrides}
+            run_dir = out / f"{variant}-seed{seed}"
+            command = [sys.executable, "-m", "collm_hf", "quickstart", "--output-dir", str(run_dir), "--seed", str(seed),
+                       "--recipe", json.dumps(recipe), "--no-progress"]
+            log(f"[compare] {variant} seed {seed}: {' '.join(command[1:])}")
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            record = run_record(run_dir, seed, variant, recipe)
+            with open(out / "results.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            log(f"[compare] {variant} seed {seed}: error ratios {record['synthetic-cirr']['error_ratio']:.2f} / "
+                f"{record['synthetic-circo']['error_ratio']:.2f}, steps {record['schedule']}, {record['training_s']} s")
+    return read_results(out)
+
+
+def results_table(records: list[dict]) -> str:
+    """A markdown table, one row per run: steps, training seconds, headline scores and error ratios, pairs-only
+    scores, "remove" recall@1, negation map@5."""
+    lines = ["| seed | variant | steps (pair + triplet) | training s | CIRR R@1 (best baseline) | CIRCO mAP@5 (best baseline) "
+             "| error ratios | pairs-only R@1 / mAP@5 | remove R@1 | negation mAP@5 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["seed"], r["variant"])):
+        cirr, circo = r["synthetic-cirr"], r["synthetic-circo"]
+        lines.append(
+            f"| {r['seed']} | {r['variant']} | {r['schedule']['pair_steps']} + {r['schedule']['triplet_steps']} "
+            f"| {r['training_s']:.0f} | {cirr['collm']:.1f} ({cirr['best_baseline']:.1f}) "
+            f"| {circo['collm']:.1f} ({circo['best_baseline']:.1f}) | {cirr['error_ratio']:.2f} / {circo['error_ratio']:.2f} "
+            f"| {cirr['pairs_only']:.1f} / {circo['pairs_only']:.1f} | {r['recall@1_by_category'].get('remove', float('nan')):.1f} "
+            f"| {r['map@5_by_aspect'].get('negation', float('nan')):.1f} |")
+    return "\n".join(lines)
+
+
+__all__ = ["MODES", "compare_recipes", "read_results", "results_table", "run_record"]
