@@ -67,8 +67,10 @@ def test_rule_from_config_embeds_and_round_trips(tmp_path, name, rgb_images):
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
     assert reloaded.config.vision_pooling == pooling and reloaded.config.vision_feature_dim == size
     with torch.no_grad():
-        assert torch.equal(reloaded.get_image_embeds(pixel_values), gallery)
-        assert torch.equal(reloaded.get_query_embeds(**inputs), model.get_query_embeds(**inputs))
+        # Same weights, same inputs; CPU convolutions may pick kernels by memory layout, so equal up to float noise.
+        torch.testing.assert_close(reloaded.get_image_embeds(pixel_values), gallery, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(reloaded.get_query_embeds(**inputs), model.get_query_embeds(**inputs),
+                                   atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", GENERIC)

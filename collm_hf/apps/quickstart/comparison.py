@@ -29,8 +29,7 @@ def run_record(run_dir: Path, seed: int, variant: str, recipe: dict) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     record = {"seed": seed, "variant": variant, "recipe": recipe, "run_dir": str(run_dir),
               "schedule": {k: metrics["schedule"][k] for k in ("pair_steps", "triplet_steps")},
-              "training_s": round(metrics["timings"]["pair_training_s"] + metrics["timings"]["triplet_training_s"], 1),
-              "cold_run_s": metrics["timings"].get("cold_run_s")}
+              "training_s": _training_seconds(metrics["timings"]), "cold_run_s": metrics["timings"].get("cold_run_s")}
     for benchmark, key in HEADLINE:
         scores = metrics["benchmarks"][benchmark]
         record[benchmark] = {"collm": scores["collm"][key], "pairs_only": scores["collm_pairs_only"][key],
@@ -39,6 +38,12 @@ def run_record(run_dir: Path, seed: int, variant: str, recipe: dict) -> dict:
     record["recall@1_by_category"] = {c: round(row["recall@1"], 1) for c, row in recall_by_category(run_dir).items()}
     record["map@5_by_aspect"] = {a: round(row["map@5"], 1) for a, row in circo_by_aspect(run_dir).items()}
     return record
+
+
+def _training_seconds(timings: dict) -> float | None:
+    """Seconds of both training stages (None for a run that reused a trained model and only evaluated)."""
+    stages = [timings.get(key) for key in ("pair_training_s", "triplet_training_s")]
+    return None if None in stages else round(sum(stages), 1)
 
 
 def read_results(output_dir: str | os.PathLike) -> list[dict]:
@@ -75,7 +80,7 @@ def compare_recipes(variants: dict, seeds, output_dir: str | os.PathLike, mode: 
             with open(out / "results.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             log(f"[compare] {variant} seed {seed}: error ratios {record['synthetic-cirr']['error_ratio']:.2f} / "
-                f"{record['synthetic-circo']['error_ratio']:.2f}, steps {record['schedule']}, {record['training_s']} s")
+                f"{record['synthetic-circo']['error_ratio']:.2f}, steps {record['schedule']}, training {record['training_s']} s")
     return read_results(out)
 
 
@@ -89,7 +94,7 @@ def results_table(records: list[dict]) -> str:
         cirr, circo = r["synthetic-cirr"], r["synthetic-circo"]
         lines.append(
             f"| {r['seed']} | {r['variant']} | {r['schedule']['pair_steps']} + {r['schedule']['triplet_steps']} "
-            f"| {r['training_s']:.0f} | {cirr['collm']:.1f} ({cirr['best_baseline']:.1f}) "
+            f"| {'-' if r['training_s'] is None else round(r['training_s'])} | {cirr['collm']:.1f} ({cirr['best_baseline']:.1f}) "
             f"| {circo['collm']:.1f} ({circo['best_baseline']:.1f}) | {cirr['error_ratio']:.2f} / {circo['error_ratio']:.2f} "
             f"| {cirr['pairs_only']:.1f} / {circo['pairs_only']:.1f} | {r['recall@1_by_category'].get('remove', float('nan')):.1f} "
             f"| {r['map@5_by_aspect'].get('negation', float('nan')):.1f} |")

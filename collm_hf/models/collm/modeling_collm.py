@@ -176,6 +176,7 @@ class CoLLMModel(CoLLMPreTrainedModel):
             embeds = self._gallery_embeds(outputs)  # (images, dim)
             return (embeds, reference_patch_features(self.config, outputs)) if with_patches else (embeds,)
 
+        check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", 3))
         flat = pixel_values.reshape(len(pixel_values), -1)
         # Equal rows have equal projections, so distinct projections prove distinct rows without the row sort
         # (which costs ~1 s on a CPU for 1,024 images of 224 px): pair batches, with their augmented copies, stop here.
