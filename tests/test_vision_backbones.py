@@ -123,6 +123,35 @@ def test_a_pooler_missing_from_the_checkpoint_is_never_used(tmp_path, llama_path
         assert (mean.get_image_embeds(pixel_values) - expected_mean).abs().max() <= 1e-6
 
 
+def test_training_composes_with_the_vision_pooling_flag(tmp_path, llama_path):
+    """`collm-hf train --vision_pooling` reaches `from_backbones`; its default "auto" keeps the rule's own choice."""
+    import shutil
+
+    from transformers import HfArgumentParser
+
+    from collm_hf.training.arguments import ModelArguments
+    from collm_hf.training.trainer import load_model_and_processor
+
+    _vit_without_pooler(tmp_path / "vit")
+    tiny_image_processor().save_pretrained(tmp_path / "vit")
+    shutil.copytree(llama_path, tmp_path / "llama")
+    tiny_tokenizer().save_pretrained(tmp_path / "llama")
+    towers = ["--vision_name_or_path", str(tmp_path / "vit"), "--llm_name_or_path", str(tmp_path / "llama")]
+    parser = HfArgumentParser(ModelArguments)
+    (default,) = parser.parse_args_into_dataclasses(towers)
+    assert default.vision_pooling == "auto"
+    assert load_model_and_processor(default)[0].config.vision_pooling == "cls"  # no pooler weights
+    (mean,) = parser.parse_args_into_dataclasses([*towers, "--vision_pooling", "mean"])
+    model, processor = load_model_and_processor(mean)
+    assert gallery_embedding_rule(model.config) == "vit:mean"
+    assert processor.num_visual_tokens == model.config.num_visual_tokens
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses([*towers, "--vision_pooling", "max"])
+    (pooler,) = parser.parse_args_into_dataclasses([*towers, "--vision_pooling", "pooler"])
+    with pytest.raises(ValueError, match="lacks its pooler weights"):
+        load_model_and_processor(pooler)
+
+
 def test_rule_choices():
     vit, resnet, swin = _vision_config("vit"), _vision_config("resnet"), _vision_config("swin")
     # auto: pooler, else class token, else mean (Swin's pooler is weightless, so only the flag can remove it here)

@@ -20,7 +20,8 @@ class ModelArguments:
 
     # A saved CoLLM (folder or hub id, with its processor); or leave empty and give the two backbones.
     model_name_or_path: str | None = field(default=None, metadata={"aliases": ["--model"]})
-    # Vision checkpoint (CLIP / SigLIP / BLIP) to compose with `llm_name_or_path`.
+    # Vision checkpoint to compose with `llm_name_or_path`: CLIP / SigLIP / BLIP, or any transformers vision tower
+    # (DINOv2, ViT, ConvNeXt, ResNet, ...; docs/vision_towers.md).
     vision_name_or_path: str | None = None
     # LLM checkpoint (decoder embedding model, e.g. SFR-Embedding-2, or any decoder LLM).
     llm_name_or_path: str | None = None
@@ -30,6 +31,9 @@ class ModelArguments:
     max_text_tokens: int | None = None
     # Image adapter of a newly composed model ("mlp" or "linear").
     adapter_type: str = "mlp"
+    # Gallery embedding of a newly composed model's tower without a retrieval head: "auto" (its pooler output where
+    # the checkpoint holds the pooler's weights, else its class token, else the mean), "pooler", "cls" or "mean".
+    vision_pooling: Literal["auto", "pooler", "cls", "mean"] = "auto"
     # Train the vision tower too (full fine-tuning or LoRA with --lora_vision_tower); the paper freezes it.
     train_vision_tower: bool = False
 

@@ -178,6 +178,7 @@ def load_model_and_processor(args: ModelArguments, lora_args: LoraArguments | No
             dtype=dtype,
             llm_kwargs=quant,
             adapter_type=args.adapter_type,
+            vision_pooling=args.vision_pooling,
         )
         parts = CoLLMProcessor.from_backbones(args.vision_name_or_path, args.llm_name_or_path)
         processor = CoLLMProcessor.for_model(parts.image_processor, parts.tokenizer, model.config)
