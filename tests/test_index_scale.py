@@ -11,6 +11,7 @@
 Run as a script (`python tests/test_index_scale.py build FOLDER ...`) it is the subprocess those tests start.
 """
 
+import copy
 import hashlib
 import os
 import sys
@@ -185,6 +186,23 @@ def test_weights_digest_is_cached_until_the_weights_change(tiny_model_and_proces
     assert changed != first and hashed == [1]
     model.language_model.get_input_embeddings().weight.data.zero_()  # not a gallery weight: same digest
     assert weights_digest(model) == changed
+
+
+def test_weights_digest_of_a_plain_vision_tower(tiny_model_and_processor):
+    """A tower and its projection outside a CoLLM hash as the same weights inside it do; each part counts."""
+    from collm_hf.evaluation.index import weights_digest
+
+    model, _ = tiny_model_and_processor
+    tower, projection = copy.deepcopy(model.vision_tower), copy.deepcopy(model.vision_projection)
+    assert weights_digest(tower, projection=projection) == weights_digest(model)
+    assert weights_digest(tower) != weights_digest(model)  # without the projection: other weights
+    with torch.no_grad():
+        projection.weight.add_(1e-3)
+    assert weights_digest(tower, projection=projection) != weights_digest(model)
+    with pytest.raises(ValueError, match="plain vision tower"):
+        weights_digest(model, projection=projection)
+    with pytest.raises(TypeError, match="neither a CoLLM nor a vision tower"):
+        weights_digest("runs/a")
 
 
 # ==============================================================================================================

@@ -1,6 +1,7 @@
 """MTCIR pipeline: grouping and pairing rules, JSON parsing, resume after a kill, SmolLM2 end to end."""
 
 import copy
+import hashlib
 import json
 import math
 import re
@@ -306,6 +307,31 @@ def test_image_embedder_identity_follows_the_weights(tiny_model_and_processor):
     assert ImageEmbedder.from_model(changed, processor).identity != first.identity
     custom = ImageEmbedder(lambda pixels: pixels.flatten(1), None, name="flat")
     assert custom.identity != ImageEmbedder(lambda pixels: pixels.flatten(1), None, name="other").identity
+
+
+def test_image_embedder_identity_is_the_index_fingerprint(tiny_model_and_processor):
+    """One fingerprint of a vision model: the embedder's identity is built from the gallery index's weights and
+    image-processor digests, for a CoLLM and for its tower and projection on their own alike."""
+    from collm_hf.evaluation.index import identity
+    from collm_hf.models.collm.vision_families import gallery_embedding_rule
+    from collm_hf.pipelines.embedding import ImageEmbedder
+
+    model, processor = tiny_model_and_processor
+    rule = gallery_embedding_rule(model.config)
+    collm = ImageEmbedder.from_model(model, processor)
+    tower = ImageEmbedder(model.get_image_embeds, processor.image_processor, name="tower", model=model.vision_tower,
+                          projection=model.vision_projection, rule=rule)
+    assert tower.identity == collm.identity
+    gallery = identity.gallery_identity(model, processor)
+    expected = {"weights": gallery.weights_sha256, "image_processor": gallery.image_processor_sha256, "rule": rule}
+    assert collm.identity == hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()
+    before = collm.identity
+    with torch.no_grad():  # an embedder follows its model's weights (the digest cached on the model is renewed)
+        model.vision_projection.weight.mul_(2.0)
+    assert collm.identity != before and collm.identity == tower.identity
+    changed = collm.identity
+    processor.image_processor.image_mean = [0.5, 0.5, 0.5]
+    assert collm.identity != changed
 
 
 def test_no_group_in_the_window_names_the_similarities(tmp_path):

@@ -4,6 +4,7 @@
 `CoLLMModel.get_image_embeds` is used) or a vision checkpoint (CLIP, SigLIP, BLIP, full or vision-only, or any other
 transformers vision model, through `vision_families.load_pretrained_vision`). Both give the L2-normalised gallery
 embedding of `collm_hf.models.collm.vision_families`, so similarity windows mean the same as in the paper for CLIP.
+Its `identity` fingerprints the vision model as gallery indexes do (`evaluation.index.identity`).
 """
 
 import hashlib
@@ -26,9 +27,10 @@ class ImageEmbedder:
         image_processor: turns a list of PIL images into `pixel_values`.
         batch_size: images per forward pass.
         name: what the dataset card records.
-        modules: the torch modules whose weights make the embeddings (tower, projection): with the image
-            processor's settings they make up `identity`, which keys the pipelines' embedding caches. A custom
-            `embed_pixels` given without them is known by `name` alone, so give each different function its own name.
+        model: what makes the embeddings, for `identity`: a CoLLM (its vision tower and projection) or a plain vision
+            tower. A custom `embed_pixels` given without one is known by `name` alone, so give each different
+            function its own name.
+        projection: a plain tower's retrieval projection (e.g. CLIP's `visual_projection`), part of `identity`.
         rule: how the embedding comes out of the modules (e.g. "clip:pooler+projection"), part of `identity`.
 
     Example:
@@ -38,31 +40,24 @@ class ImageEmbedder:
     """
 
     def __init__(self, embed_pixels: Callable, image_processor, batch_size: int = 32, name: str = "custom",
-                 modules: Iterable = (), rule: str | None = None):
+                 model: torch.nn.Module | None = None, projection: torch.nn.Module | None = None,
+                 rule: str | None = None):
         self.embed_pixels, self.image_processor = embed_pixels, image_processor
         self.batch_size, self.name = batch_size, name
-        self.modules, self.rule = tuple(m for m in modules if m is not None), rule
-        self._identity = None
+        self.model, self.projection, self.rule = model, projection, rule
 
     @property
     def identity(self) -> str:
-        """sha256 of what decides the embeddings: the weights of `modules` (names, dtypes, shapes, bytes), the image
-        processor's settings and `rule`; `name` stands in for the weights when no modules were given. Computed once."""
-        if self._identity is None:
-            digest = hashlib.sha256()
-            settings = self.image_processor.to_dict() if hasattr(self.image_processor, "to_dict") else None
-            if settings is not None:  # where its class lives is not how it makes pixels
-                settings = {k: v for k, v in settings.items() if k not in ("auto_map", "processor_class") and k[0] != "_"}
-            digest.update(json.dumps({"rule": self.rule, "image_processor": settings}, sort_keys=True, default=str).encode())
-            if not self.modules:
-                digest.update(f"name:{self.name}".encode())
-            with torch.no_grad():
-                for number, module in enumerate(self.modules):
-                    for key, tensor in sorted(module.state_dict().items()):
-                        digest.update(f"{number}.{key}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
-                        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-            self._identity = digest.hexdigest()
-        return self._identity
+        """sha256 of what decides the embeddings, which keys the pipelines' embedding caches: the vision weights
+        (`weights_digest`, as a gallery index records them; `name` stands in without a model), the image processor's
+        settings (`image_processor_digest`) and `rule`. The weights digest is cached on the model until its weights
+        change."""
+        from ..evaluation.index.identity import image_processor_digest, weights_digest
+
+        weights = (weights_digest(self.model, projection=self.projection) if self.model is not None
+                   else f"name:{self.name}")
+        key = {"weights": weights, "image_processor": image_processor_digest(self.image_processor), "rule": self.rule}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_model(cls, model, processor, batch_size: int = 32, name: str | None = None) -> "ImageEmbedder":
@@ -71,7 +66,7 @@ class ImageEmbedder:
 
         return cls(model.get_image_embeds, processor.image_processor, batch_size,
                    name or getattr(model, "name_or_path", "") or "CoLLMModel",
-                   modules=(model.vision_tower, model.vision_projection), rule=gallery_embedding_rule(model.config))
+                   model=model, rule=gallery_embedding_rule(model.config))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, batch_size: int = 32, device: str | None = None) -> "ImageEmbedder":
@@ -102,7 +97,7 @@ class ImageEmbedder:
             return F.normalize(pooled, dim=-1)
 
         return cls(embed_pixels, AutoImageProcessor.from_pretrained(name_or_path), batch_size, name_or_path,
-                   modules=(tower, projection), rule=vision.rule)
+                   model=tower, projection=projection, rule=vision.rule)
 
     @torch.inference_mode()
     def embed(self, images: Iterable, total: int | None = None, progress: bool = False) -> torch.Tensor:

@@ -87,26 +87,39 @@ def _unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
 
 
-def _gallery_weights(model) -> dict[str, torch.Tensor]:
+def _gallery_weights(model, projection=None) -> dict[str, torch.Tensor]:
+    if getattr(model, "vision_tower", None) is not None:  # a CoLLM: its tower and projection
+        if projection is not None:
+            raise ValueError("projection is for a plain vision tower; a CoLLM brings its own vision_projection.")
+        modules = {"vision_tower": model.vision_tower, "vision_projection": getattr(model, "vision_projection", None)}
+    elif isinstance(model, torch.nn.Module):  # a plain vision tower (and its retrieval projection, if any)
+        modules = {"vision_tower": model, "vision_projection": projection}
+    else:
+        raise TypeError(f"{type(model).__name__} is neither a CoLLM nor a vision tower (a torch module).")
     weights = {}
-    for prefix in ("vision_tower", "vision_projection"):
-        module = getattr(model, prefix, None)
+    for prefix, module in modules.items():
         if module is not None:
             weights.update({f"{prefix}.{name}": t for name, t in module.state_dict(keep_vars=True).items()})
     if not weights:
-        raise TypeError(f"{type(model).__name__} has no vision_tower: gallery identities are for CoLLM models.")
+        raise ValueError(f"{type(model).__name__} has no vision weights to identify.")
     return weights
 
 
-def weights_digest(model, refresh: bool = False) -> str:
-    """sha256 of the weights that make gallery embeddings (vision tower and its projection).
+def weights_digest(model, refresh: bool = False, projection=None) -> str:
+    """sha256 of the weights that make gallery embeddings: a CoLLM's vision tower and its projection, or a plain
+    vision tower and `projection` (its retrieval projection, e.g. CLIP's `visual_projection`; None: none). A tower
+    and projection hash as the same weights inside a CoLLM do.
 
     Computed once per model object and cached on it; recomputed only after the weights changed (a tensor's
     storage or version counter differs: an optimizer step, `load_state_dict`, in-place ops under `no_grad`,
     `.to()`). Edits through `tensor.data` bypass version counters: pass `refresh=True` after those.
+
+    Example:
+        >>> weights_digest(model) == weights_digest(model.vision_tower, projection=model.vision_projection)  # doctest: +SKIP
+        True
     """
     model = _unwrap(model)
-    weights = _gallery_weights(model)
+    weights = _gallery_weights(model, projection)
     key = tuple((name, t.data_ptr(), t._version, str(t.dtype), tuple(t.shape), str(t.device))
                 for name, t in sorted(weights.items()))
     cached = model.__dict__.get(_CACHE_ATTRIBUTE)
