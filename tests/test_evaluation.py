@@ -77,6 +77,30 @@ def test_cirr_top_n_rankings_give_the_full_ranking_metrics(tiny_model_and_proces
         assert set(members) - {ref} <= set(ranking)
 
 
+def test_cirr_metrics_of_a_multi_shard_index_equal_the_single_shard_ones(tiny_model_and_processor, bench, monkeypatch):
+    """The subset members a short ranking lacks are scored from their own rows (`vectors`), shard by shard: the
+    shards are never joined into one matrix, and the metrics equal those of the same gallery in one shard."""
+    from collm_hf.evaluation.index import GalleryIndex
+
+    model, processor = tiny_model_and_processor
+    queries, gallery = bench
+    single = embed_gallery(model, processor, gallery, show_progress=False)
+    embeds = embed_queries(model, processor, queries, index=single, show_progress=False)
+    rows, ids = single.vectors(range(len(single))), single.ids
+    sharded = GalleryIndex(rows[:5], ids[:5]).append(rows[5:9], ids[5:9]).append(rows[9:], ids[9:])
+    assert sharded.num_shards == 3
+    expected = rank_benchmark(queries, single, embeds, "cirr", top_k=3, backend="torch")
+
+    def joined(index):
+        raise AssertionError("the shards were joined into one matrix")
+
+    monkeypatch.setattr(GalleryIndex, "embeddings", property(joined))
+    got = rank_benchmark(queries, sharded, embeds, "cirr", top_k=3, backend="torch")
+    assert any(len(r) > 3 for r in got.rankings)  # subset members were added from their rows
+    assert got.rankings == expected.rankings
+    assert got.metrics([1, 2]) == expected.metrics([1, 2]) and "recall_subset@1" in got.metrics([1, 2])
+
+
 def test_recall_at_100_over_a_gallery_of_200_equals_the_hand_count():
     from collm_hf.evaluation.index import GalleryIndex
 

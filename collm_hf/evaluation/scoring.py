@@ -88,8 +88,8 @@ def _with_subset_members(ranking, members, reference_id, index: GalleryIndex, qu
     absent = [m for m in missing if m not in index.position]
     if absent:
         raise ValueError(f"{query_name}: subset member(s) {absent} are not in the gallery.")
-    rows = torch.tensor([index.position[m] for m in missing], device=index.embeddings.device)
-    member_scores = (index.embeddings.index_select(0, rows) @ query_embed.to(index.embeddings.device)).tolist()
+    members = index.vectors([index.position[m] for m in missing])  # (missing, D): only these rows are read
+    member_scores = (members @ query_embed.to(members.device, members.dtype)).tolist()
     order = sorted(range(len(missing)), key=lambda j: -member_scores[j])
     return ranking + [missing[j] for j in order]
 
