@@ -152,6 +152,39 @@ def test_training_composes_with_the_vision_pooling_flag(tmp_path, llama_path):
         load_model_and_processor(pooler)
 
 
+def test_training_composes_with_patch_token_flags(tmp_path, llama_path):
+    """`collm-hf train --reference_tokens patches` composes a model whose LLM takes the tower's patch grid; the
+    token count defaults to a 4 x 4 grid (1 for "pooled") and follows --num_visual_tokens."""
+    import shutil
+
+    from transformers import HfArgumentParser
+
+    from collm_hf.training.arguments import ModelArguments
+    from collm_hf.training.trainer import load_model_and_processor
+
+    _vit_without_pooler(tmp_path / "vit")
+    tiny_image_processor().save_pretrained(tmp_path / "vit")
+    shutil.copytree(llama_path, tmp_path / "llama")
+    tiny_tokenizer().save_pretrained(tmp_path / "llama")
+    towers = ["--vision_name_or_path", str(tmp_path / "vit"), "--llm_name_or_path", str(tmp_path / "llama")]
+    parser = HfArgumentParser(ModelArguments)
+    (pooled,) = parser.parse_args_into_dataclasses(towers)
+    config = load_model_and_processor(pooled)[0].config
+    assert (config.reference_tokens, config.num_visual_tokens) == ("pooled", 1)
+    (grid,) = parser.parse_args_into_dataclasses([*towers, "--reference_tokens", "patches"])
+    model, processor = load_model_and_processor(grid)
+    assert (model.config.reference_tokens, model.config.patch_reduction, model.config.num_visual_tokens) == ("patches", "grid", 16)
+    assert processor.num_visual_tokens == 16
+    pixels = torch.randn(2, 3, 32, 32)
+    assert model.get_reference_embeds(pixels).shape == (2, 16, model.config.vision_feature_dim)
+    (resampler,) = parser.parse_args_into_dataclasses(
+        [*towers, "--reference_tokens", "patches", "--patch_reduction", "resampler", "--num_visual_tokens", "3"])
+    model, processor = load_model_and_processor(resampler)
+    assert (model.config.patch_reduction, processor.num_visual_tokens) == ("resampler", 3)
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses([*towers, "--reference_tokens", "cls"])
+
+
 def test_rule_choices():
     vit, resnet, swin = _vision_config("vit"), _vision_config("resnet"), _vision_config("swin")
     # auto: pooler, else class token, else mean (Swin's pooler is weightless, so only the flag can remove it here)

@@ -34,6 +34,12 @@ class ModelArguments:
     # Gallery embedding of a newly composed model's tower without a retrieval head: "auto" (its pooler output where
     # the checkpoint holds the pooler's weights, else its class token, else the mean), "pooler", "cls" or "mean".
     vision_pooling: Literal["auto", "pooler", "cls", "mean"] = "auto"
+    # What the reference image becomes in a newly composed model's LLM: "pooled" (its gallery embedding, the paper)
+    # or "patches" (the tower's patch grid, reduced by --patch_reduction "grid" or "resampler"; docs/patch_tokens.md).
+    reference_tokens: Literal["pooled", "patches"] = "pooled"
+    patch_reduction: Literal["grid", "resampler"] = "grid"
+    # LLM tokens per reference image; None: 1 for "pooled" (the paper), 16 (a 4 x 4 grid) for "patches".
+    num_visual_tokens: int | None = None
     # Train the vision tower too (full fine-tuning or LoRA with --lora_vision_tower); the paper freezes it.
     train_vision_tower: bool = False
 

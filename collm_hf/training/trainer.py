@@ -179,6 +179,9 @@ def load_model_and_processor(args: ModelArguments, lora_args: LoraArguments | No
             llm_kwargs=quant,
             adapter_type=args.adapter_type,
             vision_pooling=args.vision_pooling,
+            reference_tokens=args.reference_tokens,
+            patch_reduction=args.patch_reduction,
+            num_visual_tokens=args.num_visual_tokens or (16 if args.reference_tokens == "patches" else 1),
         )
         parts = CoLLMProcessor.from_backbones(args.vision_name_or_path, args.llm_name_or_path)
         processor = CoLLMProcessor.for_model(parts.image_processor, parts.tokenizer, model.config)
