@@ -22,6 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--images", default=None, help="gallery dataset to show result images from, for an index folder")
     parser.add_argument("--config", default="gallery", help="dataset config of the gallery (default: gallery)")
     parser.add_argument("--split", default=None, help="dataset split of the gallery")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="re-embed an index folder made by another model (default: refuse it, naming both)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed for the default gallery")
     parser.add_argument("-k", type=int, default=8, help="default number of results")
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
@@ -33,7 +35,7 @@ def serve(args) -> int:
     from collm_hf.apps.demo import build_demo, launch
 
     demo = build_demo(args.model, args.gallery, images=args.images, k=args.k, device=args.device, seed=args.seed,
-                      config=args.config, split=args.split)
+                      config=args.config, split=args.split, rebuild_index=args.rebuild_index)
     launch(demo, host=args.host, port=args.port)
     return 0
 

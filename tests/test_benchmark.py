@@ -88,7 +88,7 @@ def test_index_figures_on_smoke_sizes(tmp_path):
 def test_index_memory_probe_sees_heap_and_mapped_file(tmp_path):
     import numpy as np
 
-    from collm_hf.apps.benchmark.index import PeakMemory
+    from collm_hf.apps.benchmark.harness import PeakMemory
 
     with PeakMemory() as memory:
         heap = torch.ones(16_000_000)  # 64 MB of anonymous memory

@@ -157,6 +157,31 @@ def test_app_main_builds_and_launches(saved, monkeypatch):
     launched["demo"].close()
 
 
+def test_app_refuses_another_models_index_unless_asked_to_rebuild(saved, tmp_path, monkeypatch, capsys):
+    """`examples/app.py --rebuild-index` re-embeds an index folder another model made; without it, one line names both."""
+    import collm_hf.apps.demo
+    from collm_hf.apps.cli import main as cli_main
+    from collm_hf.testing_utils import tiny_model_and_processor
+
+    other, processor = tiny_model_and_processor(seed=7)
+    other.save_pretrained(tmp_path / "other")
+    processor.save_pretrained(tmp_path / "other")
+    assert cli_main(["index", "--model", str(tmp_path / "other"), "--dataset", str(saved / "gallery.parquet"),
+                     "--output-dir", str(tmp_path / "index"), "--device", "cpu", "--no-progress"]) == 0
+    launched = {}
+    monkeypatch.setattr(collm_hf.apps.demo, "launch", lambda demo, host, port: launched.update(demo=demo))
+    command = ["--model", str(saved / "model"), "--gallery", str(tmp_path / "index"), "--device", "cpu"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        _load_app().main(command)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "--rebuild-index" in err.splitlines()[-1] and "vision weights differ" in err.splitlines()[-1]
+    assert _load_app().main([*command, "--rebuild-index"]) == 0
+    assert launched["demo"].searcher.size == 10
+    launched["demo"].close()
+
+
 def test_app_main_without_a_model_says_how_to_get_one(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _load_app().main(["--model", str(tmp_path / "missing"), "--device", "cpu"])

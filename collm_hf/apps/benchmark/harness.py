@@ -3,6 +3,7 @@
 import ctypes
 import re
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
@@ -73,12 +74,69 @@ def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _status_kib(field: str) -> int | None:
+def read_status_kib(fields) -> dict | None:
+    """The `fields` of /proc/self/status (e.g. RssAnon, VmHWM) in KiB; None where it does not say them (not Linux)."""
     try:
         with open("/proc/self/status") as handle:
-            return int(re.search(rf"{field}:\s+(\d+)", handle.read()).group(1))
+            text = handle.read()
+        return {field: int(re.search(rf"{field}:\s+(\d+)", text).group(1)) for field in fields}
     except (OSError, AttributeError):
         return None
+
+
+class PeakMemory:
+    """Peak RssAnon (heap) and RssFile (pages of memory-mapped files) of this process, sampled every `interval`
+    seconds from a thread while the block runs (zeros where /proc/self/status is missing: not Linux).
+
+    `with PeakMemory() as memory:` (or `start()` ... `stop()`); `added(field)`: bytes above the value at the start; `peak_bytes(field)`: the peak itself.
+    """
+
+    FIELDS = ("RssAnon", "RssFile")
+
+    def __init__(self, interval: float = 0.001):
+        self.interval, self.peak, self._stop = interval, {}, threading.Event()
+
+    @classmethod
+    def _now(cls) -> dict:
+        return read_status_kib(cls.FIELDS) or dict.fromkeys(cls.FIELDS, 0)
+
+    def start(self) -> "PeakMemory":
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap handed back: the baseline is live memory only
+        except OSError:
+            pass
+        self.baseline = self._now()
+        self.peak = dict(self.baseline)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._update()
+            time.sleep(self.interval)
+
+    def _update(self):
+        for field, value in self._now().items():
+            self.peak[field] = max(self.peak[field], value)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        self._update()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def added(self, field: str) -> int:
+        """Bytes of `field` added at the peak."""
+        return max(0, self.peak[field] - self.baseline[field]) * 1024
+
+    def peak_bytes(self, field: str) -> int:
+        return self.peak[field] * 1024
 
 
 def peak_memory_above_baseline(function) -> int | None:
@@ -90,10 +148,10 @@ def peak_memory_above_baseline(function) -> int | None:
     except OSError:
         function()
         return None
-    baseline = _status_kib("VmRSS")
+    baseline = read_status_kib(("VmRSS",))
     function()
-    peak = _status_kib("VmHWM")
-    return None if baseline is None or peak is None else max(0, peak - baseline) * 1024
+    peak = read_status_kib(("VmHWM",))
+    return None if baseline is None or peak is None else max(0, peak["VmHWM"] - baseline["VmRSS"]) * 1024
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 3) -> float:

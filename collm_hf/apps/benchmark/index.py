@@ -20,15 +20,15 @@ queries/s, and whether the reopened index answers exactly as the freshly built o
 
 import gc
 import os
-import re
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .harness import PeakMemory
 
 LATENT_DIM, CENTRES, SPREAD, NOISE = 32, 500, 0.5, 0.05
 _BLOCK = 16384  # gallery rows generated and written at a time
@@ -52,52 +52,6 @@ class Mixture:
     def blocks(self, n: int, seed: int):
         for block, start in enumerate(range(0, n, _BLOCK)):
             yield self.sample(min(_BLOCK, n - start), np.random.default_rng([seed, block]))
-
-
-def _status_kib() -> dict:
-    """RssAnon and RssFile of this process in KiB (zeros where /proc/self/status does not say: not Linux)."""
-    try:
-        with open("/proc/self/status") as handle:
-            text = handle.read()
-        return {field: int(re.search(rf"{field}:\s+(\d+)", text).group(1)) for field in ("RssAnon", "RssFile")}
-    except (OSError, AttributeError):
-        return {"RssAnon": 0, "RssFile": 0}
-
-
-class PeakMemory:
-    """Peak RssAnon and RssFile above their values at the start, sampled every `interval` seconds from a thread."""
-
-    def __init__(self, interval: float = 0.001):
-        self.interval, self.peak, self._stop = interval, {}, threading.Event()
-
-    def __enter__(self):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap handed back: the baseline is live memory only
-        except OSError:
-            pass
-        self.baseline = _status_kib()
-        self.peak = dict(self.baseline)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            for field, value in _status_kib().items():
-                self.peak[field] = max(self.peak[field], value)
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        for field, value in _status_kib().items():
-            self.peak[field] = max(self.peak[field], value)
-
-    def added(self, field: str) -> int:
-        """Bytes of `field` added at the peak."""
-        return max(0, self.peak[field] - self.baseline[field]) * 1024
 
 
 def measure(function) -> tuple[float, int, int, object]:
@@ -223,4 +177,4 @@ def _timed(function, repeats: int) -> list[float]:
     return times
 
 
-__all__ = ["Mixture", "PeakMemory", "evict", "index_benchmark", "measure", "recall_at_k"]
+__all__ = ["Mixture", "evict", "index_benchmark", "measure", "recall_at_k"]

@@ -23,9 +23,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from .harness import PeakMemory
 
 TRIPLETS_PER_IMAGE = 8  # MTCIR: 3.4M pairs over ~423K LLaVA-558k images
 SAMPLE_SECONDS = 0.002
@@ -69,36 +70,6 @@ def write_mtcir_shaped(folder, rows: int, seed: int = 0) -> Path:
                          triplet_features(), {"pretty_name": f"MTCIR-shaped, {rows} rows"})
 
 
-def _rss_anon_kib() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-    return 0
-
-
-class PeakAnonymousMemory:
-    """The largest `RssAnon` of this process seen by a thread that samples it every 2 ms while running."""
-
-    def __init__(self):
-        self.peak_kib = _rss_anon_kib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, _rss_anon_kib())
-            time.sleep(SAMPLE_SECONDS)
-
-    def stop(self) -> int:
-        """Stop sampling; the peak in bytes."""
-        self._stop.set()
-        self._thread.join()
-        self.peak_kib = max(self.peak_kib, _rss_anon_kib())
-        return self.peak_kib * 1024
-
-
 def _tree_size(folder) -> tuple[int, int]:
     """(bytes, Arrow files) under `folder`."""
     size, arrow = 0, 0
@@ -116,7 +87,7 @@ def probe(dataset: str, model: str, steps: int = 3, batch_size: int = 8, shuffle
     `exit_when_done`: print them as JSON and end the process right after the last step, without the 5 s that
     closing a shuffled stream waits for Arrow's reader threads (`datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN`).
     """
-    memory = PeakAnonymousMemory()
+    memory = PeakMemory(SAMPLE_SECONDS).start()  # stopped when the measurements are read
     # Everything imported before the clock starts: the figure is about the data, not about import times.
     import peft  # noqa: F401 - the Trainer imports it on first use
     from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: F401
@@ -128,7 +99,8 @@ def probe(dataset: str, model: str, steps: int = 3, batch_size: int = 8, shuffle
     measured = {}
 
     def measurements() -> dict:
-        result = {**measured, "peak_rss_anon_bytes": memory.stop()}
+        memory.stop()
+        result = {**measured, "peak_rss_anon_bytes": memory.peak_bytes("RssAnon")}
         if exit_when_done:  # a measuring process, with a datasets cache of its own
             result["datasets_cache_bytes"], result["datasets_cache_arrow_files"] = _tree_size(
                 os.environ["HF_DATASETS_CACHE"])
