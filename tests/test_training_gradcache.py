@@ -117,12 +117,14 @@ def test_grad_cache_trainer_trains_as_the_plain_trainer(tmp_path, _tiny_clip_lla
     leave the same weights as two steps of the plain trainer (SGD: Adam's first steps magnify float noise in gradients
     near zero into lr-sized differences)."""
     workspace = write_workspace(tmp_path / "workspace", *_tiny_clip_llama)
-    weights = {}
+    weights, logs = {}, {}
     for chunks in ([], ["--gradient_cache_chunk_size", "3"]):
-        trainer = trainer_from_options(workspace, tmp_path / "run", "--optim", "sgd", *chunks)
+        trainer = trainer_from_options(workspace, tmp_path / "run", "--optim", "sgd", "--logging_steps", "1", *chunks)
         assert isinstance(trainer, GradCacheTrainer) == bool(chunks)
         trainer.train()
         weights[bool(chunks)] = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        logs[bool(chunks)] = [(log["in_batch_top1"], log["logit_scale"]) for log in trainer.state.log_history if "loss" in log]
+    assert len(logs[True]) == 2 and logs[True] == logs[False]  # both log the in-batch accuracy and the logit scale
     assert weights[True].keys() == weights[False].keys()
     for name, value in weights[False].items():
         torch.testing.assert_close(weights[True][name], value, atol=1e-5, rtol=1e-5, msg=name)

@@ -72,7 +72,8 @@ def grad_cache_step(
     autocast=nullcontext,
     modification_writer=None,
     backward=None,
-) -> torch.Tensor:
+    return_outputs: bool = False,
+):
     """One GradCache forward/backward of a `CoLLMModel` batch; gradients accumulate into `.grad` as after
     `(model(**inputs).loss * loss_scale).backward()`.
 
@@ -88,9 +89,10 @@ def grad_cache_step(
         autocast: context manager factory for the forward passes (e.g. `accelerator.autocast`).
         modification_writer: pairs: rewrites the synthesised texts, as in `CoLLMModel.forward`.
         backward: callable on a scalar tensor (default `Tensor.backward`).
+        return_outputs: also return the model output of the whole batch (`logits_per_query`, ...), without graph.
 
     Returns:
-        the (unscaled) loss, detached.
+        the (unscaled) loss, detached (and the output, with `return_outputs`).
 
     Example:
         >>> loss = grad_cache_step(model, batch, chunk_size=32)  # doctest: +SKIP
@@ -130,7 +132,8 @@ def grad_cache_step(
     query_leaf = _at_least_fp32(torch.cat(cached)).requires_grad_(True)  # (rows, dim)
     leaves = replace(prepared, image_embeds=image_leaf, target_embeds=target_leaf, negative_embeds=negative_leaf)
     with autocast():
-        loss = model.contrastive_output(query_leaf, leaves, return_loss=True).loss
+        outputs = model.contrastive_output(query_leaf, leaves, return_loss=True)
+    loss = outputs.loss
     backward(loss * loss_scale)  # grads of the embeddings (and of the logit scale)
     for chunk, state in zip(chunks, states):  # pass 2: replay each chunk with a graph
         with state.restored():
@@ -142,7 +145,12 @@ def grad_cache_step(
             roots.append(root), grads.append(leaf.grad)
     if roots:  # image side: the vision tower (when trained) and synthesis
         backward(_dot(roots, grads))
-    return loss.detach()
+    if not return_outputs:
+        return loss.detach()
+    outputs.loss = loss.detach()
+    if outputs.logits_per_query is not None:
+        outputs.logits_per_query = outputs.logits_per_query.detach()
+    return loss.detach(), outputs
 
 
 def wrapped_grad_cache_step(
@@ -153,7 +161,8 @@ def wrapped_grad_cache_step(
     autocast=nullcontext,
     modification_writer=None,
     backward=None,
-) -> torch.Tensor:
+    return_outputs: bool = False,
+):
     """`grad_cache_step` for a model that may be wrapped in DDP and/or peft.
 
     DDP's gradient hooks expect one forward per backward, so the step runs under `no_sync()` and averages the
@@ -164,14 +173,15 @@ def wrapped_grad_cache_step(
     unwrapped = model.module if distributed else model
     base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
     with model.no_sync() if distributed else nullcontext():
-        loss = grad_cache_step(base, inputs, chunk_size, loss_scale, autocast, modification_writer, backward)
+        result = grad_cache_step(base, inputs, chunk_size, loss_scale, autocast, modification_writer, backward,
+                                 return_outputs)
     if distributed:
         world = dist.get_world_size()
         for param in model.parameters():
             if param.grad is not None:
                 dist.all_reduce(param.grad)
                 param.grad /= world
-    return loss
+    return result
 
 
 class GradCacheTrainer(CoLLMTrainer):
@@ -211,8 +221,9 @@ class GradCacheTrainer(CoLLMTrainer):
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
-        loss = wrapped_grad_cache_step(model, inputs, self.chunk_size, scale, self.accelerator.autocast,
-                                       self.modification_writer, self._backward)
+        loss, outputs = wrapped_grad_cache_step(model, inputs, self.chunk_size, scale, self.accelerator.autocast,
+                                                self.modification_writer, self._backward, return_outputs=True)
+        self._count_in_batch_hits(outputs, inputs)  # the logged in_batch_top1, as the plain trainer's
         return loss * scale
 
 
