@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from collm_hf.training.sharding import materialize, parameters_sharded, vectorize_scalar_parameters
+from collm_hf.training.sharding import materialize, parameters_sharded, restore_scalar_shapes, vectorize_scalar_parameters
 
 
 def test_no_split_modules_name_the_sub_models_layers(tiny_model_and_processor):
@@ -64,3 +64,24 @@ def test_a_trainer_without_fsdp_or_zero3_is_not_sharded(tiny_model_and_processor
     model, _ = tiny_model_and_processor
     trainer = Trainer(model=model, args=TrainingArguments(tmp_path, use_cpu=True, report_to="none"))
     assert parameters_sharded(trainer) is False
+
+
+def test_a_checkpoint_of_a_vectorized_model_loads_with_automodel(tiny_model_and_processor, tmp_path):
+    """Under FSDP the Trainer saves checkpoints from the vectorized model's state dict: `CoLLMTrainer._save` writes
+    the logit scale 0-dim again, so `AutoModel` loads the folder (a (1,) logit scale is refused as a size mismatch)."""
+    from transformers import AutoModel, TrainingArguments
+
+    from collm_hf.training.trainer import CoLLMTrainer
+
+    model, processor = tiny_model_and_processor
+    with torch.no_grad():
+        model.logit_scale.fill_(3.25)
+    trainer = CoLLMTrainer(model=model, args=TrainingArguments(tmp_path / "run", use_cpu=True, report_to="none"),
+                           processing_class=processor)
+    trainer._vectorized_parameters = vectorize_scalar_parameters(trainer.model)  # what FSDP does in __init__
+    assert trainer.model.logit_scale.shape == (1,)
+    trainer._save(str(tmp_path / "checkpoint"), state_dict=trainer.model.state_dict())
+    loaded = AutoModel.from_pretrained(tmp_path / "checkpoint")
+    assert loaded.logit_scale.shape == () and float(loaded.logit_scale) == 3.25
+    restored = restore_scalar_shapes({"base_model.model.logit_scale": torch.ones(1), "bias": torch.ones(1)}, ["logit_scale"])
+    assert restored["base_model.model.logit_scale"].shape == () and restored["bias"].shape == (1,)

@@ -3,7 +3,8 @@ model-level path for hand-written loops.
 
 - `fully_shard` (FSDP2) refuses 0-dim parameters, and CoLLM's logit scale is one. `vectorize_scalar_parameters`
   turns each into a one-element vector in place (the model computes the same; `CoLLMTrainer` does it whenever
-  FSDP is on), and `materialize` gives a gathered state dict back the shapes `from_pretrained` expects.
+  FSDP is on), and `materialize` (a model) or `restore_scalar_shapes` (a state dict: the Trainer's checkpoints)
+  give a gathered state dict back the shapes `from_pretrained` expects.
 - `shard_model` applies `fully_shard` to every layer the model names in `_no_split_modules` (the LLM's decoder
   layers, the vision tower's encoder layers: `post_init` collects them from the two sub-models), then to the
   whole model, as accelerate's FSDP2 auto-wrap policy does.
@@ -44,6 +45,18 @@ def vectorize_scalar_parameters(model: nn.Module) -> list[str]:
             setattr(owner, attribute, nn.Parameter(param.detach().reshape(1), requires_grad=param.requires_grad))
             changed.append(name)
     return changed
+
+
+def restore_scalar_shapes(state_dict: dict, names) -> dict:
+    """`state_dict` with the one-element vectors `vectorize_scalar_parameters` made (`names`, as it returned them)
+    back as 0-dim tensors, the shapes `from_pretrained` expects. Keys may carry or lack a wrapper's prefix."""
+    names = tuple(names)
+
+    def vectorized(key: str) -> bool:
+        return any(key == n or key.endswith("." + n) or n.endswith("." + key) for n in names)
+
+    return {key: value.reshape(()) if value.shape == (1,) and vectorized(key) else value
+            for key, value in state_dict.items()}
 
 
 def shard_model(model: nn.Module, **fully_shard_kwargs) -> nn.Module:
@@ -127,4 +140,4 @@ def materialize(model: nn.Module, state_dict: dict) -> nn.Module:
     return skeleton.eval()
 
 
-__all__ = ["materialize", "parameters_sharded", "shard_model", "vectorize_scalar_parameters"]
+__all__ = ["materialize", "parameters_sharded", "restore_scalar_shapes", "shard_model", "vectorize_scalar_parameters"]

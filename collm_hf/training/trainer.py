@@ -31,7 +31,7 @@ from .arguments import (
 )
 from .collators import CoLLMPairCollator, CoLLMTripletCollator, CollatorEpochCallback, ImageTable, ParquetImageTable
 from .lora import LoraArguments, apply_lora, merge_lora, quantization_config
-from .sharding import materialize, parameters_sharded, vectorize_scalar_parameters
+from .sharding import materialize, parameters_sharded, restore_scalar_shapes, vectorize_scalar_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class CoLLMTrainer(Trainer):
         self._in_batch_hits = None  # (2,) top-1 hits and rows of the training batches since the last log
         if isinstance(self.data_collator, (CoLLMPairCollator, CoLLMTripletCollator)):
             self.add_callback(CollatorEpochCallback(self.data_collator))  # the collators' draws follow the epoch
-        if self.is_fsdp_enabled:  # fully_shard (FSDP2) refuses 0-dim parameters such as the logit scale
-            vectorize_scalar_parameters(self.model)
+        # fully_shard (FSDP2) refuses 0-dim parameters such as the logit scale; `_save` gives them their shape back.
+        self._vectorized_parameters = vectorize_scalar_parameters(self.model) if self.is_fsdp_enabled else []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.modification_writer is not None:
@@ -80,6 +80,15 @@ class CoLLMTrainer(Trainer):
         if model.training:
             self._count_in_batch_hits(outputs, inputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None) -> None:
+        """`Trainer._save`, writing a vectorized logit scale (FSDP) with the model's own 0-dim shape, so every
+        checkpoint folder loads with `AutoModel.from_pretrained`."""
+        if self._vectorized_parameters:
+            if state_dict is None:
+                state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+            state_dict = restore_scalar_shapes(state_dict, self._vectorized_parameters)
+        super()._save(output_dir, state_dict)
 
     def _count_in_batch_hits(self, outputs, inputs) -> None:
         logits = getattr(outputs, "logits_per_query", None)  # (batch, batch) query-target similarities
