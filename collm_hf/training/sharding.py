@@ -24,7 +24,6 @@ Example (one process per GPU, after `torch.distributed.init_process_group`):
 
 import copy
 
-import torch
 from torch import nn
 
 
