@@ -233,3 +233,9 @@ def test_paired_comparison_runs_each_seed_and_variant_once_and_resumes(quickstar
     assert len(launched) == 4  # resumed: nothing ran twice
     table = comparison.results_table(records)
     assert table.count("\n") == 5 and "| 3 | patches |" in table
+    breakdown = comparison.breakdown_table(records).splitlines()
+    assert len(breakdown) == 6 and "R@1 remove" in breakdown[0] and "mAP@5 negation" in breakdown[0]
+    summary = comparison.paired_summary(records).splitlines()
+    assert [line.split(" | ")[0] for line in summary[2:4]] == ["| 3", "| 4"]
+    assert "| 1.00 | 1.00 | no |" in summary[2]  # the same run copied for both variants: a ratio of 1
+    assert summary[-1] == "Both ratios <= 0.8 on 0 of 2 seeds."

@@ -101,4 +101,39 @@ def results_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MODES", "compare_recipes", "read_results", "results_table", "run_record"]
+def breakdown_table(records: list[dict]) -> str:
+    """A markdown table, one row per run: recall@1 per edit category (synthetic CIRR) and map@5 per semantic
+    aspect (synthetic CIRCO)."""
+    categories = sorted({c for r in records for c in r["recall@1_by_category"]})
+    aspects = sorted({a for r in records for a in r["map@5_by_aspect"]})
+    lines = ["| seed | variant | " + " | ".join(f"R@1 {c}" for c in categories) + " | "
+             + " | ".join(f"mAP@5 {a}" for a in aspects) + " |",
+             "|---|---|" + "---|" * (len(categories) + len(aspects))]
+    for r in sorted(records, key=lambda r: (r["seed"], r["variant"])):
+        cells = [r["recall@1_by_category"].get(c) for c in categories] + [r["map@5_by_aspect"].get(a) for a in aspects]
+        lines.append(f"| {r['seed']} | {r['variant']} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_summary(records: list[dict], baseline: str = "pooled", candidate: str = "patches",
+                   ratio_goal: float = 0.8, remove_goal: float = 80.0) -> str:
+    """Seed by seed, the candidate's error ratios over the baseline's (CIRR-style, CIRCO-style), whether both are
+    at most `ratio_goal`, and the candidate's "remove" recall@1 against `remove_goal`; then the count of seeds."""
+    runs = {(r["seed"], r["variant"]): r for r in records}
+    seeds = sorted(seed for seed, variant in runs if variant == candidate and (seed, baseline) in runs)
+    lines = [f"| seed | CIRR-style error ratio, {candidate} / {baseline} | CIRCO-style | both <= {ratio_goal} "
+             f"| {candidate} remove R@1 (goal >= {remove_goal:g}) |", "|---|---|---|---|---|"]
+    met = 0
+    for seed in seeds:
+        new, old = runs[(seed, candidate)], runs[(seed, baseline)]
+        ratios = [new[b]["error_ratio"] / old[b]["error_ratio"] for b in ("synthetic-cirr", "synthetic-circo")]
+        both = all(ratio <= ratio_goal for ratio in ratios)
+        met += both
+        remove = new["recall@1_by_category"].get("remove", float("nan"))
+        lines.append(f"| {seed} | {ratios[0]:.2f} | {ratios[1]:.2f} | {'yes' if both else 'no'} | {remove:.1f} |")
+    lines.append(f"\nBoth ratios <= {ratio_goal} on {met} of {len(seeds)} seeds.")
+    return "\n".join(lines)
+
+
+__all__ = ["MODES", "breakdown_table", "compare_recipes", "paired_summary", "read_results", "results_table",
+           "run_record"]
