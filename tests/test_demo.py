@@ -158,7 +158,8 @@ def test_app_main_builds_and_launches(saved, monkeypatch):
 
 
 def test_app_refuses_another_models_index_unless_asked_to_rebuild(saved, tmp_path, monkeypatch, capsys):
-    """`examples/app.py --rebuild-index` re-embeds an index folder another model made; without it, one line names both."""
+    """`examples/app.py --rebuild-index` re-embeds an index folder another model made; without it, one line names
+    both."""
     import collm_hf.apps.demo
     from collm_hf.apps.cli import main as cli_main
     from collm_hf.testing_utils import tiny_model_and_processor

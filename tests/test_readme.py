@@ -44,7 +44,8 @@ def _collm_hf_lines(text):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" # ", 1)[0].strip()
             line = re.sub(r"^python dataset_scripts/build_(\w+)\.py", r"collm-hf build-dataset \1", line)
-            line = re.sub(r"^(torchrun .*?|accelerate launch .*?|python )examples/train_collm\.py", "collm-hf train", line)
+            launcher = r"^(torchrun .*?|accelerate launch .*?|python )examples/train_collm\.py"
+            line = re.sub(launcher, "collm-hf train", line)
             if line.startswith("collm-hf "):
                 yield line
 
@@ -69,4 +70,5 @@ def test_every_collm_hf_command_line_parses(line):
 def test_reproducing_lists_every_training_and_dataset_command():
     lines = list(_collm_hf_lines(REPRODUCING))
     assert sum(line.startswith("collm-hf train ") for line in lines) == 4
-    assert {line.split()[2] for line in lines if line.startswith("collm-hf build-dataset ")} >= {"cirr", "circo", "fashioniq", "mtcir", "pairs"}
+    built = {line.split()[2] for line in lines if line.startswith("collm-hf build-dataset ")}
+    assert built >= {"cirr", "circo", "fashioniq", "mtcir", "pairs"}

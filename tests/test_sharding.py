@@ -6,7 +6,12 @@ import copy
 import pytest
 import torch
 
-from collm_hf.training.sharding import materialize, parameters_sharded, restore_scalar_shapes, vectorize_scalar_parameters
+from collm_hf.training.sharding import (
+    materialize,
+    parameters_sharded,
+    restore_scalar_shapes,
+    vectorize_scalar_parameters,
+)
 
 
 def test_no_split_modules_name_the_sub_models_layers(tiny_model_and_processor):
@@ -83,5 +88,6 @@ def test_a_checkpoint_of_a_vectorized_model_loads_with_automodel(tiny_model_and_
     trainer._save(str(tmp_path / "checkpoint"), state_dict=trainer.model.state_dict())
     loaded = AutoModel.from_pretrained(tmp_path / "checkpoint")
     assert loaded.logit_scale.shape == () and float(loaded.logit_scale) == 3.25
-    restored = restore_scalar_shapes({"base_model.model.logit_scale": torch.ones(1), "bias": torch.ones(1)}, ["logit_scale"])
+    state = {"base_model.model.logit_scale": torch.ones(1), "bias": torch.ones(1)}
+    restored = restore_scalar_shapes(state, ["logit_scale"])
     assert restored["base_model.model.logit_scale"].shape == () and restored["bias"].shape == (1,)

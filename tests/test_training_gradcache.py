@@ -123,7 +123,8 @@ def test_grad_cache_trainer_trains_as_the_plain_trainer(tmp_path, _tiny_clip_lla
         assert isinstance(trainer, GradCacheTrainer) == bool(chunks)
         trainer.train()
         weights[bool(chunks)] = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        logs[bool(chunks)] = [(log["in_batch_top1"], log["logit_scale"]) for log in trainer.state.log_history if "loss" in log]
+        logs[bool(chunks)] = [(log["in_batch_top1"], log["logit_scale"])
+                              for log in trainer.state.log_history if "loss" in log]
     assert len(logs[True]) == 2 and logs[True] == logs[False]  # both log the in-batch accuracy and the logit scale
     assert weights[True].keys() == weights[False].keys()
     for name, value in weights[False].items():

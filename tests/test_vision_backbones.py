@@ -173,7 +173,8 @@ def test_training_composes_with_patch_token_flags(tmp_path, llama_path):
     assert (config.reference_tokens, config.num_visual_tokens) == ("pooled", 1)
     (grid,) = parser.parse_args_into_dataclasses([*towers, "--reference_tokens", "patches"])
     model, processor = load_model_and_processor(grid)
-    assert (model.config.reference_tokens, model.config.patch_reduction, model.config.num_visual_tokens) == ("patches", "grid", 16)
+    config = model.config
+    assert (config.reference_tokens, config.patch_reduction, config.num_visual_tokens) == ("patches", "grid", 16)
     assert processor.num_visual_tokens == 16
     pixels = torch.randn(2, 3, 32, 32)
     assert model.get_reference_embeds(pixels).shape == (2, 16, model.config.vision_feature_dim)

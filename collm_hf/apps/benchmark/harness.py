@@ -88,7 +88,8 @@ class PeakMemory:
     """Peak RssAnon (heap) and RssFile (pages of memory-mapped files) of this process, sampled every `interval`
     seconds from a thread while the block runs (zeros where /proc/self/status is missing: not Linux).
 
-    `with PeakMemory() as memory:` (or `start()` ... `stop()`); `added(field)`: bytes above the value at the start; `peak_bytes(field)`: the peak itself.
+    `with PeakMemory() as memory:` (or `start()` ... `stop()`); `added(field)`: bytes above the value at the start;
+    `peak_bytes(field)`: the peak itself.
     """
 
     FIELDS = ("RssAnon", "RssFile")

@@ -111,7 +111,8 @@ def breakdown_table(records: list[dict]) -> str:
              "|---|---|" + "---|" * (len(categories) + len(aspects))]
     for r in sorted(records, key=lambda r: (r["seed"], r["variant"])):
         cells = [r["recall@1_by_category"].get(c) for c in categories] + [r["map@5_by_aspect"].get(a) for a in aspects]
-        lines.append(f"| {r['seed']} | {r['variant']} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in cells) + " |")
+        values = " | ".join("-" if v is None else f"{v:.1f}" for v in cells)
+        lines.append(f"| {r['seed']} | {r['variant']} | {values} |")
     return "\n".join(lines)
 
 
