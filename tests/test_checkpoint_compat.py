@@ -14,6 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
 
+from _scripts import WITHOUT_PACKAGE
+
 import collm_hf
 
 FIXTURE = Path(__file__).parent / "fixtures" / "collm-0.1-checkpoint"
@@ -43,15 +45,9 @@ def test_pre_move_checkpoint_loads_through_the_package():
 def test_pre_move_checkpoint_loads_with_remote_code_without_the_package(tmp_path):
     folder = tmp_path / "checkpoint"
     shutil.copytree(FIXTURE, folder)
-    script = textwrap.dedent(
+    script = WITHOUT_PACKAGE + textwrap.dedent(
         f"""
-        import builtins, json, sys
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "collm_hf" or name.startswith("collm_hf."):
-                raise ImportError("collm_hf must not be imported in this test")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
+        import json, sys
         import numpy as np, torch
         from PIL import Image
         from safetensors.torch import load_file

@@ -7,6 +7,8 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from _scripts import WITHOUT_PACKAGE
+
 from collm_hf import CoLLMModel, CoLLMOutput
 from collm_hf.testing_utils import tiny_model_and_processor as make_tiny
 
@@ -168,15 +170,9 @@ def test_fresh_process_trust_remote_code_without_package(tmp_path, tiny_model_an
         expected = model.get_query_embeds(**inputs)
     torch.save(dict(inputs), tmp_path / "inputs.pt")
     torch.save(expected, tmp_path / "expected.pt")
-    script = textwrap.dedent(
+    script = WITHOUT_PACKAGE + textwrap.dedent(
         f"""
-        import sys, builtins
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "collm_hf" or name.startswith("collm_hf."):
-                raise ImportError("collm_hf must not be imported in this test")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
+        import sys
         import torch
         from transformers import AutoModel, AutoProcessor
         model = AutoModel.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True).eval()

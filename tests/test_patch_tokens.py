@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from _scripts import WITHOUT_PACKAGE
+
 from collm_hf import CoLLMQueryEncoder
 from collm_hf.models.collm.image_adapter import reference_patch_features, sincos_positions_2d
 from collm_hf.models.collm.synthesis import nearest_neighbor_indices, slerp, slerp_tokens, synthesize_composed_queries
@@ -244,14 +246,7 @@ def test_save_load_and_remote_code_without_the_package(_models, images, tmp_path
     torch.testing.assert_close(reloaded, expected, atol=0, rtol=0)
     torch.save(dict(inputs), tmp_path / "inputs.pt")
     torch.save(expected, tmp_path / "expected.pt")
-    script = textwrap.dedent(f"""
-        import builtins
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "collm_hf" or name.startswith("collm_hf."):
-                raise ImportError("collm_hf must not be imported in this test")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
+    script = WITHOUT_PACKAGE + textwrap.dedent(f"""
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True).eval()
