@@ -123,21 +123,28 @@ def test_a_pooler_missing_from_the_checkpoint_is_never_used(tmp_path, llama_path
         assert (mean.get_image_embeds(pixel_values) - expected_mean).abs().max() <= 1e-6
 
 
-def test_training_composes_with_the_vision_pooling_flag(tmp_path, llama_path):
-    """`collm-hf train --vision_pooling` reaches `from_backbones`; its default "auto" keeps the rule's own choice."""
+def _training_towers(tmp_path, llama_path):
+    """The training command's two-backbone options over a ViT without pooler weights and a tiny Llama, each with
+    its processor, and the parser of the model options."""
     import shutil
 
     from transformers import HfArgumentParser
 
     from collm_hf.training.arguments import ModelArguments
-    from collm_hf.training.trainer import load_model_and_processor
 
     _vit_without_pooler(tmp_path / "vit")
     tiny_image_processor().save_pretrained(tmp_path / "vit")
     shutil.copytree(llama_path, tmp_path / "llama")
     tiny_tokenizer().save_pretrained(tmp_path / "llama")
     towers = ["--vision_name_or_path", str(tmp_path / "vit"), "--llm_name_or_path", str(tmp_path / "llama")]
-    parser = HfArgumentParser(ModelArguments)
+    return towers, HfArgumentParser(ModelArguments)
+
+
+def test_training_composes_with_the_vision_pooling_flag(tmp_path, llama_path):
+    """`collm-hf train --vision_pooling` reaches `from_backbones`; its default "auto" keeps the rule's own choice."""
+    from collm_hf.training.trainer import load_model_and_processor
+
+    towers, parser = _training_towers(tmp_path, llama_path)
     (default,) = parser.parse_args_into_dataclasses(towers)
     assert default.vision_pooling == "auto"
     assert load_model_and_processor(default)[0].config.vision_pooling == "cls"  # no pooler weights
@@ -155,19 +162,9 @@ def test_training_composes_with_the_vision_pooling_flag(tmp_path, llama_path):
 def test_training_composes_with_patch_token_flags(tmp_path, llama_path):
     """`collm-hf train --reference_tokens patches` composes a model whose LLM takes the tower's patch grid; the
     token count defaults to a 4 x 4 grid (1 for "pooled") and follows --num_visual_tokens."""
-    import shutil
-
-    from transformers import HfArgumentParser
-
-    from collm_hf.training.arguments import ModelArguments
     from collm_hf.training.trainer import load_model_and_processor
 
-    _vit_without_pooler(tmp_path / "vit")
-    tiny_image_processor().save_pretrained(tmp_path / "vit")
-    shutil.copytree(llama_path, tmp_path / "llama")
-    tiny_tokenizer().save_pretrained(tmp_path / "llama")
-    towers = ["--vision_name_or_path", str(tmp_path / "vit"), "--llm_name_or_path", str(tmp_path / "llama")]
-    parser = HfArgumentParser(ModelArguments)
+    towers, parser = _training_towers(tmp_path, llama_path)
     (pooled,) = parser.parse_args_into_dataclasses(towers)
     config = load_model_and_processor(pooled)[0].config
     assert (config.reference_tokens, config.num_visual_tokens) == ("pooled", 1)
