@@ -335,6 +335,7 @@ def test_finiteness_check_is_blockwise_and_counts_every_block():
     with pytest.raises(ValueError, match=r"\(3 rows, first: id 'r5'\)"):
         check_finite(rows, "Gallery embeddings", [f"r{i}" for i in range(3000)], block_bytes=64)
     gallery, ids = _unit(150_000, 256, 12), [str(i) for i in range(150_000)]  # 154 MB
-    added = peak_memory_above_baseline(lambda: GalleryIndex(gallery, ids))
-    if added is not None:  # Linux: building the index adds no copy of the matrix (the check once added 1.7x)
-        assert added < 0.5 * gallery.numel() * 4, added
+    # Resident memory is noisy (other threads, re-faulted library pages) and noise only adds: take the least of three.
+    added = [peak_memory_above_baseline(lambda: GalleryIndex(gallery, ids)) for _ in range(3)]
+    if None not in added:  # Linux: building the index adds no copy of the matrix (the check once added 1.7x)
+        assert min(added) < 0.25 * gallery.numel() * 4, added

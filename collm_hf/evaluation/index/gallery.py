@@ -40,9 +40,9 @@ class SearchResult:
     ids: list[list[str]]
 
 
-def check_finite(embeddings: torch.Tensor, what: str, ids=None, block_bytes: int = 16 * 2**20):
+def check_finite(embeddings: torch.Tensor, what: str, ids=None, block_bytes: int = 4 * 2**20):
     """Raise a ValueError naming the first row holding NaN or inf (checked `block_bytes` of rows at a time, so the
-    check's temporaries stay small whatever the number of rows)."""
+    check's temporaries, about twice `block_bytes`, stay small whatever the number of rows)."""
     block_rows = max(1, block_bytes // max(1, 4 * embeddings.shape[-1]))
     first, count = None, 0
     for start in range(0, embeddings.shape[0], block_rows):
