@@ -9,7 +9,7 @@
 `--mode caps`: 800 + 2,000 steps and no time budget (the seconds differ); `--mode budget`: the default 10-minute
 budget (the steps differ). Results accumulate in OUTPUT_DIR/results.jsonl; a rerun resumes where it stopped, and
 with every run recorded it only prints the tables: the headline figures per run, recall@1 per edit category and
-map@5 per aspect per run, and seed by seed patches' error ratios over pooled's.
+map@5 per aspect per run, and seed by seed patches' error ratios and training seconds over pooled's.
 """
 
 import json

@@ -116,14 +116,20 @@ def breakdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _seconds(record: dict) -> float:
+    return float("nan") if record["training_s"] is None else record["training_s"]
+
+
 def paired_summary(records: list[dict], baseline: str = "pooled", candidate: str = "patches",
                    ratio_goal: float = 0.8, remove_goal: float = 80.0) -> str:
     """Seed by seed, the candidate's error ratios over the baseline's (CIRR-style, CIRCO-style), whether both are
-    at most `ratio_goal`, and the candidate's "remove" recall@1 against `remove_goal`; then the count of seeds."""
+    at most `ratio_goal`, the candidate's "remove" recall@1 against `remove_goal`, and its training seconds over
+    the baseline's; then the count of seeds and the seconds over all seeds."""
     runs = {(r["seed"], r["variant"]): r for r in records}
     seeds = sorted(seed for seed, variant in runs if variant == candidate and (seed, baseline) in runs)
     lines = [f"| seed | CIRR-style error ratio, {candidate} / {baseline} | CIRCO-style | both <= {ratio_goal} "
-             f"| {candidate} remove R@1 (goal >= {remove_goal:g}) |", "|---|---|---|---|---|"]
+             f"| {candidate} remove R@1 (goal >= {remove_goal:g}) | training s, {candidate} / {baseline} |",
+             "|---|---|---|---|---|---|"]
     met = 0
     for seed in seeds:
         new, old = runs[(seed, candidate)], runs[(seed, baseline)]
@@ -131,8 +137,12 @@ def paired_summary(records: list[dict], baseline: str = "pooled", candidate: str
         both = all(ratio <= ratio_goal for ratio in ratios)
         met += both
         remove = new["recall@1_by_category"].get("remove", float("nan"))
-        lines.append(f"| {seed} | {ratios[0]:.2f} | {ratios[1]:.2f} | {'yes' if both else 'no'} | {remove:.1f} |")
-    lines.append(f"\nBoth ratios <= {ratio_goal} on {met} of {len(seeds)} seeds.")
+        lines.append(f"| {seed} | {ratios[0]:.2f} | {ratios[1]:.2f} | {'yes' if both else 'no'} | {remove:.1f} "
+                     f"| {_seconds(new) / _seconds(old):.2f} |")
+    totals = {v: sum(_seconds(runs[(seed, v)]) for seed in seeds) for v in (candidate, baseline)}
+    lines.append(f"\nBoth ratios <= {ratio_goal} on {met} of {len(seeds)} seeds. Training seconds over these seeds: "
+                 f"{candidate} {totals[candidate]:.0f}, {baseline} {totals[baseline]:.0f} "
+                 f"({totals[candidate] / totals[baseline] if seeds else float('nan'):.2f} x).")
     return "\n".join(lines)
 
 
